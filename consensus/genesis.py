@@ -1,0 +1,123 @@
+"""Load and validate genesis.json: chain id, parameters, initial balances and stakes.
+
+The genesis hash identifies the network: peers compare it in their hello, and block 1
+points at it as its prev_hash.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import codec
+from .crypto import address_of, parse_address, sha256
+
+ROLES = ("validator", "solver", "verifier")
+
+DEFAULT_PARAMS: dict[str, int] = {
+    "min_fee": 1,                     # base units per tx, burned
+    "max_block_txs": 10_000,
+    "max_validators": 50,
+    "unbonding_blocks": 20,           # blocks between unstake and the funds returning
+    "jail_blocks": 20,                # blocks a jailed validator waits before unjail
+    "slash_double_sign_ppm": 50_000,  # 5%
+    "slash_downtime_ppm": 100,        # 0.01%
+    "downtime_window": 100,
+    "min_validator_stake": 1,
+}
+
+
+class GenesisError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Genesis:
+    chain_id: str
+    time_ms: int
+    params: dict[str, int]
+    balances: tuple[tuple[bytes, int], ...]             # (address, amount)
+    stakes: tuple[tuple[bytes, bytes, str, int], ...]   # (address, pubkey, role, amount)
+    raw: dict
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(codec.encode(self.raw))
+
+    @property
+    def total_supply(self) -> int:
+        return sum(a for _, a in self.balances) + sum(s[3] for s in self.stakes)
+
+
+def _int(value: Any, what: str, minimum: int = 0) -> int:
+    if type(value) is not int or value < minimum:
+        raise GenesisError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _params(raw: Any) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise GenesisError("params must be an object")
+    unknown = sorted(set(raw) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise GenesisError(f"unknown params: {', '.join(unknown)}")
+    params = dict(DEFAULT_PARAMS)
+    params.update({k: _int(v, f"params.{k}") for k, v in raw.items()})
+    return params
+
+
+def _stake(i: int, entry: Any) -> tuple[bytes, bytes, str, int]:
+    if not isinstance(entry, dict):
+        raise GenesisError(f"stakes[{i}] must be an object")
+    try:
+        pubkey = bytes.fromhex(entry.get("pubkey", ""))
+    except ValueError:
+        raise GenesisError(f"stakes[{i}].pubkey is not hex") from None
+    if len(pubkey) != 32:
+        raise GenesisError(f"stakes[{i}].pubkey must be 32 bytes of hex")
+    addr = address_of(pubkey)
+    if entry.get("address") not in (None, "") and parse_address(entry["address"]) != addr:
+        raise GenesisError(f"stakes[{i}].address does not match its pubkey")
+    role = entry.get("role")
+    if role not in ROLES:
+        raise GenesisError(f"stakes[{i}].role must be one of {', '.join(ROLES)}")
+    return addr, pubkey, role, _int(entry.get("amount"), f"stakes[{i}].amount", 1)
+
+
+def parse(raw: Any) -> Genesis:
+    if not isinstance(raw, dict):
+        raise GenesisError("genesis must be a JSON object")
+    chain_id = raw.get("chain_id")
+    if not isinstance(chain_id, str) or not 0 < len(chain_id) <= 64:
+        raise GenesisError("chain_id must be a string of 1 to 64 characters")
+    balances = []
+    for i, entry in enumerate(raw.get("accounts", [])):
+        if not isinstance(entry, dict):
+            raise GenesisError(f"accounts[{i}] must be an object")
+        try:
+            addr = parse_address(str(entry.get("address")))
+        except ValueError as exc:
+            raise GenesisError(f"accounts[{i}]: {exc}") from None
+        balances.append((addr, _int(entry.get("balance"), f"accounts[{i}].balance")))
+    stakes = [_stake(i, e) for i, e in enumerate(raw.get("stakes", []))]
+    if len({a for a, _ in balances}) != len(balances):
+        raise GenesisError("an address appears twice in accounts")
+    if not any(s[2] == "validator" for s in stakes):
+        raise GenesisError("genesis needs at least one validator stake")
+    try:
+        codec.encode(raw)
+    except codec.CodecError as exc:
+        raise GenesisError(f"genesis has a value with no canonical form: {exc}") from None
+    return Genesis(chain_id, _int(raw.get("genesis_time_ms", 0), "genesis_time_ms"),
+                   _params(raw.get("params", {})), tuple(balances), tuple(stakes), raw)
+
+
+def load(path: str | Path) -> Genesis:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise GenesisError(f"genesis file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise GenesisError(f"genesis file {path} is not valid JSON: {exc}") from None
+    return parse(raw)

@@ -1,0 +1,265 @@
+"""The state-transition function: genesis, blocks and transactions.
+
+Read it like a spec. ``execute_block`` checks the block's context, applies evidence, then
+each tx, then end-of-block duties, and returns the block's write-set and app hash. Each
+``process_*`` function checks its preconditions (raising ``TxError`` before anything is
+written) and then changes state. Nothing here reads the clock, uses floats or depends on
+dict or set order; the only randomness is the beacon carried in the header.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+from . import staking
+from .crypto import ADDRESS_LEN, address_of, sha256, verify
+from .genesis import ROLES, Genesis
+from .ledger import (K_BURNED, K_CANDIDATES, K_CHAIN, K_LAST_VALSET, K_PARAMS, K_SUPPLY, K_VALSET,
+                     Account, View, add_balance, add_burned, encode_valset, get_account, get_chain, get_params,
+                     get_stake, get_valset, k_pubkey, set_account, write_set_hash)
+from .types import DuplicateVoteEvidence, Tx
+
+
+class TxError(ValueError):
+    """The tx is invalid against current state; it is left out and nothing is written."""
+
+
+class BlockError(ValueError):
+    """The block breaks a rule; validators refuse it."""
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    height: int
+    time_ms: int
+    proposer: bytes
+    beacon: bytes
+
+
+@dataclass
+class BlockResult:
+    writes: dict[bytes, bytes | None]
+    included: list[Tx]
+    rejected: list[tuple[Tx, str]]
+    app_hash: bytes
+
+
+SigCheck = Callable[[Tx], bool]
+
+
+def check_signature(tx: Tx) -> bool:
+    return verify(tx.sender, tx.sign_bytes(), tx.signature)
+
+
+# -- genesis -------------------------------------------------------------------------------
+
+def genesis_writes(g: Genesis) -> tuple[dict[bytes, bytes | None], bytes]:
+    """The initial state and app hash (the hash of genesis, so both chain from one root)."""
+    v = View({})
+    v.write(K_PARAMS, g.params)
+    v.write(K_SUPPLY, g.total_supply)
+    v.write(K_BURNED, 0)
+    v.write(K_CHAIN, [0, g.hash, g.time_ms])
+    for addr, amount in g.balances:
+        add_balance(v, addr, amount)
+    for addr, pubkey, role, amount in g.stakes:
+        v.write(k_pubkey(addr), pubkey)
+        staking.bond(v, addr, role, amount)
+    vals = encode_valset(staking.compute_validator_set(v))
+    v.write(K_VALSET, vals)
+    v.write(K_LAST_VALSET, vals)
+    v.write(staking.K_VALSET_DIRTY, None)
+    return v.writes, sha256(g.hash + write_set_hash(v.writes))
+
+
+# -- transactions --------------------------------------------------------------------------
+
+def _body(tx: Tx, spec: Mapping[str, type]) -> dict:
+    if sorted(tx.body) != sorted(spec):
+        raise TxError(f"{tx.kind} body must have exactly the fields: {', '.join(sorted(spec))}")
+    for name, kind in spec.items():
+        if type(tx.body[name]) is not kind:
+            raise TxError(f"{tx.kind}.{name} must be {kind.__name__}")
+    return tx.body
+
+
+def _positive_amount(amount: int) -> int:
+    if amount <= 0:
+        raise TxError("amount must be positive")
+    return amount
+
+
+def _role(role: str) -> str:
+    if role not in ROLES:
+        raise TxError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    return role
+
+
+def _spend(v: View, sender: bytes, amount: int) -> None:
+    acct = get_account(v, sender)
+    if acct.balance < amount:
+        raise TxError(f"insufficient funds: balance {acct.balance}, needs {amount}")
+    set_account(v, sender, Account(acct.balance - amount, acct.nonce))
+
+
+def process_transfer(v: View, tx: Tx, sender: bytes, height: int) -> None:
+    body = _body(tx, {"to": bytes, "amount": int})
+    if len(body["to"]) != ADDRESS_LEN:
+        raise TxError("transfer.to must be a 20-byte address")
+    amount = _positive_amount(body["amount"])
+    _spend(v, sender, amount)
+    add_balance(v, body["to"], amount)
+
+
+def process_stake(v: View, tx: Tx, sender: bytes, height: int) -> None:
+    body = _body(tx, {"role": str, "amount": int})
+    role, amount = _role(body["role"]), _positive_amount(body["amount"])
+    _spend(v, sender, amount)
+    staking.bond(v, sender, role, amount)
+
+
+def process_unstake(v: View, tx: Tx, sender: bytes, height: int) -> None:
+    body = _body(tx, {"role": str, "amount": int})
+    role, amount = _role(body["role"]), _positive_amount(body["amount"])
+    bonded = get_stake(v, sender, role)
+    if amount > bonded:
+        raise TxError(f"cannot unstake {amount}: only {bonded} bonded as {role}")
+    staking.unbond(v, sender, role, amount, height)
+
+
+def process_unjail(v: View, tx: Tx, sender: bytes, height: int) -> None:
+    _body(tx, {})
+    status = staking.jail_status(v, sender)
+    if status is None:
+        raise TxError("not jailed")
+    until, tombstoned = status
+    if tombstoned:
+        raise TxError("tombstoned for double-signing: this validator can never be unjailed")
+    if height < until:
+        raise TxError(f"still jailed until height {until}")
+    staking.unjail(v, sender)
+
+
+TX_HANDLERS: dict[str, Callable[[View, Tx, bytes, int], None]] = {
+    "transfer": process_transfer,
+    "stake": process_stake,
+    "unstake": process_unstake,
+    "unjail": process_unjail,
+}
+
+
+def check_tx_envelope(v: View, tx: Tx, chain_id: str, sig_ok: SigCheck = check_signature) -> bytes:
+    """Checks every tx must pass whatever its kind; returns the sender address."""
+    if tx.chain_id != chain_id:
+        raise TxError(f"wrong chain_id {tx.chain_id!r}: this chain is {chain_id!r}")
+    if tx.kind not in TX_HANDLERS:
+        raise TxError(f"unknown tx kind {tx.kind!r}")
+    if tx.fee < get_params(v)["min_fee"]:
+        raise TxError(f"fee {tx.fee} is below the minimum {get_params(v)['min_fee']}")
+    if not sig_ok(tx):
+        raise TxError("bad signature")
+    sender = address_of(tx.sender)
+    nonce = get_account(v, sender).nonce
+    if tx.nonce != nonce:
+        raise TxError(f"bad nonce {tx.nonce}: expected {nonce}"
+                      + (" (already used: replay)" if tx.nonce < nonce else ""))
+    return sender
+
+
+def apply_tx(block_view: View, tx: Tx, chain_id: str, height: int, sig_ok: SigCheck) -> None:
+    """Apply one tx fully or not at all: fee and nonce first, then the kind's handler."""
+    v = View(block_view)
+    sender = check_tx_envelope(v, tx, chain_id, sig_ok)
+    _spend(v, sender, tx.fee)
+    acct = get_account(v, sender)
+    set_account(v, sender, Account(acct.balance, acct.nonce + 1))
+    if v.get(k_pubkey(sender)) is None:
+        v.write(k_pubkey(sender), tx.sender)
+    add_burned(v, tx.fee)
+    TX_HANDLERS[tx.kind](v, tx, sender, height)
+    v.commit()
+
+
+# -- evidence ------------------------------------------------------------------------------
+
+def process_duplicate_vote(v: View, ev: DuplicateVoteEvidence, chain_id: str, height: int) -> None:
+    """Slash, jail and tombstone a validator that signed two different votes for one step."""
+    a, b = ev.vote_a, ev.vote_b
+    if (a.validator, a.height, a.round, a.kind) != (b.validator, b.height, b.round, b.kind):
+        raise BlockError("evidence votes are not for the same validator and step")
+    if a.block_hash == b.block_hash:
+        raise BlockError("evidence votes are identical")
+    pubkey = v.read(k_pubkey(a.validator))
+    if pubkey is None or not all(verify(pubkey, x.sign_bytes(chain_id), x.signature) for x in (a, b)):
+        raise BlockError("evidence has a bad signature")
+    status = staking.jail_status(v, a.validator)
+    if status and status[1]:
+        return  # already tombstoned: punished once
+    staking.slash(v, a.validator, "validator", get_params(v)["slash_double_sign_ppm"])
+    staking.jail(v, a.validator, height, tombstone=True)
+
+
+# -- blocks --------------------------------------------------------------------------------
+
+def check_block_context(v: View, ctx: BlockContext) -> None:
+    height, _, last_time = get_chain(v)
+    if ctx.height != height + 1:
+        raise BlockError(f"height {ctx.height} does not follow {height}")
+    if ctx.time_ms <= last_time:
+        raise BlockError("block time must increase")
+    if not any(x.address == ctx.proposer for x in get_valset(v, K_VALSET)):
+        raise BlockError("proposer is not in the validator set")
+
+
+def end_block(v: View, ctx: BlockContext) -> None:
+    staking.release_unbonded(v, ctx.height)
+    staking.end_block_validator_set(v, ctx.height)
+    v.write(K_CHAIN, [ctx.height, ctx.beacon, ctx.time_ms])
+
+
+def execute_block(base: Mapping[bytes, bytes], prev_app_hash: bytes, chain_id: str, ctx: BlockContext,
+                  txs: Iterable[Tx], evidence: Iterable[DuplicateVoteEvidence] = (),
+                  sig_ok: SigCheck = check_signature, skip_invalid: bool = False) -> BlockResult:
+    """Run a block on top of `base`. A proposer passes skip_invalid=True to leave bad txs out;
+    a validator passes False so that any invalid tx makes the whole block invalid."""
+    v = View(base)
+    check_block_context(v, ctx)
+    for ev in evidence:
+        process_duplicate_vote(v, ev, chain_id, ctx.height)
+    included, rejected = [], []
+    max_txs = get_params(v)["max_block_txs"]
+    for tx in txs:
+        if len(included) >= max_txs:
+            if not skip_invalid:
+                raise BlockError(f"more than {max_txs} txs")
+            break
+        try:
+            apply_tx(v, tx, chain_id, ctx.height, sig_ok)
+            included.append(tx)
+        except TxError as exc:
+            if not skip_invalid:
+                raise BlockError(f"invalid tx {tx.hash.hex()[:16]}: {exc}") from None
+            rejected.append((tx, str(exc)))
+    end_block(v, ctx)
+    return BlockResult(v.writes, included, rejected, sha256(prev_app_hash + write_set_hash(v.writes)))
+
+
+# -- queries used by the node and tests ----------------------------------------------------
+
+def supply_check(entries: Mapping[bytes, bytes]) -> tuple[int, int]:
+    """(tokens accounted for + burned, genesis supply): equal in every valid state."""
+    from . import codec
+    total = 0
+    for key, raw in entries.items():
+        if key.startswith(b"acct/"):
+            total += codec.decode(raw)[0]
+        elif key.startswith(b"stake/"):
+            total += codec.decode(raw)
+        elif key.startswith(b"unbond/"):
+            total += sum(e[2] for e in codec.decode(raw))
+    burned = codec.decode(entries[K_BURNED])
+    return total + burned, codec.decode(entries[K_SUPPLY])
+
+
+def validator_candidates(v: View) -> list[bytes]:
+    return v.read(K_CANDIDATES, [])

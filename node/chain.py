@@ -1,0 +1,152 @@
+"""The node's view of the chain: store, committed state, mempool, and block build/check.
+
+This is where the pure rules in ``consensus/`` meet one node's data. Building and checking
+a block both run the same ``execute_block``; the result is cached by block hash so a block
+is executed once per node, however many times it is proposed, voted on and committed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from consensus import merkle
+from consensus.bft import proposer_for, verify_commit
+from consensus.crypto import PrivateKey, verify
+from consensus.genesis import Genesis
+from consensus.ledger import K_LAST_VALSET, View, get_chain, get_params, get_valset
+from consensus.staking import valset_hash
+from consensus.state import BlockContext, BlockError, BlockResult, execute_block, genesis_writes
+from consensus.store import Store, StoreError
+from consensus.types import (Block, Commit, DuplicateVoteEvidence, Header, beacon_sign_bytes,
+                             commit_hash, next_beacon)
+
+from .mempool import Mempool
+
+log = logging.getLogger("stepchain.chain")
+MAX_CLOCK_DRIFT_MS = 10_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Chain:
+    def __init__(self, data_dir: str | Path, genesis: Genesis):
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.store = Store(data_dir)
+        if not self.store.is_initialized():
+            writes, app_hash = genesis_writes(genesis)
+            self.store.init_genesis(writes, app_hash, genesis.hash)
+        self.state: dict[bytes, bytes] = self.store.load_state()
+        self.height, self.tip_hash, self.app_hash = self.store.tip()
+        self._check_resume()
+        self.last_commit: Commit | None = self.store.commit(self.height) if self.height else None
+        self.mempool = Mempool(self.chain_id)
+        self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
+        self._results: dict[bytes, BlockResult] = {}
+
+    def _check_resume(self) -> None:
+        """The state we loaded must be the state after the last block we stored."""
+        if get_chain(self.view())[0] != self.height:
+            raise StoreError("state height does not match the last block: the store is corrupt")
+        if self.height:
+            block = self.store.block(self.height)
+            if block is None or block.hash != self.tip_hash or block.header.app_hash != self.app_hash:
+                raise StoreError("the last block does not match the stored app hash")
+        log.info("resuming at height %d app_hash %s", self.height, self.app_hash.hex()[:16])
+
+    def close(self) -> None:
+        self.store.close()
+
+    def view(self) -> View:
+        return View(self.state)
+
+    def validators(self) -> tuple:
+        return tuple(get_valset(self.view()))
+
+    # -- building -------------------------------------------------------------------------
+
+    def build_block(self, key: PrivateKey, round_: int) -> Block:
+        """Make a block from the mempool, leaving out txs that fail."""
+        v = self.view()
+        height, prev_beacon, last_time = get_chain(v)
+        beacon_sig = key.sign(beacon_sign_bytes(self.chain_id, height + 1, prev_beacon))
+        ctx = BlockContext(height + 1, max(now_ms(), last_time + 1), key.address,
+                           next_beacon(prev_beacon, beacon_sig))
+        txs = self.mempool.reap(v, get_params(v)["max_block_txs"])
+        evidence = sorted(self.evidence.values(), key=lambda e: e.hash)
+        result = execute_block(self.state, self.app_hash, self.chain_id, ctx, txs, evidence,
+                               sig_ok=self.mempool.verified, skip_invalid=True)
+        self.mempool.remove_invalid(result.rejected)
+        header = Header(self.chain_id, ctx.height, ctx.time_ms, self.tip_hash,
+                        merkle.root([t.hash for t in result.included]),
+                        merkle.root([e.hash for e in evidence]), commit_hash(self.last_commit),
+                        result.app_hash, valset_hash(list(self.validators())), key.address,
+                        ctx.beacon, beacon_sig)
+        block = Block(header, tuple(result.included), self.last_commit, tuple(evidence))
+        self._results[block.hash] = result
+        return block
+
+    # -- checking -------------------------------------------------------------------------
+
+    def check_block(self, block: Block, round_: int) -> BlockResult:
+        """Every rule a validator checks before prevoting; raises BlockError."""
+        if block.hash in self._results:
+            return self._results[block.hash]
+        h, v = block.header, self.view()
+        vals = self.validators()
+        _, prev_beacon, _ = get_chain(v)
+        if h.chain_id != self.chain_id or h.height != self.height + 1 or h.prev_hash != self.tip_hash:
+            raise BlockError("block does not extend our tip")
+        if not block.body_roots_match():
+            raise BlockError("header roots do not match the block body")
+        if h.validators_hash != valset_hash(list(vals)):
+            raise BlockError("wrong validators_hash")
+        proposer = proposer_for(vals, h.height, round_)
+        if h.proposer != proposer.address:
+            raise BlockError("block is not from this round's proposer")
+        if h.time_ms > now_ms() + MAX_CLOCK_DRIFT_MS:
+            raise BlockError("block time is too far in the future")
+        sig_ok = verify(proposer.pubkey, beacon_sign_bytes(self.chain_id, h.height, prev_beacon), h.beacon_sig)
+        if not sig_ok or h.beacon != next_beacon(prev_beacon, h.beacon_sig):
+            raise BlockError("bad beacon")
+        self._check_last_commit(block)
+        ctx = BlockContext(h.height, h.time_ms, h.proposer, h.beacon)
+        result = execute_block(self.state, self.app_hash, self.chain_id, ctx, block.txs, block.evidence,
+                               sig_ok=self.mempool.verified)
+        if result.app_hash != h.app_hash:
+            raise BlockError("app_hash does not match our execution")
+        self._results[block.hash] = result
+        return result
+
+    def _check_last_commit(self, block: Block) -> None:
+        if block.height == 1:
+            if block.last_commit is not None:
+                raise BlockError("block 1 cannot carry a last commit")
+            return
+        if block.last_commit is None:
+            raise BlockError("block has no commit for its parent")
+        why = verify_commit(self.chain_id, block.last_commit, get_valset(self.view(), K_LAST_VALSET),
+                            self.height, self.tip_hash)
+        if why:
+            raise BlockError(f"bad last commit: {why}")
+
+    # -- committing -----------------------------------------------------------------------
+
+    def commit_block(self, block: Block, commit: Commit) -> BlockResult:
+        result = self.check_block(block, commit.round)
+        self.store.commit_block(block, commit, result.writes, result.app_hash)
+        for k, val in result.writes.items():
+            if val is None:
+                self.state.pop(k, None)
+            else:
+                self.state[k] = val
+        self.height, self.tip_hash, self.app_hash = block.height, block.hash, result.app_hash
+        self.last_commit = commit
+        for ev in block.evidence:
+            self.evidence.pop(ev.hash, None)
+        self._results.clear()
+        self.mempool.update(self.view(), self.height)
+        return result

@@ -1,0 +1,80 @@
+"""A small synchronous RPC client, used by the CLI, the workers and the tests."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from consensus.crypto import PrivateKey, address_of, format_address
+from consensus.types import Tx
+
+
+class RpcError(RuntimeError):
+    """The node answered with an error, or could not be reached."""
+
+
+class Client:
+    def __init__(self, url: str, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except (ValueError, AttributeError):
+                message = exc.reason
+            raise RpcError(message) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RpcError(f"cannot reach the node at {self.url} ({reason}); is `stepchain node run` going?") from None
+
+    def get(self, path: str) -> dict:
+        return self._call(path)
+
+    def post(self, path: str, body: dict) -> dict:
+        return self._call(path, body)
+
+    def status(self) -> dict:
+        return self.get("/status")
+
+    def account(self, address: str) -> dict:
+        return self.get(f"/account/{address}")
+
+    def broadcast(self, tx: Tx) -> str:
+        return self.post("/broadcast_tx", {"tx": tx.wire.hex()})["hash"]
+
+    def wait_for_tx(self, tx_hash: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                info = self.get(f"/tx/{tx_hash}")
+                if info.get("status") == "committed":
+                    return info
+            except RpcError as exc:
+                if "not found" not in str(exc):
+                    raise
+                raise RpcError(f"tx {tx_hash} was dropped by the node before inclusion") from None
+            if time.monotonic() > deadline:
+                raise RpcError(f"tx {tx_hash} not included after {timeout:.0f}s; check `stepchain status`")
+            time.sleep(0.2)
+
+    def sign_and_send(self, key: PrivateKey, kind: str, body: dict, fee: int | None = None) -> Tx:
+        """Sign a tx with the sender's next nonce (counting its pending txs) and broadcast it."""
+        status = self.status()
+        acct = self.account(format_address(address_of(key.pubkey)))
+        tx = make_tx(key, status["chain_id"], kind, body, acct["next_nonce"], fee if fee is not None else 1)
+        self.broadcast(tx)
+        return tx
+
+
+def make_tx(key: PrivateKey, chain_id: str, kind: str, body: dict, nonce: int, fee: int) -> Tx:
+    unsigned = Tx(chain_id, kind, key.pubkey, nonce, fee, body)
+    return Tx(chain_id, kind, key.pubkey, nonce, fee, body, key.sign(unsigned.sign_bytes()))

@@ -1,0 +1,75 @@
+"""One node process: store + consensus engine + mempool + RPC, stopped cleanly by a signal."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from consensus.genesis import load as load_genesis
+from consensus.types import Block, Tx
+
+from .chain import Chain
+from .engine import Engine
+from .home import Home, split_hostport
+from .rpc import Rpc
+
+log = logging.getLogger("stepchain.node")
+
+
+class Node:
+    def __init__(self, home: Home):
+        self.home = home.require()
+        self.config = home.config()
+        self.key = home.node_key()
+        self.chain = Chain(home.data_dir, load_genesis(home.genesis_path))
+        self.rpc = Rpc(self)
+        self.committed_txs = 0
+        is_validator = self.config.validator
+        self.engine = Engine(self.chain, self.key if is_validator else None,
+                             block_interval=self.config.block_interval_ms / 1000,
+                             idle_interval=self.config.idle_interval_ms / 1000,
+                             on_commit=self._on_commit)
+
+    def on_new_tx(self, tx: Tx) -> None:
+        self.engine.tx_arrived.set()
+
+    def _on_commit(self, block: Block) -> None:
+        self.committed_txs += len(block.txs)
+        self.rpc.publish_block(block)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        host, port = split_hostport(self.config.rpc_listen)
+        runner = web.AppRunner(self.rpc.app(self.config.max_body_bytes), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("node %s: chain %s at height %d, RPC on http://%s:%d", self.config.moniker,
+                 self.chain.chain_id, self.chain.height, host, port)
+        engine = asyncio.get_running_loop().create_task(self.engine.run())
+        stopper = asyncio.get_running_loop().create_task(stop.wait())
+        try:
+            await asyncio.wait([engine, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if engine.done() and engine.exception():
+                log.error("consensus stopped: %r", engine.exception())
+        finally:
+            stopper.cancel()
+            log.info("shutting down")
+            engine.cancel()
+            await asyncio.gather(engine, return_exceptions=True)
+            await runner.cleanup()
+            self.chain.close()
+            log.info("stopped at height %d", self.chain.height)
+
+
+def run_node(home: Home) -> None:
+    node = Node(home)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await node.serve(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,110 @@
+"""A node's home directory: config.toml, genesis.json, node_key.json, keystore/, data/.
+
+``stepchain init`` creates it; everything else reads it through ``Home``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from consensus.crypto import PrivateKey, format_address
+
+DEFAULT_HOME = Path(os.environ.get("STEPCHAIN_HOME", Path.home() / ".stepchain"))
+REPO_GENESIS = Path(__file__).resolve().parent.parent / "genesis.json"
+
+
+class HomeError(ValueError):
+    pass
+
+
+@dataclass
+class Config:
+    moniker: str = "node"
+    rpc_listen: str = "127.0.0.1:26657"
+    p2p_listen: str = "127.0.0.1:26656"
+    seeds: list[str] = field(default_factory=list)
+    validator: bool = True
+    block_interval_ms: int = 1000
+    idle_interval_ms: int = 3000
+    max_body_bytes: int = 8 * 1024 * 1024
+
+    def to_toml(self) -> str:
+        lines = ["# stepchain node configuration"]
+        for name, value in self.__dict__.items():
+            if isinstance(value, bool):
+                lines.append(f"{name} = {'true' if value else 'false'}")
+            elif isinstance(value, int):
+                lines.append(f"{name} = {value}")
+            elif isinstance(value, list):
+                lines.append(f"{name} = [{', '.join(json.dumps(v) for v in value)}]")
+            else:
+                lines.append(f"{name} = {json.dumps(value)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text: str) -> "Config":
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise HomeError(f"config.toml is not valid TOML: {exc}") from None
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise HomeError(f"config.toml has unknown settings: {', '.join(unknown)}")
+        cfg = cls(**raw)
+        for name, f in cls.__dataclass_fields__.items():
+            expected = {"str": str, "int": int, "bool": bool}.get(str(f.type), list)
+            if type(getattr(cfg, name)) is not expected:
+                raise HomeError(f"config.toml: {name} must be a {expected.__name__}")
+        return cfg
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{self.rpc_listen}"
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise HomeError(f"bad address {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+class Home:
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+
+    config_path = property(lambda self: self.path / "config.toml")
+    genesis_path = property(lambda self: self.path / "genesis.json")
+    node_key_path = property(lambda self: self.path / "node_key.json")
+    keystore_dir = property(lambda self: self.path / "keystore")
+    data_dir = property(lambda self: self.path / "data")
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def require(self) -> "Home":
+        if not self.exists():
+            raise HomeError(f"no node home at {self.path}: run `stepchain init --home {self.path}` first")
+        return self
+
+    def config(self) -> Config:
+        return Config.from_toml(self.require().config_path.read_text())
+
+    def write_config(self, cfg: Config) -> None:
+        self.config_path.write_text(cfg.to_toml())
+
+    def node_key(self) -> PrivateKey:
+        try:
+            doc = json.loads(self.require().node_key_path.read_text())
+            return PrivateKey(bytes.fromhex(doc["seed"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise HomeError(f"cannot read node key {self.node_key_path}: {exc}") from None
+
+    def write_node_key(self, key: PrivateKey) -> None:
+        fd = os.open(self.node_key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"address": format_address(key.address), "pubkey": key.pubkey.hex(),
+                       "seed": key.seed().hex()}, f, indent=2)

@@ -1,0 +1,55 @@
+"""`stepchain init`: make a node home from a genesis file (or a dev genesis with this node as validator)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from consensus.crypto import PrivateKey, format_address
+from consensus.genesis import GenesisError, load as load_genesis, parse as parse_genesis
+
+from .home import REPO_GENESIS, Config, Home, HomeError
+from .wallet import Keystore
+
+DEV_BALANCE = 10**15
+DEV_VALIDATOR_STAKE = 10**12
+
+
+def dev_genesis(template: dict, validator: PrivateKey, funded: list[str]) -> dict:
+    """The template with this node as sole validator and the given addresses funded."""
+    g = dict(template)
+    g["chain_id"] = template.get("chain_id", "stepchain") + "-dev"
+    g["accounts"] = [{"address": a, "balance": DEV_BALANCE} for a in funded]
+    g["stakes"] = [{"address": format_address(validator.address), "pubkey": validator.pubkey.hex(),
+                    "role": "validator", "amount": DEV_VALIDATOR_STAKE}]
+    return g
+
+
+def init_home(home: Home, args) -> dict:
+    if home.exists():
+        raise HomeError(f"{home.path} is already a node home; pick another --home or delete it")
+    source = args.genesis or REPO_GENESIS
+    try:
+        template = json.loads(open(source).read())
+    except FileNotFoundError:
+        raise GenesisError(f"genesis file not found: {source}") from None
+    except json.JSONDecodeError as exc:
+        raise GenesisError(f"genesis file {source} is not valid JSON: {exc}") from None
+    home.path.mkdir(parents=True, exist_ok=True)
+    node_key = PrivateKey.generate()
+    info = {"home": str(home.path), "node_address": format_address(node_key.address)}
+    if args.dev:
+        from .cli import password
+        doc = Keystore(home.keystore_dir).create("dev", password("Password for the new dev key: ", confirm=True))
+        genesis = dev_genesis(template, node_key, [doc["address"]])
+        parse_genesis(genesis)  # validate before writing anything else
+        home.genesis_path.write_text(json.dumps(genesis, indent=2) + "\n")
+        info["dev_address"] = doc["address"]
+    else:
+        load_genesis(source)
+        shutil.copyfile(source, home.genesis_path)
+    home.write_node_key(node_key)
+    home.write_config(Config(moniker=args.moniker, rpc_listen=f"127.0.0.1:{args.rpc_port}",
+                             p2p_listen=f"127.0.0.1:{args.p2p_port}"))
+    info["chain_id"] = load_genesis(home.genesis_path).chain_id
+    info["rpc"] = f"http://127.0.0.1:{args.rpc_port}"
+    return info

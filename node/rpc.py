@@ -1,0 +1,254 @@
+"""JSON RPC over HTTP (aiohttp), bound to 127.0.0.1 by default.
+
+Every error is a JSON object ``{"error": "..."}`` with a 4xx status that names the problem;
+a bug in a handler becomes a 500 with a generic message and a log line, never a traceback
+sent to the client. Request bodies are capped by ``client_max_size``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+
+from consensus import codec
+from consensus.crypto import format_address, parse_address
+from consensus.genesis import ROLES
+from consensus.ledger import get_account, get_stake
+from consensus.staking import jail_status, unbonding_entries
+from consensus.types import Block, DecodeError, Tx
+
+from .mempool import MempoolError
+
+if TYPE_CHECKING:
+    from .daemon import Node
+
+log = logging.getLogger("stepchain.rpc")
+MAX_BATCH = 5_000
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def jsonable(value):
+    """Render chain values for JSON: 20-byte values as addresses, other bytes as hex."""
+    if isinstance(value, bytes):
+        return format_address(value) if len(value) == 20 else value.hex()
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else k.hex(): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def tx_json(tx: Tx) -> dict:
+    from consensus.crypto import address_of
+    return {"hash": tx.hash.hex(), "kind": tx.kind, "sender": format_address(address_of(tx.sender)),
+            "nonce": tx.nonce, "fee": tx.fee, "body": jsonable(tx.body)}
+
+
+def block_json(block: Block) -> dict:
+    h = block.header
+    return {"height": h.height, "hash": block.hash.hex(), "time_ms": h.time_ms, "prev_hash": h.prev_hash.hex(),
+            "app_hash": h.app_hash.hex(), "proposer": format_address(h.proposer), "beacon": h.beacon.hex(),
+            "validators_hash": h.validators_hash.hex(), "num_txs": len(block.txs),
+            "txs": [tx_json(t) for t in block.txs], "evidence": len(block.evidence),
+            "last_commit": None if block.last_commit is None else {
+                "round": block.last_commit.round, "signatures": len(block.last_commit.signatures)}}
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            return _error(413, f"request body too large (limit {request.app['max_body']} bytes)")
+        return _error(exc.status, exc.reason)
+    except Exception:  # a bug: log it here, tell the client nothing internal
+        log.exception("RPC handler failed for %s", request.path)
+        return _error(500, "internal error")
+
+
+def _parse_address(text: str) -> bytes:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _parse_hex(text: str, what: str, size: int | None = None) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except (ValueError, TypeError):
+        raise BadRequest(f"{what} must be hex") from None
+    if size is not None and len(raw) != size:
+        raise BadRequest(f"{what} must be {size} bytes")
+    return raw
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _decode_tx(hex_text) -> Tx:
+    if not isinstance(hex_text, str):
+        raise BadRequest("tx must be a hex string")
+    try:
+        return Tx.decode(_parse_hex(hex_text, "tx"))
+    except (codec.CodecError, DecodeError) as exc:
+        raise BadRequest(f"malformed tx: {exc}") from None
+
+
+class Rpc:
+    def __init__(self, node: "Node"):
+        self.node = node
+        self.sockets: set[web.WebSocketResponse] = set()
+
+    def app(self, max_body: int) -> web.Application:
+        app = web.Application(client_max_size=max_body, middlewares=[errors_as_json])
+        app["max_body"] = max_body
+        app.add_routes([
+            web.get("/status", self.status),
+            web.get("/block/{height}", self.block),
+            web.get("/tx/{hash}", self.tx),
+            web.get("/account/{address}", self.account),
+            web.get("/validators", self.validators),
+            web.post("/broadcast_tx", self.broadcast_tx),
+            web.post("/broadcast_txs", self.broadcast_txs),
+            web.get("/metrics", self.metrics),
+            web.get("/ws", self.websocket),
+        ])
+        return app
+
+    @property
+    def chain(self):
+        return self.node.chain
+
+    async def status(self, request: web.Request) -> web.Response:
+        c = self.chain
+        return web.json_response({
+            "chain_id": c.chain_id, "height": c.height, "block_hash": c.tip_hash.hex(),
+            "app_hash": c.app_hash.hex(), "genesis_hash": c.genesis.hash.hex(),
+            "mempool_size": len(c.mempool), "validators": len(c.validators()),
+            "node_address": format_address(self.node.key.address), "moniker": self.node.config.moniker})
+
+    async def block(self, request: web.Request) -> web.Response:
+        text = request.match_info["height"]
+        if text == "latest":
+            height = self.chain.height
+        elif text.isdigit():
+            height = int(text)
+        else:
+            raise BadRequest("height must be a non-negative integer or 'latest'")
+        block = self.chain.store.block(height)
+        if block is None:
+            return _error(404, f"no block at height {height} (tip is {self.chain.height})")
+        return web.json_response(block_json(block))
+
+    async def tx(self, request: web.Request) -> web.Response:
+        tx_hash = _parse_hex(request.match_info["hash"], "tx hash", 32)
+        loc = self.chain.store.tx_location(tx_hash)
+        if loc is None:
+            if tx_hash in self.chain.mempool.by_hash:
+                return web.json_response({"hash": tx_hash.hex(), "status": "pending"})
+            return _error(404, "tx not found (never received, rejected, or evicted)")
+        height, index = loc
+        tx = self.chain.store.block(height).txs[index]
+        return web.json_response(dict(tx_json(tx), status="committed", height=height, index=index))
+
+    async def account(self, request: web.Request) -> web.Response:
+        addr = _parse_address(request.match_info["address"])
+        v = self.chain.view()
+        acct = get_account(v, addr)
+        pending = self.chain.mempool.by_sender.get(addr, {})
+        next_nonce = acct.nonce
+        while next_nonce in pending:
+            next_nonce += 1
+        jail = jail_status(v, addr)
+        return web.json_response({
+            "address": format_address(addr), "balance": acct.balance, "nonce": acct.nonce,
+            "next_nonce": next_nonce, "stake": {r: get_stake(v, addr, r) for r in ROLES},
+            "unbonding": [{"release_height": e[0], "role": e[1], "amount": e[2]} for e in unbonding_entries(v, addr)],
+            "jailed": None if jail is None else {"until": jail[0], "tombstoned": jail[1]},
+            "height": self.chain.height})
+
+    async def validators(self, request: web.Request) -> web.Response:
+        v = self.chain.view()
+        out = []
+        for val in self.chain.validators():
+            jail = jail_status(v, val.address)
+            out.append({"address": format_address(val.address), "pubkey": val.pubkey.hex(),
+                        "power": val.power, "jailed": jail is not None})
+        return web.json_response({"height": self.chain.height, "validators": out})
+
+    def _admit(self, tx: Tx) -> None:
+        self.chain.mempool.add(tx, self.chain.view())
+        self.node.on_new_tx(tx)
+
+    async def broadcast_tx(self, request: web.Request) -> web.Response:
+        tx = _decode_tx((await _json_body(request)).get("tx"))
+        try:
+            self._admit(tx)
+        except MempoolError as exc:
+            raise BadRequest(f"tx rejected: {exc}") from None
+        return web.json_response({"hash": tx.hash.hex(), "status": "pending"})
+
+    async def broadcast_txs(self, request: web.Request) -> web.Response:
+        items = (await _json_body(request)).get("txs")
+        if not isinstance(items, list) or len(items) > MAX_BATCH:
+            raise BadRequest(f"txs must be a list of at most {MAX_BATCH} hex strings")
+        results = []
+        for i, item in enumerate(items):
+            try:
+                tx = _decode_tx(item)
+                self._admit(tx)
+                results.append({"hash": tx.hash.hex()})
+            except (BadRequest, MempoolError) as exc:
+                results.append({"error": str(exc)})
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # let consensus run during a large batch
+        return web.json_response({"accepted": sum("hash" in r for r in results), "results": results})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        c = self.chain
+        lines = [
+            "# TYPE stepchain_height gauge", f"stepchain_height {c.height}",
+            "# TYPE stepchain_mempool_size gauge", f"stepchain_mempool_size {len(c.mempool)}",
+            "# TYPE stepchain_committed_txs_total counter", f"stepchain_committed_txs_total {self.node.committed_txs}",
+            "# TYPE stepchain_validators gauge", f"stepchain_validators {len(c.validators())}",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
+        await ws.prepare(request)
+        self.sockets.add(ws)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.sockets.discard(ws)
+        return ws
+
+    def publish_block(self, block: Block) -> None:
+        event = {"type": "block", "height": block.height, "hash": block.hash.hex(), "num_txs": len(block.txs),
+                 "app_hash": block.header.app_hash.hex()}
+        for ws in list(self.sockets):
+            asyncio.get_running_loop().create_task(ws.send_json(event))

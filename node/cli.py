@@ -121,6 +121,13 @@ def cmd_wallet(args) -> None:
     run_wallet(args, keystore(args), emit, password)
 
 
+def cmd_devnet(args) -> None:
+    from .devnet import run_devnet
+    code = run_devnet(args.home if args.home_given else None, args.validators, args.demo)
+    if code:
+        raise CliError("some nodes did not stop cleanly; see their logs in the devnet home")
+
+
 def cmd_balance(args) -> None:
     addr = resolve_address(args, args.who)
     acct = client(args).account(addr)
@@ -225,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("unjail", parents=[common, txopts], help="return a jailed validator to the set")
     s.add_argument("--from", dest="sender", required=True)
     s.set_defaults(func=cmd_unjail)
+
+    s = sub.add_parser("devnet", help="run a local network of node processes")
+    s.add_argument("--home", dest="home", default=None, help="devnet directory (default: a new temp dir)")
+    s.add_argument("--validators", type=int, default=1)
+    s.add_argument("--demo", action="store_true", help="run the scripted demo, then stop")
+    s.set_defaults(func=cmd_devnet, home_given=True)
 
     sub.add_parser("status", parents=[common], help="node and chain status").set_defaults(func=cmd_status)
     s = sub.add_parser("block", parents=[common], help="show a block")

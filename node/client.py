@@ -20,12 +20,15 @@ class Client:
         self.timeout = timeout
 
     def _call(self, path: str, body: dict | None = None) -> dict:
+        return json.loads(self._request(path, body))
+
+    def _request(self, path: str, body: dict | None = None) -> bytes:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data,
                                      headers={"Content-Type": "application/json"} if data else {})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read())
+                return resp.read()
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read()).get("error", exc.reason)
@@ -38,6 +41,9 @@ class Client:
 
     def get(self, path: str) -> dict:
         return self._call(path)
+
+    def get_text(self, path: str) -> str:
+        return self._request(path).decode()
 
     def post(self, path: str, body: dict) -> dict:
         return self._call(path, body)

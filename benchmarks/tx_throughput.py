@@ -1,0 +1,109 @@
+"""Committed tx/s on one node, against the raw ed25519 verify rate of this machine.
+
+Pre-signs N transfers from many funded accounts, submits them to a real node over RPC in
+batches, and times until the last one is committed. In the same run it measures how many
+ed25519 signatures one core verifies per second, so the ratio says how close the node's
+hot path gets to the one unavoidable cost (each tx verified once per node).
+
+Prints one JSON object as the last line of stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from consensus.crypto import PrivateKey, format_address, verify  # noqa: E402
+from node.client import Client, make_tx  # noqa: E402
+from tests.nodes import NodeProcess  # noqa: E402
+
+
+def ed25519_verify_rate(seconds: float = 2.0) -> float:
+    key = PrivateKey.generate()
+    msg = b"x" * 150
+    sig = key.sign(msg)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(500):
+            verify(key.pubkey, msg, sig)
+        n += 500
+    return n / (time.perf_counter() - start)
+
+
+def fund_in_genesis(home: Path, keys: list[PrivateKey], amount: int) -> None:
+    path = home / "genesis.json"
+    g = json.loads(path.read_text())
+    g["accounts"] += [{"address": format_address(k.address), "balance": amount} for k in keys]
+    path.write_text(json.dumps(g))
+
+
+def presign(keys: list[PrivateKey], per_sender: int, chain_id: str) -> list[str]:
+    """Nonce-major order, so every batch carries ready-to-run txs from many senders."""
+    sink = keys[0].address
+    return [make_tx(k, chain_id, "transfer", {"to": sink, "amount": 1}, nonce, 1).wire.hex()
+            for nonce in range(per_sender) for k in keys]
+
+
+def submit_all(url: str, txs: list[str], batch: int) -> int:
+    client = Client(url, timeout=120)
+    batches = [txs[i:i + batch] for i in range(0, len(txs), batch)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda b: client.post("/broadcast_txs", {"txs": b})["accepted"], batches))
+    return sum(results)
+
+
+def committed(client: Client) -> int:
+    for line in client.get_text("/metrics").splitlines():
+        if line.startswith("stepchain_committed_txs_total "):
+            return int(line.split()[1])
+    raise RuntimeError("metrics lack stepchain_committed_txs_total")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--senders", type=int, default=2000)
+    ap.add_argument("--per-sender", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=2000)
+    args = ap.parse_args()
+
+    verify_rate = ed25519_verify_rate()
+    keys = [PrivateKey.generate() for _ in range(args.senders)]
+    with tempfile.TemporaryDirectory() as tmp:
+        node = NodeProcess.init_dev(Path(tmp), block_interval_ms=1000, idle_interval_ms=1000)
+        fund_in_genesis(node.home, keys, 10**9)
+        node.start()
+        try:
+            chain_id = node.rpc.status()["chain_id"]
+            txs = presign(keys, args.per_sender, chain_id)
+            client = Client(node.url, timeout=60)
+            start_height = node.rpc.status()["height"]
+            start = time.perf_counter()
+            accepted = submit_all(node.url, txs, args.batch)
+            submitted_at = time.perf_counter()
+            while committed(client) < accepted:
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - start
+            blocks = node.rpc.status()["height"] - start_height
+        finally:
+            node.stop()
+    tps = accepted / elapsed
+    result = {
+        "benchmark": "tx_throughput",
+        "txs": len(txs), "accepted": accepted, "senders": args.senders, "blocks": blocks,
+        "submit_s": round(submitted_at - start, 3), "elapsed_s": round(elapsed, 3),
+        "committed_tx_per_s": round(tps, 1),
+        "ed25519_verify_per_s": round(verify_rate, 1),
+        "ratio_committed_to_verify": round(tps / verify_rate, 3),
+        "target_committed_tx_per_s": 3000,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

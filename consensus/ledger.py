@@ -58,6 +58,7 @@ def k_stake(addr: bytes, role: str) -> bytes: return b"stake/" + addr + b"/" + r
 def k_unbonding(addr: bytes) -> bytes: return b"unbond/" + addr
 def k_unbonding_due(height: int) -> bytes: return b"unbond_due/" + height.to_bytes(8, "big")
 def k_jail(addr: bytes) -> bytes: return b"jail/" + addr
+def k_liveness(addr: bytes) -> bytes: return b"missed/" + addr
 
 
 K_PARAMS = b"params"

@@ -16,7 +16,7 @@ from .crypto import ADDRESS_LEN, address_of, sha256, verify
 from .genesis import ROLES, Genesis
 from .ledger import (K_BURNED, K_CANDIDATES, K_CHAIN, K_LAST_VALSET, K_PARAMS, K_SUPPLY, K_VALSET,
                      Account, View, add_balance, add_burned, encode_valset, get_account, get_chain, get_params,
-                     get_stake, get_valset, k_pubkey, set_account, write_set_hash)
+                     get_stake, get_valset, k_liveness, k_pubkey, set_account, write_set_hash)
 from .types import DuplicateVoteEvidence, Tx
 
 
@@ -34,6 +34,7 @@ class BlockContext:
     time_ms: int
     proposer: bytes
     beacon: bytes
+    last_signers: tuple[bytes, ...] = ()  # validators whose precommit for the parent is in this block
 
 
 @dataclass
@@ -211,7 +212,31 @@ def check_block_context(v: View, ctx: BlockContext) -> None:
         raise BlockError("proposer is not in the validator set")
 
 
+def process_liveness(v: View, ctx: BlockContext) -> None:
+    """Record who did not sign the parent; more than half of the window missed → slash and jail."""
+    if ctx.height < 2:
+        return
+    params = get_params(v)
+    window = params["downtime_window"]
+    signers = set(ctx.last_signers)
+    for val in get_valset(v, K_LAST_VALSET):
+        if staking.jail_status(v, val.address) is not None:
+            continue
+        key = k_liveness(val.address)
+        missed = v.read(key, [])
+        kept = [h for h in missed if h > ctx.height - 1 - window]
+        if val.address not in signers:
+            kept.append(ctx.height - 1)
+        if len(kept) > window // 2:
+            staking.slash(v, val.address, "validator", params["slash_downtime_ppm"])
+            staking.jail(v, val.address, ctx.height)
+            kept = []
+        if kept != missed:
+            v.write(key, kept or None)
+
+
 def end_block(v: View, ctx: BlockContext) -> None:
+    process_liveness(v, ctx)
     staking.release_unbonded(v, ctx.height)
     staking.end_block_validator_set(v, ctx.height)
     v.write(K_CHAIN, [ctx.height, ctx.beacon, ctx.time_ms])

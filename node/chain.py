@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from consensus import merkle
-from consensus.bft import proposer_for, verify_commit
+from consensus.bft import verify_commit
 from consensus.crypto import PrivateKey, verify
 from consensus.genesis import Genesis
 from consensus.ledger import K_LAST_VALSET, View, get_chain, get_params, get_valset
@@ -25,6 +25,10 @@ from .mempool import Mempool
 
 log = logging.getLogger("stepchain.chain")
 MAX_CLOCK_DRIFT_MS = 10_000
+
+
+def signers_of(commit: Commit | None) -> tuple[bytes, ...]:
+    return tuple(a for a, _ in commit.signatures) if commit else ()
 
 
 def now_ms() -> int:
@@ -68,13 +72,13 @@ class Chain:
 
     # -- building -------------------------------------------------------------------------
 
-    def build_block(self, key: PrivateKey, round_: int) -> Block:
+    def build_block(self, key: PrivateKey) -> Block:
         """Make a block from the mempool, leaving out txs that fail."""
         v = self.view()
         height, prev_beacon, last_time = get_chain(v)
         beacon_sig = key.sign(beacon_sign_bytes(self.chain_id, height + 1, prev_beacon))
         ctx = BlockContext(height + 1, max(now_ms(), last_time + 1), key.address,
-                           next_beacon(prev_beacon, beacon_sig))
+                           next_beacon(prev_beacon, beacon_sig), signers_of(self.last_commit))
         txs = self.mempool.reap(v, get_params(v)["max_block_txs"])
         evidence = sorted(self.evidence.values(), key=lambda e: e.hash)
         result = execute_block(self.state, self.app_hash, self.chain_id, ctx, txs, evidence,
@@ -91,7 +95,7 @@ class Chain:
 
     # -- checking -------------------------------------------------------------------------
 
-    def check_block(self, block: Block, round_: int) -> BlockResult:
+    def check_block(self, block: Block) -> BlockResult:
         """Every rule a validator checks before prevoting; raises BlockError."""
         if block.hash in self._results:
             return self._results[block.hash]
@@ -104,16 +108,18 @@ class Chain:
             raise BlockError("header roots do not match the block body")
         if h.validators_hash != valset_hash(list(vals)):
             raise BlockError("wrong validators_hash")
-        proposer = proposer_for(vals, h.height, round_)
-        if h.proposer != proposer.address:
-            raise BlockError("block is not from this round's proposer")
+        # A block re-proposed in a later round (proof-of-lock) keeps its original builder,
+        # so the header names any validator; the proposal's signer is checked per round.
+        proposer = next((x for x in vals if x.address == h.proposer), None)
+        if proposer is None:
+            raise BlockError("block proposer is not a validator")
         if h.time_ms > now_ms() + MAX_CLOCK_DRIFT_MS:
             raise BlockError("block time is too far in the future")
         sig_ok = verify(proposer.pubkey, beacon_sign_bytes(self.chain_id, h.height, prev_beacon), h.beacon_sig)
         if not sig_ok or h.beacon != next_beacon(prev_beacon, h.beacon_sig):
             raise BlockError("bad beacon")
         self._check_last_commit(block)
-        ctx = BlockContext(h.height, h.time_ms, h.proposer, h.beacon)
+        ctx = BlockContext(h.height, h.time_ms, h.proposer, h.beacon, signers_of(block.last_commit))
         result = execute_block(self.state, self.app_hash, self.chain_id, ctx, block.txs, block.evidence,
                                sig_ok=self.mempool.verified)
         if result.app_hash != h.app_hash:
@@ -133,10 +139,20 @@ class Chain:
         if why:
             raise BlockError(f"bad last commit: {why}")
 
+    def add_late_precommit(self, vote) -> bool:
+        """A precommit for our tip that arrived after we decided: the next block's last
+        commit carries it, so the validator is not counted as missing."""
+        c = self.last_commit
+        if c is None or vote.round != c.round or any(a == vote.validator for a, _ in c.signatures):
+            return False
+        sigs = tuple(sorted(c.signatures + ((vote.validator, vote.signature),)))
+        self.last_commit = Commit(c.height, c.round, c.block_hash, sigs)
+        return True
+
     # -- committing -----------------------------------------------------------------------
 
     def commit_block(self, block: Block, commit: Commit) -> BlockResult:
-        result = self.check_block(block, commit.round)
+        result = self.check_block(block)
         self.store.commit_block(block, commit, result.writes, result.app_hash)
         for k, val in result.writes.items():
             if val is None:

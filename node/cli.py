@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--moniker", default="node")
     s.add_argument("--rpc-port", type=int, default=26657)
     s.add_argument("--p2p-port", type=int, default=26656)
+    s.add_argument("--seeds", help="peers to dial, comma-separated ID@HOST:PORT")
     s.set_defaults(func=cmd_init)
 
     node = sub.add_parser("node", help="run or check a node").add_subparsers(dest="node_command", required=True)

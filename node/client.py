@@ -1,6 +1,7 @@
 """A small synchronous RPC client, used by the CLI, the workers and the tests."""
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -20,12 +21,19 @@ class Client:
         self.timeout = timeout
 
     def _call(self, path: str, body: dict | None = None) -> dict:
-        return json.loads(self._request(path, body))
+        raw = self._request(path, body)
+        try:
+            return json.loads(raw)
+        except ValueError:  # incl. UnicodeDecodeError: something that is not a stepchain node answered
+            raise RpcError(f"{self.url} answered with something that is not JSON; is it a stepchain node's RPC?") from None
 
     def _request(self, path: str, body: dict | None = None) -> bytes:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            req = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json"} if data else {})
+        except ValueError:
+            raise RpcError(f"bad RPC URL {self.url!r}: expected something like http://127.0.0.1:26657") from None
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.read()
@@ -35,7 +43,7 @@ class Client:
             except (ValueError, AttributeError):
                 message = exc.reason
             raise RpcError(message) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise RpcError(f"cannot reach the node at {self.url} ({reason}); is `stepchain node run` going?") from None
 

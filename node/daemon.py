@@ -10,7 +10,10 @@ from aiohttp import web
 from consensus.genesis import load as load_genesis
 from consensus.types import Block, Tx
 
+from consensus.crypto import format_address
+
 from .chain import Chain
+from .network import Network
 from .engine import Engine
 from .home import Home, split_hostport
 from .rpc import Rpc
@@ -30,22 +33,32 @@ class Node:
         self.engine = Engine(self.chain, self.key if is_validator else None,
                              block_interval=self.config.block_interval_ms / 1000,
                              idle_interval=self.config.idle_interval_ms / 1000,
-                             on_commit=self._on_commit)
+                             broadcast=self._broadcast, on_commit=self._on_commit,
+                             misbehave=self.config.misbehave)
+        self.network = Network(self.chain, self.engine, self.key, self.config.p2p_listen, self.config.seeds,
+                               self.config.max_frame_bytes)
+
+    async def _broadcast(self, kind: str, msg) -> None:
+        await self.network.broadcast(kind, msg)
 
     def on_new_tx(self, tx: Tx) -> None:
+        self.network.queue_tx(tx)
         self.engine.tx_arrived.set()
 
     def _on_commit(self, block: Block) -> None:
         self.committed_txs += len(block.txs)
         self.rpc.publish_block(block)
+        self.network.on_commit(block)
 
     async def serve(self, stop: asyncio.Event) -> None:
         host, port = split_hostport(self.config.rpc_listen)
         runner = web.AppRunner(self.rpc.app(self.config.max_body_bytes), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
-        log.info("node %s: chain %s at height %d, RPC on http://%s:%d", self.config.moniker,
-                 self.chain.chain_id, self.chain.height, host, port)
+        await self.network.start()
+        log.info("node %s (%s): chain %s at height %d, RPC on http://%s:%d, P2P on %s", self.config.moniker,
+                 format_address(self.key.address), self.chain.chain_id, self.chain.height, host, port,
+                 self.config.p2p_listen)
         engine = asyncio.get_running_loop().create_task(self.engine.run())
         stopper = asyncio.get_running_loop().create_task(stop.wait())
         try:
@@ -57,6 +70,7 @@ class Node:
             log.info("shutting down")
             engine.cancel()
             await asyncio.gather(engine, return_exceptions=True)
+            await self.network.stop()
             await runner.cleanup()
             self.chain.close()
             log.info("stopped at height %d", self.chain.height)

@@ -16,9 +16,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from consensus.crypto import format_address
+from consensus.crypto import PrivateKey, format_address
 
 from .client import Client, RpcError
+from .home import Config, Home
+from .init import REPO_GENESIS, dev_genesis, peer_string, read_template
+from .wallet import Keystore
 
 DEMO_PASSWORD = "stepchain-demo"
 
@@ -29,35 +32,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stepchain(*args: str, env: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "node.cli", *args, "--json"], capture_output=True,
-                          text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"stepchain {' '.join(args)}: {proc.stderr.strip()}")
-    return json.loads(proc.stdout)
-
-
 class Devnet:
     def __init__(self, base: Path, validators: int = 1):
-        if validators != 1:
-            raise ValueError("this build runs single-validator devnets only (--validators 1)")
+        if not 1 <= validators <= 16:
+            raise ValueError("--validators must be between 1 and 16")
         self.base = base
+        self.n = validators
         self.env = dict(os.environ, STEPCHAIN_PASSWORD=os.environ.get("STEPCHAIN_PASSWORD", DEMO_PASSWORD))
-        self.homes: list[Path] = []
+        self.homes = [base / f"node{i}" for i in range(validators)]
         self.procs: list[subprocess.Popen] = []
-        self.urls: list[str] = []
 
-    def init(self) -> None:
-        home = self.base / "node0"
-        if not (home / "config.toml").exists():
-            rpc = _free_port()
-            _stepchain("init", "--home", str(home), "--dev", "--rpc-port", str(rpc),
-                       "--p2p-port", str(_free_port()), "--moniker", "node0", env=self.env)
-        cfg = (home / "config.toml").read_text()
-        rpc_listen = next(line.split("=")[1].strip().strip('"') for line in cfg.splitlines()
-                          if line.startswith("rpc_listen"))
-        self.homes.append(home)
-        self.urls.append(f"http://{rpc_listen}")
+    @property
+    def urls(self) -> list[str]:
+        return [Home(h).config().rpc_url for h in self.homes]
+
+    def init(self, block_interval_ms: int = 1000, idle_interval_ms: int = 3000) -> None:
+        """Homes for N validators sharing one genesis; node0's keystore holds the funded `dev` key."""
+        if all(Home(h).exists() for h in self.homes):
+            return  # an existing devnet: resume it
+        self.base.mkdir(parents=True, exist_ok=True)
+        keys = [PrivateKey.generate() for _ in self.homes]
+        p2p = [f"127.0.0.1:{_free_port()}" for _ in self.homes]
+        dev = Keystore(Home(self.homes[0]).keystore_dir).create("dev", self.env["STEPCHAIN_PASSWORD"])
+        genesis = dev_genesis(read_template(REPO_GENESIS), keys, [dev["address"]])
+        for i, (path, key) in enumerate(zip(self.homes, keys)):
+            home = Home(path)
+            home.path.mkdir(parents=True, exist_ok=True)
+            home.genesis_path.write_text(json.dumps(genesis, indent=2) + "\n")
+            home.write_node_key(key)
+            seeds = [peer_string(k, a) for j, (k, a) in enumerate(zip(keys, p2p)) if j != i]
+            home.write_config(Config(moniker=f"node{i}", rpc_listen=f"127.0.0.1:{_free_port()}",
+                                     p2p_listen=p2p[i], seeds=seeds, block_interval_ms=block_interval_ms,
+                                     idle_interval_ms=idle_interval_ms))
 
     def start(self) -> None:
         for home in self.homes:
@@ -125,8 +131,10 @@ def run_devnet(home: str | None, validators: int, demo: bool) -> int:
     with _sigterm_as_interrupt():
         net.start()
         try:
-            for i, (h, url) in enumerate(zip(net.homes, net.urls)):
-                print(f"node{i}: home {h}  rpc {url}", flush=True)
+            for h, url in zip(net.homes, net.urls):
+                cfg = Home(h).config()
+                key = Home(h).node_key()
+                print(f"{cfg.moniker}: rpc {url}  p2p {peer_string(key, cfg.p2p_listen)}  home {h}", flush=True)
             if demo:
                 from .demo import run_demo
                 run_demo(net)

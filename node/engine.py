@@ -13,9 +13,11 @@ import time
 from typing import Awaitable, Callable
 
 from consensus import bft
-from consensus.crypto import PrivateKey, sha256
-from consensus.state import BlockError
-from consensus.types import PRECOMMIT, PREVOTE, Block, Proposal, Vote
+from consensus.crypto import PrivateKey, sha256, verify
+from consensus.ledger import K_LAST_VALSET, View, get_valset
+from consensus.staking import jail_status
+from consensus.state import BlockError, process_duplicate_vote
+from consensus.types import PRECOMMIT, PREVOTE, Block, DuplicateVoteEvidence, Proposal, Vote
 
 from .chain import Chain
 
@@ -27,16 +29,21 @@ class DoubleSignRefused(RuntimeError):
     pass
 
 
+class _Restart:
+    """Internal event: re-read the chain height and start consensus there."""
+
+
 class Engine:
     def __init__(self, chain: Chain, key: PrivateKey | None, *, block_interval: float = 1.0,
                  idle_interval: float = 3.0, broadcast: Callable[[str, object], Awaitable[None]] | None = None,
-                 on_commit: Callable[[Block], None] | None = None):
+                 on_commit: Callable[[Block], None] | None = None, misbehave: str = ""):
         self.chain = chain
         self.key = key
         self.block_interval = block_interval
         self.idle_interval = idle_interval
         self.broadcast = broadcast
         self.on_commit = on_commit
+        self.misbehave = misbehave
         timeouts = bft.TimeoutConfig(propose=block_interval + idle_interval + 2.0)
         self.machine = bft.BFT(key.address if key else None, timeouts)
         self.events: asyncio.Queue = asyncio.Queue()
@@ -50,23 +57,60 @@ class Engine:
     def submit(self, event) -> None:
         self.events.put_nowait(event)
 
-    def on_proposal(self, proposal: Proposal) -> None:
-        """A proposal from a peer (signature checked here, validity by execution)."""
+    def on_proposal(self, proposal: Proposal) -> bool:
+        """A peer's proposal: True when it is for our next height and properly signed."""
         if proposal.height != self.chain.height + 1:
-            return
+            return False
         expected = bft.proposer_for(self.chain.validators(), proposal.height, proposal.round)
-        from consensus.crypto import verify
         if not verify(expected.pubkey, proposal.sign_bytes(self.chain.chain_id), proposal.signature):
             raise ValueError("proposal signature is not from the round's proposer")
         self.submit(bft.ProposalReceived(proposal, self._valid(proposal)))
+        return True
 
     def _valid(self, proposal: Proposal) -> bool:
         try:
-            self.chain.check_block(proposal.block, proposal.round)
+            self.chain.check_block(proposal.block)
             return True
         except BlockError as exc:
             log.warning("rejecting block %d from round %d: %s", proposal.height, proposal.round, exc)
             return False
+
+    def on_vote(self, vote: Vote) -> bool:
+        """A peer's vote: for the height being decided, or a late precommit for our tip."""
+        if vote.height == self.chain.height + 1:
+            vals = self.chain.validators()
+        elif vote.height == self.chain.height and vote.kind == PRECOMMIT and vote.block_hash == self.chain.tip_hash:
+            vals = get_valset(self.chain.view(), K_LAST_VALSET)
+        else:
+            return False
+        val = next((v for v in vals if v.address == vote.validator), None)
+        if val is None:
+            return False
+        if not verify(val.pubkey, vote.sign_bytes(self.chain.chain_id), vote.signature):
+            raise ValueError("vote signature is invalid")
+        if vote.height == self.chain.height:
+            return self.chain.add_late_precommit(vote)
+        self.submit(bft.VoteReceived(vote))
+        return True
+
+    def on_evidence(self, ev: DuplicateVoteEvidence) -> bool:
+        if ev.hash in self.chain.evidence:
+            return False
+        try:
+            process_duplicate_vote(View(self.chain.state), ev, self.chain.chain_id, self.chain.height + 1)
+        except BlockError as exc:
+            raise ValueError(f"invalid evidence: {exc}") from None
+        status = jail_status(self.chain.view(), ev.vote_a.validator)
+        if status and status[1]:
+            return False  # already punished
+        self.chain.evidence[ev.hash] = ev
+        return True
+
+    def restart_height(self) -> None:
+        """Our height moved under consensus (blocks arrived by sync): start the next one."""
+        if self.machine.height != self.chain.height + 1:
+            self._cancel_timers()
+            self.submit(_Restart())
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -74,7 +118,11 @@ class Engine:
         self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators()))
         while True:
             event = await self.events.get()
-            self._feed(event)
+            if isinstance(event, _Restart):
+                if self.machine.height != self.chain.height + 1:
+                    self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators()))
+            else:
+                self._feed(event)
 
     def _feed(self, event) -> None:
         for action in self.machine.handle(event):
@@ -128,7 +176,17 @@ class Engine:
             return
         vote = Vote(a.kind, a.height, a.round, a.block_hash, self.key.address, self.key.sign(sign_bytes))
         self._send("vote", vote)
+        if self.misbehave == "double-prevote" and a.kind == PREVOTE:
+            self._equivocate(a)
         self.submit(bft.VoteReceived(vote))
+
+    def _equivocate(self, a: bft.SignVote) -> None:
+        """Test networks only: also sign a conflicting prevote, which honest nodes turn into evidence."""
+        other = sha256(b"equivocation" + a.block_hash + a.round.to_bytes(4, "big"))
+        bad = Vote(PREVOTE, a.height, a.round, other, self.key.address)
+        bad = Vote(PREVOTE, a.height, a.round, other, self.key.address, self.key.sign(bad.sign_bytes(self.chain.chain_id)))
+        log.warning("misbehaving on purpose: conflicting prevote at height %d", a.height)
+        self._send("vote", bad)
 
     async def _propose(self, a: bft.Propose) -> None:
         block = a.block
@@ -136,7 +194,7 @@ class Engine:
             await self._pace()
             if self.machine.height != a.height or self.machine.round != a.round:
                 return  # the round moved on while we waited
-            block = self.chain.build_block(self.key, a.round)
+            block = self.chain.build_block(self.key)
         proposal = Proposal(a.height, a.round, a.pol_round, block)
         sign_bytes = proposal.sign_bytes(self.chain.chain_id)
         try:
@@ -164,17 +222,24 @@ class Engine:
 
     # -- committing -----------------------------------------------------------------------
 
-    def _commit(self, a: bft.CommitBlock) -> None:
-        started = time.monotonic()
-        result = self.chain.commit_block(a.block, a.commit)
+    def _cancel_timers(self) -> None:
         for t in self._timers:
             t.cancel()
         self._timers.clear()
-        elapsed = started - self._last_commit_at
+
+    def _commit(self, a: bft.CommitBlock) -> None:
+        if a.block.height != self.chain.height + 1:
+            return  # already committed through sync
+        self.chain.commit_block(a.block, a.commit)
+        self._cancel_timers()
+        self.after_commit(a.block, a.commit.round)
+        self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators()))
+
+    def after_commit(self, block: Block, round_: int = 0) -> None:
+        elapsed = time.monotonic() - self._last_commit_at
         self._last_commit_at = time.monotonic()
         log.info("block %d committed: %d txs, round %d, hash %s, app_hash %s, %.2fs",
-                 a.block.height, len(result.included), a.commit.round, a.block.hash.hex()[:16],
-                 result.app_hash.hex()[:16], elapsed)
+                 block.height, len(block.txs), round_, block.hash.hex()[:16],
+                 block.header.app_hash.hex()[:16], elapsed)
         if self.on_commit:
-            self.on_commit(a.block)
-        self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators()))
+            self.on_commit(block)

@@ -30,6 +30,8 @@ class Config:
     block_interval_ms: int = 1000
     idle_interval_ms: int = 3000
     max_body_bytes: int = 8 * 1024 * 1024
+    max_frame_bytes: int = 4 * 1024 * 1024
+    misbehave: str = ""  # test networks only: "double-prevote" makes this validator equivocate
 
     def to_toml(self) -> str:
         lines = ["# stepchain node configuration"]

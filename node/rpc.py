@@ -99,7 +99,7 @@ def _parse_hex(text: str, what: str, size: int | None = None) -> bytes:
 async def _json_body(request: web.Request) -> dict:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, a huge int, deep nesting
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -113,6 +113,8 @@ def _decode_tx(hex_text) -> Tx:
         return Tx.decode(_parse_hex(hex_text, "tx"))
     except (codec.CodecError, DecodeError) as exc:
         raise BadRequest(f"malformed tx: {exc}") from None
+    except TypeError:  # codec.decode lets msgpack's "unhashable type" through for a list/map used as a map key
+        raise BadRequest("malformed tx: malformed msgpack: a map key must be a string or bytes") from None
 
 
 class Rpc:
@@ -132,6 +134,8 @@ class Rpc:
             web.post("/broadcast_tx", self.broadcast_tx),
             web.post("/broadcast_txs", self.broadcast_txs),
             web.get("/metrics", self.metrics),
+            web.get("/peers", self.peers),
+            web.post("/admin/isolate", self.isolate),
             web.get("/ws", self.websocket),
         ])
         return app
@@ -152,11 +156,13 @@ class Rpc:
         text = request.match_info["height"]
         if text == "latest":
             height = self.chain.height
-        elif text.isdigit():
+        elif text.isascii() and text.isdigit():  # not str.isdigit alone: it accepts '²', which int() refuses
+            if len(text) > 19:
+                raise BadRequest("height is out of range")
             height = int(text)
         else:
             raise BadRequest("height must be a non-negative integer or 'latest'")
-        block = self.chain.store.block(height)
+        block = self.chain.store.block(height) if height <= self.chain.height else None
         if block is None:
             return _error(404, f"no block at height {height} (tip is {self.chain.height})")
         return web.json_response(block_json(block))
@@ -225,6 +231,20 @@ class Rpc:
                 await asyncio.sleep(0)  # let consensus run during a large batch
         return web.json_response({"accepted": sum("hash" in r for r in results), "results": results})
 
+    async def peers(self, request: web.Request) -> web.Response:
+        g = self.node.network.gossip
+        return web.json_response({"peers": [{"id": format_address(p.id), "listen": p.hello["listen"],
+                                             "height": p.height, "score": p.score} for p in g.peers.values()],
+                                  "banned": [format_address(b) for b in g.bans if g.banned(b)]})
+
+    async def isolate(self, request: web.Request) -> web.Response:
+        """Operator tool (RPC is local-only): drop all peers and refuse them for N seconds."""
+        seconds = (await _json_body(request)).get("seconds")
+        if type(seconds) not in (int, float) or not 0 < seconds <= 3600:
+            raise BadRequest("seconds must be a number between 0 and 3600")
+        self.node.network.gossip.isolate(float(seconds))
+        return web.json_response({"isolated_for": seconds})
+
     async def metrics(self, request: web.Request) -> web.Response:
         c = self.chain
         lines = [
@@ -232,6 +252,7 @@ class Rpc:
             "# TYPE stepchain_mempool_size gauge", f"stepchain_mempool_size {len(c.mempool)}",
             "# TYPE stepchain_committed_txs_total counter", f"stepchain_committed_txs_total {self.node.committed_txs}",
             "# TYPE stepchain_validators gauge", f"stepchain_validators {len(c.validators())}",
+            "# TYPE stepchain_peers gauge", f"stepchain_peers {len(self.node.network.gossip.peers)}",
         ]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 

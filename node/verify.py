@@ -12,6 +12,7 @@ from consensus.ledger import K_LAST_VALSET, View, get_valset
 from consensus.state import BlockContext, execute_block, genesis_writes, supply_check
 from consensus.store import Store, StoreError
 
+from .chain import signers_of
 from .home import Home
 
 
@@ -26,7 +27,8 @@ def verify_home(home: Home) -> dict:
         for h in range(1, height + 1):
             block = store.block(h)
             commit = store.commit(h)
-            ctx = BlockContext(h, block.header.time_ms, block.header.proposer, block.header.beacon)
+            ctx = BlockContext(h, block.header.time_ms, block.header.proposer, block.header.beacon,
+                               signers_of(block.last_commit))
             result = execute_block(state, app_hash, genesis.chain_id, ctx, block.txs, block.evidence)
             if result.app_hash != block.header.app_hash or result.app_hash != store.app_hash(h):
                 raise StoreError(f"re-execution of height {h} gives a different app hash")

@@ -1,0 +1,194 @@
+"""The node's side of the network: what peers' messages mean for this node's chain.
+
+p2p/ moves, dedups and rate-limits messages; this module decodes them, checks them against
+the chain (signatures, heights, commits) and passes them to the mempool, the consensus
+engine or the block syncer, blaming the peer (``Misbehaviour``) when a message is bad.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from consensus import codec
+from consensus.bft import verify_commit
+from consensus.state import BlockError
+from consensus.store import StoreError
+from consensus.types import Block, Commit, DecodeError, DuplicateVoteEvidence, Proposal, Tx, Vote
+from p2p.gossip import Gossip, Misbehaviour, Peer
+from p2p.sync import SyncPlanner, serve_range
+from p2p.transport import make_hello
+
+from .chain import Chain
+from .engine import Engine
+from .mempool import MempoolError
+
+log = logging.getLogger("stepchain.net")
+MAX_TXS_PER_MESSAGE = 1000
+TX_FLUSH_S = 0.05
+MALFORMED = 50
+BAD_SIGNATURE = 20
+
+
+def _decode(fn, payload, what: str):
+    try:
+        return fn(payload)
+    except (DecodeError, codec.CodecError, TypeError, IndexError) as exc:
+        raise Misbehaviour(MALFORMED, f"malformed {what}: {exc}") from None
+
+
+class Network:
+    def __init__(self, chain: Chain, engine: Engine, key, listen: str, seeds: list[str], frame_limit: int):
+        self.chain, self.engine = chain, engine
+        self.listen = listen
+        self.gossip = Gossip(key, self, listen, seeds, frame_limit)
+        self.planner = SyncPlanner()
+        self._tx_buffer: list = []
+        self._wake_sync = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.gossip.start()
+        self.gossip._spawn(self._flush_txs())
+        self.gossip._spawn(self._sync_loop())
+
+    async def stop(self) -> None:
+        await self.gossip.stop()
+
+    # -- outgoing -------------------------------------------------------------------------
+
+    async def broadcast(self, kind: str, msg) -> None:
+        self.gossip.broadcast(kind, msg.to_obj())
+
+    def queue_tx(self, tx: Tx) -> None:
+        self._tx_buffer.append(tx.to_obj())
+
+    async def _flush_txs(self) -> None:
+        while True:
+            await asyncio.sleep(TX_FLUSH_S)
+            while self._tx_buffer:
+                batch, self._tx_buffer = self._tx_buffer[:MAX_TXS_PER_MESSAGE], self._tx_buffer[MAX_TXS_PER_MESSAGE:]
+                self.gossip.broadcast("txs", batch)
+
+    def on_commit(self, block: Block) -> None:
+        self.gossip.send_status(self.chain.height)
+
+    # -- App protocol ---------------------------------------------------------------------
+
+    def hello(self) -> dict:
+        return make_hello(self.chain.chain_id, self.chain.genesis.hash, self.chain.height, self.listen)
+
+    def on_peer(self, peer: Peer) -> None:
+        if peer.height > self.chain.height:
+            self._wake_sync.set()
+
+    async def handle(self, peer: Peer, kind: str, payload) -> bool:
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            raise Misbehaviour(10, f"unknown message kind {kind!r}")
+        return handler(peer, payload)
+
+    def _on_txs(self, peer: Peer, payload) -> bool:
+        if type(payload) is not list or len(payload) > MAX_TXS_PER_MESSAGE:
+            raise Misbehaviour(MALFORMED, "txs must be a list of at most 1000")
+        accepted, bad = [], 0
+        for obj in payload:
+            tx = _decode(Tx.from_obj, obj, "tx")
+            try:
+                self.chain.mempool.add(tx, self.chain.view())
+                accepted.append(obj)
+            except MempoolError as exc:
+                bad += "bad signature" in str(exc)
+        if accepted:
+            self.engine.tx_arrived.set()
+            self.gossip.relay("txs", accepted, exclude=peer.id)
+        if bad:
+            raise Misbehaviour(min(BAD_SIGNATURE * bad, 100), f"{bad} txs with bad signatures")
+        return False
+
+    def _on_proposal(self, peer: Peer, payload) -> bool:
+        proposal = _decode(Proposal.from_obj, payload, "proposal")
+        if proposal.height > self.chain.height + 1:
+            peer.hello["height"] = max(peer.height, proposal.height - 1)
+            self._wake_sync.set()
+            return False
+        try:
+            return self.engine.on_proposal(proposal)
+        except ValueError as exc:
+            raise Misbehaviour(BAD_SIGNATURE, str(exc)) from None
+
+    def _on_vote(self, peer: Peer, payload) -> bool:
+        vote = _decode(Vote.from_obj, payload, "vote")
+        try:
+            return self.engine.on_vote(vote)
+        except ValueError as exc:
+            raise Misbehaviour(BAD_SIGNATURE, str(exc)) from None
+
+    def _on_evidence(self, peer: Peer, payload) -> bool:
+        ev = _decode(DuplicateVoteEvidence.from_obj, payload, "evidence")
+        try:
+            return self.engine.on_evidence(ev)
+        except ValueError as exc:
+            raise Misbehaviour(BAD_SIGNATURE, str(exc)) from None
+
+    def _on_status(self, peer: Peer, payload) -> bool:
+        if type(payload) is not int:
+            raise Misbehaviour(MALFORMED, "status must be a height")
+        peer.hello["height"] = payload
+        if payload > self.chain.height:
+            self._wake_sync.set()
+        return False
+
+    def _on_get_blocks(self, peer: Peer, payload) -> bool:
+        if type(payload) is not list or len(payload) != 2 or not all(type(x) is int for x in payload):
+            raise Misbehaviour(MALFORMED, "get_blocks must be [first, last]")
+        store = self.chain.store
+        peer.send("blocks", serve_range(store.block_bytes, lambda h: store.commit(h).to_obj(),
+                                        payload[0], payload[1], self.chain.height))
+        return False
+
+    def _on_blocks(self, peer: Peer, payload) -> bool:
+        if type(payload) is not list:
+            raise Misbehaviour(MALFORMED, "blocks must be a list")
+        applied = 0
+        try:
+            for raw, commit_obj in payload:
+                block = _decode(Block.decode, raw, "block")
+                commit = _decode(Commit.from_obj, commit_obj, "commit")
+                if block.height <= self.chain.height:
+                    continue
+                self._apply_synced(block, commit)
+                applied += 1
+        except (ValueError, TypeError) as exc:  # BlockError is a ValueError
+            self.planner.done(peer.id, False, time.monotonic())
+            raise Misbehaviour(MALFORMED, f"invalid synced block: {exc}") from None
+        self.planner.done(peer.id, True, time.monotonic())
+        if applied:
+            log.info("synced %d blocks from %s, now at height %d", applied, peer.name, self.chain.height)
+            self.engine.restart_height()
+            self.gossip.send_status(self.chain.height)
+        self._wake_sync.set()
+        return False
+
+    def _apply_synced(self, block: Block, commit: Commit) -> None:
+        if block.height != self.chain.height + 1:
+            raise BlockError(f"block {block.height} does not follow our height {self.chain.height}")
+        why = verify_commit(self.chain.chain_id, commit, self.chain.validators(), block.height, block.hash)
+        if why:
+            raise BlockError(why)
+        self.chain.commit_block(block, commit)
+        self.engine.after_commit(block)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake_sync.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            self._wake_sync.clear()
+            heights = {pid: p.height for pid, p in self.gossip.peers.items()}
+            req = self.planner.next_request(self.chain.height, heights, time.monotonic())
+            if req is not None and req.peer in self.gossip.peers:
+                self.gossip.peers[req.peer].send("get_blocks", [req.first, req.last])
+
+
+__all__ = ["Network", "StoreError"]

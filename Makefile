@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/stepchain devnet --demo
+	$(BIN)/stepchain devnet --validators 4 --demo
 
 # The whole suite, slow end-to-end tests included. pytest exits 5 when it collected
 # nothing: that is a failure here, not a pass.

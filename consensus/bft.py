@@ -92,10 +92,12 @@ class TimeoutConfig:
     prevote: float = 1.0
     precommit: float = 1.0
     delta: float = 0.5  # added per round, so timeouts grow until the network catches up
+    first_propose_extra: float = 0.0  # round 0 only: the proposer may wait this long for txs
 
     def seconds(self, step: str, round_: int) -> float:
         base = {PROPOSE: self.propose, PREVOTE: self.prevote, PRECOMMIT: self.precommit}[step]
-        return base + self.delta * round_
+        extra = self.first_propose_extra if step == PROPOSE and round_ == 0 else 0.0
+        return base + extra + self.delta * round_
 
 
 def proposer_for(validators: tuple[Validator, ...], height: int, round_: int) -> Validator:
@@ -167,6 +169,13 @@ class BFT:
 
     def proposer(self, round_: int) -> Validator:
         return proposer_for(self.validators, self.height, round_)
+
+    def messages(self) -> tuple[list[Proposal], list[Vote]]:
+        """What a peer needs to join us: this round's and the previous round's messages."""
+        rounds = [self.rounds[r] for r in sorted(self.rounds) if r >= self.round - 1]
+        proposals = [r.proposal for r in rounds if r.proposal is not None]
+        votes = [v for r in rounds for d in (r.prevotes, r.precommits) for v in d.values()]
+        return proposals, votes
 
     # -- entry point ----------------------------------------------------------------------
 

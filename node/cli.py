@@ -77,10 +77,19 @@ def resolve_address(args, who: str) -> str:
             return format_address(parse_address(who))
         except ValueError as exc:
             raise CliError(str(exc)) from None
+    if who == NODE_KEY and NODE_KEY not in keystore(args).names():
+        return format_address(home_of(args).node_key().address)
     return keystore(args).load_doc(who)["address"]
 
 
+NODE_KEY = "node"
+
+
 def unlock(args, name: str) -> PrivateKey:
+    """A keystore key, or with the name `node` the home's validator key (it has no password:
+    the node signs votes with it unattended)."""
+    if name == NODE_KEY and NODE_KEY not in keystore(args).names():
+        return home_of(args).node_key()
     return keystore(args).unlock(name, password(f"Password for {name}: "))
 
 
@@ -218,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_balance)
 
     s = sub.add_parser("transfer", parents=[common, txopts], help="send tokens")
-    s.add_argument("--from", dest="sender", required=True, help="key name")
+    s.add_argument("--from", dest="sender", required=True, help="key name ('node': this home's validator key)")
     s.add_argument("--to", required=True, help="sc1 address or key name")
     s.add_argument("--amount", type=positive, required=True)
     s.set_defaults(func=cmd_transfer)

@@ -22,6 +22,7 @@ from consensus.types import PRECOMMIT, PREVOTE, Block, DuplicateVoteEvidence, Pr
 from .chain import Chain
 
 log = logging.getLogger("stepchain.consensus")
+REGOSSIP_S = 1.0
 STEP_ORDER = {bft.PROPOSE: 0, PREVOTE: 1, PRECOMMIT: 2}
 
 
@@ -44,7 +45,7 @@ class Engine:
         self.broadcast = broadcast
         self.on_commit = on_commit
         self.misbehave = misbehave
-        timeouts = bft.TimeoutConfig(propose=block_interval + idle_interval + 2.0)
+        timeouts = bft.TimeoutConfig(propose=2.0, first_propose_extra=block_interval + idle_interval)
         self.machine = bft.BFT(key.address if key else None, timeouts)
         self.events: asyncio.Queue = asyncio.Queue()
         self.tx_arrived = asyncio.Event()
@@ -114,7 +115,23 @@ class Engine:
 
     # -- main loop ------------------------------------------------------------------------
 
+    def regossip(self) -> None:
+        """Re-send this height's proposals and votes: a peer that restarted, was cut off or
+        connected late has missed them, and without them it cannot join the round."""
+        proposals, votes = self.machine.messages()
+        for p in proposals:
+            self._send("proposal", p)
+        for v in votes:
+            self._send("vote", v)
+
+    async def _regossip_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REGOSSIP_S)
+            if time.monotonic() - self._last_commit_at > REGOSSIP_S:
+                self.regossip()
+
     async def run(self) -> None:
+        self._spawn(self._regossip_loop())
         self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators()))
         while True:
             event = await self.events.get()
@@ -191,7 +208,7 @@ class Engine:
     async def _propose(self, a: bft.Propose) -> None:
         block = a.block
         if block is None:
-            await self._pace()
+            await self._pace(a.round)
             if self.machine.height != a.height or self.machine.round != a.round:
                 return  # the round moved on while we waited
             block = self.chain.build_block(self.key)
@@ -206,12 +223,12 @@ class Engine:
         self._send("proposal", proposal)
         self.submit(bft.ProposalReceived(proposal, True))
 
-    async def _pace(self) -> None:
+    async def _pace(self, round_: int) -> None:
         """Wait one block interval after the last commit, then for txs or the idle interval."""
         since = time.monotonic() - self._last_commit_at
         if since < self.block_interval:
             await asyncio.sleep(self.block_interval - since)
-        if len(self.chain.mempool) == 0 and not self.chain.evidence:
+        if round_ == 0 and len(self.chain.mempool) == 0 and not self.chain.evidence:
             self.tx_arrived.clear()
             remaining = self.idle_interval - (time.monotonic() - self._last_commit_at)
             if remaining > 0:

@@ -80,6 +80,8 @@ class Network:
     def on_peer(self, peer: Peer) -> None:
         if peer.height > self.chain.height:
             self._wake_sync.set()
+        elif peer.height == self.chain.height:
+            self.engine.regossip()
 
     async def handle(self, peer: Peer, kind: str, payload) -> bool:
         handler = getattr(self, f"_on_{kind}", None)

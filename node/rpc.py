@@ -157,7 +157,7 @@ class Rpc:
         if text == "latest":
             height = self.chain.height
         elif text.isascii() and text.isdigit():  # not str.isdigit alone: it accepts '²', which int() refuses
-            if len(text) > 19:
+            if len(text) > 20:  # more digits than any 64-bit height (and int() refuses > 4300)
                 raise BadRequest("height is out of range")
             height = int(text)
         else:

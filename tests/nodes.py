@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from node.client import Client, RpcError
@@ -72,6 +74,17 @@ class NodeProcess:
     def rpc(self) -> Client:
         return Client(self.url, timeout=30)
 
+    def http(self, method: str, path: str, data: bytes | None = None,
+             content_type: str = "application/json", timeout: float = 30) -> tuple[int, bytes]:
+        """One raw HTTP request to the RPC, no client-side checks: (status, body), errors included."""
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": content_type} if data is not None else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
     def start(self, wait: bool = True) -> "NodeProcess":
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen([*STEPCHAIN, "node", "run", "--home", str(self.home)], stdout=log,
@@ -129,3 +142,51 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()[-5000:] if self.log_path.exists() else ""
+
+
+def node_from_home(home: Path) -> NodeProcess:
+    from node.home import Home
+    port = int(Home(home).config().rpc_listen.rpartition(":")[2])
+    return NodeProcess(Path(home), port)
+
+
+def init_network(base: Path, validators: int, block_interval_ms: int = 300,
+                 idle_interval_ms: int = 600) -> list[NodeProcess]:
+    """Homes for a local network of validators sharing one genesis (as `stepchain devnet`
+    makes them); node0's keystore holds the funded `dev` key."""
+    from node.devnet import Devnet
+    os.environ.setdefault("STEPCHAIN_PASSWORD", PASSWORD)
+    net = Devnet(Path(base), validators)
+    net.env["STEPCHAIN_PASSWORD"] = PASSWORD
+    net.init(block_interval_ms=block_interval_ms, idle_interval_ms=idle_interval_ms)
+    return [node_from_home(h) for h in net.homes]
+
+
+def init_full_node(base: Path, name: str, genesis: Path, seeds: list[str]) -> NodeProcess:
+    """A non-validator home that joins an existing network through `stepchain init --genesis --seeds`."""
+    rpc_port = free_port()
+    home = Path(base) / name
+    run_cli("init", "--home", str(home), "--genesis", str(genesis), "--seeds", ",".join(seeds),
+            "--rpc-port", str(rpc_port), "--p2p-port", str(free_port()), "--moniker", name)
+    return NodeProcess(home, rpc_port)
+
+
+def p2p_id(node: NodeProcess) -> str:
+    from node.home import Home
+    from node.init import peer_string
+    home = Home(node.home)
+    return peer_string(home.node_key(), home.config().p2p_listen)
+
+
+def wait_all(nodes: list[NodeProcess], height: int, timeout: float = 60) -> None:
+    for n in nodes:
+        n.wait_height(height, timeout)
+
+
+def block_hashes(node: NodeProcess, upto: int) -> list[tuple[str, str]]:
+    """(block hash, app hash) for heights 1..upto."""
+    out = []
+    for h in range(1, upto + 1):
+        b = node.rpc.get(f"/block/{h}")
+        out.append((b["hash"], b["app_hash"]))
+    return out

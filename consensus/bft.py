@@ -29,6 +29,7 @@ NIL = b""
 class NewHeight:
     height: int
     validators: tuple[Validator, ...]
+    round: int = 0  # after a restart: the round after the last one we signed in
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ class BFT:
     def _on_new_height(self, ev: NewHeight) -> list:
         self.height, self.validators, self.decided = ev.height, tuple(ev.validators), False
         self._reset_height()
-        actions = self._start_round(0)
+        actions = self._start_round(ev.round)
         future, self._future = self._future, []
         for e in future:
             actions += self.handle(e)

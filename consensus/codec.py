@@ -40,7 +40,10 @@ def _canonical(value: Any) -> Any:
 
 def encode(value: Any) -> bytes:
     """Canonical bytes of value."""
-    return msgpack.packb(_canonical(value), use_bin_type=True)
+    try:
+        return msgpack.packb(_canonical(value), use_bin_type=True)
+    except RecursionError:
+        raise CodecError("value nested too deeply") from None
 
 
 def decode(data: bytes, max_size: int = MAX_DECODE_BYTES) -> Any:
@@ -61,7 +64,7 @@ def decode(data: bytes, max_size: int = MAX_DECODE_BYTES) -> Any:
             max_map_len=MAX_CONTAINER_LEN,
             max_ext_len=0,
         )
-    except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+    except (ValueError, TypeError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
             msgpack.exceptions.StackError) as exc:
         raise CodecError(f"malformed msgpack: {exc}") from None
     if encode(value) != bytes(data):

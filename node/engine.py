@@ -130,9 +130,15 @@ class Engine:
             if time.monotonic() - self._last_commit_at > REGOSSIP_S:
                 self.regossip()
 
+    def _resume_round(self) -> int:
+        """A validator that crashed after signing at our next height must not sign that
+        round again (its new block would conflict): it starts at the following round."""
+        last = self.chain.store.last_signed()
+        return last[1] + 1 if last and last[0] == self.chain.height + 1 else 0
+
     async def run(self) -> None:
         self._spawn(self._regossip_loop())
-        self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators()))
+        self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators(), self._resume_round()))
         while True:
             event = await self.events.get()
             if isinstance(event, _Restart):

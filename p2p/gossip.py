@@ -17,8 +17,7 @@ from typing import Protocol
 from consensus import codec
 from consensus.crypto import PrivateKey, format_address, parse_address, sha256
 
-from .transport import (DEFAULT_FRAME_LIMIT, HandshakeError, Session, TransportError, exchange_hello,
-                        handshake)
+from .transport import DEFAULT_FRAME_LIMIT, Session, TransportError, exchange_hello, handshake
 
 log = logging.getLogger("stepchain.p2p")
 
@@ -166,7 +165,7 @@ class Gossip:
                 session.close()
                 return
             hello = await exchange_hello(session, self.app.hello())
-        except (HandshakeError, TransportError, OSError, asyncio.TimeoutError) as exc:
+        except Exception as exc:  # whatever a stranger sends, close and carry on
             peer = writer.get_extra_info("peername")
             log.warning("p2p session with %s closed: %s", f"{peer[0]}:{peer[1]}" if peer else "?", exc)
             writer.close()
@@ -249,6 +248,12 @@ class Gossip:
             self._drop(peer, str(exc))
         except OSError as exc:
             self._drop(peer, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a message we failed to anticipate: drop, never stall
+            log.exception("dropping peer %s after an unexpected error", peer.name)
+            self.penalize(peer, BAN_SCORE // 2, f"unexpected error: {exc!r}")
+            self._drop(peer, "unexpected error")
 
     async def _dispatch(self, peer: Peer, kind: str, payload) -> None:
         if kind == "pex_req":
@@ -262,13 +267,16 @@ class Gossip:
             msg_id = sha256(codec.encode([kind, payload]))
             if msg_id in self.seen:
                 return
-            self.seen[msg_id] = time.monotonic() + SEEN_TTL
             try:
                 relay = await self.app.handle(peer, kind, payload)
             except Misbehaviour as exc:
+                self.seen[msg_id] = time.monotonic() + SEEN_TTL
                 self.penalize(peer, exc.points, exc.reason)
                 return
+            # Only what we used is remembered: a message that came too early for us
+            # (a vote for a height we have not reached) is welcome again when re-sent.
             if relay:
+                self.seen[msg_id] = time.monotonic() + SEEN_TTL
                 self.relay(kind, payload, exclude=peer.id)
         else:
             try:

@@ -80,11 +80,11 @@ class Session:
 
     async def send(self, value) -> None:
         body = codec.encode(value)
+        if len(body) + nacl.secret.SecretBox.MACBYTES > self.frame_limit:
+            raise FrameTooLarge(f"refusing to send a {len(body)}-byte message")
         async with self._send_lock:
             sealed = self._send_box.encrypt(body, _nonce(self._send_n)).ciphertext
             self._send_n += 1
-            if len(sealed) > self.frame_limit:
-                raise FrameTooLarge(f"refusing to send a {len(sealed)}-byte frame")
             write_frame(self.writer, sealed)
             await self.writer.drain()
 
@@ -158,8 +158,8 @@ def hello_mismatch(mine: dict, theirs) -> str | None:
     """Why a peer's hello is unacceptable, or None."""
     if type(theirs) is not dict:
         return "malformed hello"
-    if theirs.get("version") != PROTOCOL_VERSION:
-        return f"protocol version {theirs.get('version')!r}, expected {PROTOCOL_VERSION}"
+    if theirs.get("version") != mine["version"]:
+        return f"protocol version {theirs.get('version')!r}, expected {mine['version']}"
     if theirs.get("chain_id") != mine["chain_id"]:
         return f"chain_id {theirs.get('chain_id')!r}, expected {mine['chain_id']!r}"
     if theirs.get("genesis_hash") != mine["genesis_hash"]:

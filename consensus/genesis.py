@@ -25,6 +25,19 @@ DEFAULT_PARAMS: dict[str, int] = {
     "slash_downtime_ppm": 100,        # 0.01%
     "downtime_window": 100,
     "min_validator_stake": 1,
+    # compute jobs
+    "min_solver_stake": 1,
+    "min_verifier_stake": 1,
+    "solver_capacity": 2,             # open shards one solver may hold at once
+    "verifiers_per_shard": 1,
+    "samples_per_shard": 2,           # intervals each verifier re-runs
+    "dispute_blocks": 40,             # validators' time to referee a challenge
+    "solver_slash_ppm": 200_000,      # proven fraud
+    "verifier_slash_ppm": 100_000,    # failed challenge, or attesting a proven fault
+    "missed_deadline_slash_ppm": 10_000,
+    "winner_share_ppm": 500_000,      # of a slash, paid to the other party; the rest is burned
+    "max_active_jobs": 32,
+    "max_blob_bytes": 8 * 1024 * 1024,  # datasets, checkpoints and models
 }
 
 

@@ -68,7 +68,10 @@ K_BURNED = b"burned"          # fees and burned slashes
 K_VALSET = b"valset"          # validators that sign the next block
 K_LAST_VALSET = b"last_valset"  # validators that signed the last block
 K_VALSET_PENDING = b"valset_pending"  # [[effective_height, valset], ...]
-K_CANDIDATES = b"validator_candidates"  # sorted addresses with validator stake > 0
+def k_candidates(role: str) -> bytes: return b"candidates/" + role.encode()  # sorted, stake > 0
+
+
+K_CANDIDATES = k_candidates("validator")
 K_VALSET_DIRTY = b"valset_dirty"  # set during a block when stakes or jails changed
 
 

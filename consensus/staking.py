@@ -11,15 +11,14 @@ from . import codec
 from .crypto import sha256
 from .ledger import (K_CANDIDATES, K_LAST_VALSET, K_VALSET, K_VALSET_DIRTY, K_VALSET_PENDING,
                      Validator, View, add_balance, add_burned, encode_valset, get_params, get_stake,
-                     get_valset, k_jail, k_pubkey, k_unbonding, k_unbonding_due, set_stake)
+                     get_valset, k_candidates, k_jail, k_pubkey, k_unbonding, k_unbonding_due, set_stake)
 
 PPM = 1_000_000
 
 
 def bond(v: View, addr: bytes, role: str, amount: int) -> None:
     set_stake(v, addr, role, get_stake(v, addr, role) + amount)
-    if role == "validator":
-        _mark_candidate(v, addr)
+    _mark_candidate(v, addr, role)
 
 
 def unbond(v: View, addr: bytes, role: str, amount: int, height: int) -> int:
@@ -32,8 +31,7 @@ def unbond(v: View, addr: bytes, role: str, amount: int, height: int) -> int:
     due_addrs = v.read(k_unbonding_due(due), [])
     if addr not in due_addrs:
         v.write(k_unbonding_due(due), sorted(due_addrs + [addr]))
-    if role == "validator":
-        _mark_candidate(v, addr)
+    _mark_candidate(v, addr, role)
     return due
 
 
@@ -66,8 +64,7 @@ def slash(v: View, addr: bytes, role: str, ppm: int) -> int:
     if entries:
         v.write(k_unbonding(addr), entries)
     add_burned(v, cut)
-    if role == "validator":
-        _mark_candidate(v, addr)
+    _mark_candidate(v, addr, role)
     return cut
 
 
@@ -89,14 +86,22 @@ def unjail(v: View, addr: bytes) -> None:
     v.write(K_VALSET_DIRTY, True)
 
 
-def _mark_candidate(v: View, addr: bytes) -> None:
-    candidates = v.read(K_CANDIDATES, [])
-    has_stake = get_stake(v, addr, "validator") > 0
+def _mark_candidate(v: View, addr: bytes, role: str) -> None:
+    """Keep the sorted list of addresses with stake in `role` (what sampling walks)."""
+    key = k_candidates(role)
+    candidates = v.read(key, [])
+    has_stake = get_stake(v, addr, role) > 0
     if has_stake and addr not in candidates:
-        v.write(K_CANDIDATES, sorted(candidates + [addr]))
+        v.write(key, sorted(candidates + [addr]))
     elif not has_stake and addr in candidates:
-        v.write(K_CANDIDATES, [a for a in candidates if a != addr])
-    v.write(K_VALSET_DIRTY, True)
+        v.write(key, [a for a in candidates if a != addr])
+    if role == "validator":
+        v.write(K_VALSET_DIRTY, True)
+
+
+def candidates(v: View, role: str) -> list[tuple[bytes, int]]:
+    """(address, stake) of everyone staked in `role`, sorted by address."""
+    return [(a, get_stake(v, a, role)) for a in v.read(k_candidates(role), [])]
 
 
 def compute_validator_set(v: View) -> list[Validator]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
-from . import staking
+from . import jobs, staking
 from .crypto import ADDRESS_LEN, address_of, sha256, verify
 from .genesis import ROLES, Genesis
 from .ledger import (K_BURNED, K_CANDIDATES, K_CHAIN, K_LAST_VALSET, K_PARAMS, K_SUPPLY, K_VALSET,
@@ -146,6 +146,7 @@ TX_HANDLERS: dict[str, Callable[[View, Tx, bytes, int], None]] = {
     "stake": process_stake,
     "unstake": process_unstake,
     "unjail": process_unjail,
+    **jobs.TX_HANDLERS,
 }
 
 
@@ -177,7 +178,10 @@ def apply_tx(block_view: View, tx: Tx, chain_id: str, height: int, sig_ok: SigCh
     if v.get(k_pubkey(sender)) is None:
         v.write(k_pubkey(sender), tx.sender)
     add_burned(v, tx.fee)
-    TX_HANDLERS[tx.kind](v, tx, sender, height)
+    try:
+        TX_HANDLERS[tx.kind](v, tx, sender, height)
+    except jobs.JobError as exc:
+        raise TxError(str(exc)) from None
     v.commit()
 
 
@@ -237,6 +241,7 @@ def process_liveness(v: View, ctx: BlockContext) -> None:
 
 def end_block(v: View, ctx: BlockContext) -> None:
     process_liveness(v, ctx)
+    jobs.process_jobs(v, ctx.height, ctx.beacon)
     staking.release_unbonded(v, ctx.height)
     staking.end_block_validator_set(v, ctx.height)
     v.write(K_CHAIN, [ctx.height, ctx.beacon, ctx.time_ms])
@@ -282,6 +287,8 @@ def supply_check(entries: Mapping[bytes, bytes]) -> tuple[int, int]:
             total += codec.decode(raw)
         elif key.startswith(b"unbond/"):
             total += sum(e[2] for e in codec.decode(raw))
+        elif key.startswith(b"escrow/"):
+            total += codec.decode(raw)
     burned = codec.decode(entries[K_BURNED])
     return total + burned, codec.decode(entries[K_SUPPLY])
 

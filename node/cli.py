@@ -18,9 +18,10 @@ from consensus.store import StoreError
 
 from .client import Client, RpcError
 from .home import DEFAULT_HOME, Home, HomeError
+from .jobspec import SpecError
 from .wallet import Keystore, WalletError
 
-USER_ERRORS = (RpcError, WalletError, HomeError, GenesisError, StoreError)
+USER_ERRORS = (RpcError, WalletError, HomeError, GenesisError, StoreError, SpecError)
 
 
 class CliError(RuntimeError):
@@ -137,6 +138,26 @@ def cmd_devnet(args) -> None:
         raise CliError("some nodes did not stop cleanly; see their logs in the devnet home")
 
 
+def cmd_job(args) -> None:
+    from . import job_cmds
+    if args.job_command == "submit":
+        job_cmds.cmd_job_submit(args, client, unlock, emit)
+    elif args.job_command == "status":
+        job_cmds.cmd_job_status(args, client, emit)
+    else:
+        job_cmds.cmd_job_fetch(args, client, emit)
+
+
+def cmd_solver(args) -> None:
+    from . import job_cmds
+    job_cmds.cmd_solver_run(args, client, unlock, home_of)
+
+
+def cmd_verifier(args) -> None:
+    from . import job_cmds
+    job_cmds.cmd_verifier_run(args, client, unlock)
+
+
 def cmd_balance(args) -> None:
     addr = resolve_address(args, args.who)
     acct = client(args).account(addr)
@@ -248,6 +269,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--validators", type=int, default=1)
     s.add_argument("--demo", action="store_true", help="run the scripted demo, then stop")
     s.set_defaults(func=cmd_devnet, home_given=True)
+
+    job = sub.add_parser("job", help="training jobs").add_subparsers(dest="job_command", required=True)
+    s = job.add_parser("submit", parents=[common], help="validate a job spec (TOML), escrow its budget, submit")
+    s.add_argument("--from", dest="sender", required=True, help="key name")
+    s.add_argument("spec", help="job spec TOML file")
+    s = job.add_parser("status", parents=[common], help="rounds, shards, commitments, verification, payouts")
+    s.add_argument("job", help="job id (hex)")
+    s = job.add_parser("fetch", parents=[common], help="download and check the final model, print its metric")
+    s.add_argument("job", help="job id (hex)")
+    s.add_argument("--out", default="model.pt")
+    for name in ("submit", "status", "fetch"):
+        job.choices[name].set_defaults(func=cmd_job)
+
+    s = sub.add_parser("solver", help="train assigned shards").add_subparsers(dest="solver_command", required=True)
+    s = s.add_parser("run", parents=[common], help="run a solver for a staked key")
+    s.add_argument("--key", required=True, help="key name")
+    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    s.add_argument("--cheat", choices=("skip-steps", "forge-final", "wrong-order", "wrong-lr", "stale", "withhold"),
+                   help="demonstrations and tests only: be a dishonest solver")
+    s.set_defaults(func=cmd_solver)
+    s = sub.add_parser("verifier", help="verify shards").add_subparsers(dest="verifier_command", required=True)
+    s = s.add_parser("run", parents=[common], help="run a verifier for a staked key")
+    s.add_argument("--key", required=True, help="key name")
+    s.add_argument("--whistleblower", action="store_true", help="also check shards this key was not picked for")
+    s.add_argument("--lazy", action="store_true", help="tests only: attest without checking")
+    s.set_defaults(func=cmd_verifier)
 
     sub.add_parser("status", parents=[common], help="node and chain status").set_defaults(func=cmd_status)
     s = sub.add_parser("block", parents=[common], help="show a block")

@@ -56,6 +56,17 @@ class Client:
     def post(self, path: str, body: dict) -> dict:
         return self._call(path, body)
 
+    def put_blob(self, data: bytes) -> str:
+        return json.loads(self._request("/blob", raw=data))["hash"]
+
+    def get_blob(self, digest: str) -> bytes | None:
+        try:
+            return self._request(f"/blob/{digest}")
+        except RpcError as exc:
+            if "not found" in str(exc):
+                return None
+            raise
+
     def status(self) -> dict:
         return self.get("/status")
 

@@ -17,6 +17,7 @@ from .network import Network
 from .engine import Engine
 from .home import Home, split_hostport
 from .rpc import Rpc
+from .workers.referee import Referee
 
 log = logging.getLogger("stepchain.node")
 
@@ -28,6 +29,7 @@ class Node:
         self.key = home.node_key()
         self.chain = Chain(home.data_dir, load_genesis(home.genesis_path))
         self.rpc = Rpc(self)
+        self.referee = Referee(self)
         self.committed_txs = 0
         is_validator = self.config.validator
         self.engine = Engine(self.chain, self.key if is_validator else None,
@@ -36,7 +38,7 @@ class Node:
                              broadcast=self._broadcast, on_commit=self._on_commit,
                              misbehave=self.config.misbehave)
         self.network = Network(self.chain, self.engine, self.key, self.config.p2p_listen, self.config.seeds,
-                               self.config.max_frame_bytes)
+                               self.config.max_frame_bytes, home.path / "blobs")
 
     async def _broadcast(self, kind: str, msg) -> None:
         await self.network.broadcast(kind, msg)
@@ -49,6 +51,7 @@ class Node:
         self.committed_txs += len(block.txs)
         self.rpc.publish_block(block)
         self.network.on_commit(block)
+        self.referee.on_commit()
 
     async def serve(self, stop: asyncio.Event) -> None:
         host, port = split_hostport(self.config.rpc_listen)

@@ -14,6 +14,7 @@ from .wallet import Keystore
 
 DEV_BALANCE = 10**15
 DEV_VALIDATOR_STAKE = 10**12
+DEV_VALIDATOR_FUNDS = 10**9
 
 
 def read_template(source) -> dict:
@@ -29,7 +30,9 @@ def dev_genesis(template: dict, validators: list[PrivateKey], funded: list[str])
     """The template with these validators (equal stakes) and the given addresses funded."""
     g = dict(template)
     g["chain_id"] = template.get("chain_id", "stepchain") + "-dev"
-    g["accounts"] = [{"address": a, "balance": DEV_BALANCE} for a in funded]
+    # validators get a small balance too: referee votes are txs and pay fees
+    g["accounts"] = [{"address": a, "balance": DEV_BALANCE} for a in funded] + [
+        {"address": format_address(v.address), "balance": DEV_VALIDATOR_FUNDS} for v in validators]
     g["stakes"] = [{"address": format_address(v.address), "pubkey": v.pubkey.hex(),
                     "role": "validator", "amount": DEV_VALIDATOR_STAKE} for v in validators]
     parse_genesis(g)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from consensus import codec
 from consensus.bft import verify_commit
 from consensus.state import BlockError
 from consensus.store import StoreError
 from consensus.types import Block, Commit, DecodeError, DuplicateVoteEvidence, Proposal, Tx, Vote
+from p2p.blobs import Assembly, BlobError, BlobStore
 from p2p.gossip import Gossip, Misbehaviour, Peer
 from p2p.sync import SyncPlanner, serve_range
 from p2p.transport import make_hello
@@ -30,6 +32,14 @@ MALFORMED = 50
 BAD_SIGNATURE = 20
 
 
+@dataclass
+class _Fetch:
+    done: asyncio.Future
+    asked: set
+    source: bytes | None = None
+    assembly: Assembly | None = None
+
+
 def _decode(fn, payload, what: str):
     try:
         return fn(payload)
@@ -38,13 +48,16 @@ def _decode(fn, payload, what: str):
 
 
 class Network:
-    def __init__(self, chain: Chain, engine: Engine, key, listen: str, seeds: list[str], frame_limit: int):
+    def __init__(self, chain: Chain, engine: Engine, key, listen: str, seeds: list[str], frame_limit: int,
+                 blob_dir):
         self.chain, self.engine = chain, engine
         self.listen = listen
         self.gossip = Gossip(key, self, listen, seeds, frame_limit)
         self.planner = SyncPlanner()
         self._tx_buffer: list = []
         self._wake_sync = asyncio.Event()
+        self.blobs = BlobStore(blob_dir, chain.genesis.params["max_blob_bytes"])
+        self._fetches: dict[bytes, _Fetch] = {}
 
     async def start(self) -> None:
         await self.gossip.start()
@@ -179,6 +192,73 @@ class Network:
             raise BlockError(why)
         self.chain.commit_block(block, commit)
         self.engine.after_commit(block)
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    async def fetch_blob(self, digest: bytes, timeout: float = 30.0) -> bytes | None:
+        """Our copy, or one fetched from a peer in chunks and verified by hash."""
+        local = self.blobs.get(digest)
+        if local is not None or not self.gossip.peers:
+            return local
+        fetch = self._fetches.get(digest)
+        if fetch is None:
+            fetch = self._fetches[digest] = _Fetch(asyncio.get_running_loop().create_future(),
+                                                   set(self.gossip.peers))
+            for peer in self.gossip.peers.values():
+                peer.send("blob_get", [digest, 0])
+        try:
+            return await asyncio.wait_for(asyncio.shield(fetch.done), timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            if fetch.done.done():
+                self._fetches.pop(digest, None)
+
+    def _on_blob_get(self, peer: Peer, payload) -> bool:
+        if type(payload) is not list or len(payload) != 2 or type(payload[0]) is not bytes \
+                or type(payload[1]) is not int:
+            raise Misbehaviour(MALFORMED, "blob_get must be [hash, chunk index]")
+        try:
+            part = self.blobs.chunk(payload[0], payload[1])
+        except BlobError as exc:
+            raise Misbehaviour(MALFORMED, str(exc)) from None
+        if part is None:
+            peer.send("blob_missing", payload[0])
+        else:
+            peer.send("blob_chunk", [payload[0], payload[1], part[1], part[0]])
+        return False
+
+    def _on_blob_missing(self, peer: Peer, payload) -> bool:
+        fetch = self._fetches.get(payload) if type(payload) is bytes else None
+        if fetch is not None:
+            fetch.asked.discard(peer.id)
+            if not fetch.asked and not fetch.done.done() and fetch.assembly is None:
+                fetch.done.set_result(None)
+        return False
+
+    def _on_blob_chunk(self, peer: Peer, payload) -> bool:
+        if type(payload) is not list or len(payload) != 4:
+            raise Misbehaviour(MALFORMED, "blob_chunk must be [hash, index, total, data]")
+        digest, index, total, data = payload
+        fetch = self._fetches.get(digest) if type(digest) is bytes else None
+        if fetch is None or fetch.done.done():
+            return False  # unsolicited or already complete (another peer was faster)
+        if fetch.source is None:
+            fetch.source = peer.id
+            fetch.assembly = Assembly(digest, self.blobs.max_bytes)
+        if fetch.source != peer.id:
+            return False
+        try:
+            blob = fetch.assembly.add(index, total, data)
+        except (BlobError, TypeError) as exc:
+            fetch.source, fetch.assembly = None, None
+            raise Misbehaviour(MALFORMED, f"bad blob chunk: {exc}") from None
+        if blob is None:
+            peer.send("blob_get", [digest, fetch.assembly.next_index])
+        else:
+            self.blobs.put(blob)
+            fetch.done.set_result(blob)
+        return False
 
     async def _sync_loop(self) -> None:
         while True:

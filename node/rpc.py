@@ -7,7 +7,6 @@ sent to the client. Request bodies are capped by ``client_max_size``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,9 @@ from aiohttp import WSMsgType, web
 from consensus import codec
 from consensus.crypto import format_address, parse_address
 from consensus.genesis import ROLES
-from consensus.ledger import get_account, get_stake
+from consensus.jobs import K_ACTIVE_JOBS, k_escrow, k_job
+from p2p.blobs import BlobError
+from consensus.ledger import get_account, get_params, get_stake
 from consensus.staking import jail_status, unbonding_entries
 from consensus.types import Block, DecodeError, Tx
 
@@ -135,6 +136,11 @@ class Rpc:
             web.post("/broadcast_txs", self.broadcast_txs),
             web.get("/metrics", self.metrics),
             web.get("/peers", self.peers),
+            web.post("/blob", self.put_blob),
+            web.get("/blob/{hash}", self.get_blob),
+            web.get("/jobs", self.jobs),
+            web.get("/params", self.params),
+            web.get("/job/{id}", self.job),
             web.post("/admin/isolate", self.isolate),
             web.get("/ws", self.websocket),
         ])
@@ -230,6 +236,37 @@ class Rpc:
             if i % 500 == 499:
                 await asyncio.sleep(0)  # let consensus run during a large batch
         return web.json_response({"accepted": sum("hash" in r for r in results), "results": results})
+
+    async def put_blob(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        try:
+            digest = self.node.network.blobs.put(data)
+        except BlobError as exc:
+            raise BadRequest(str(exc)) from None
+        return web.json_response({"hash": digest.hex(), "size": len(data)})
+
+    async def get_blob(self, request: web.Request) -> web.Response:
+        digest = _parse_hex(request.match_info["hash"], "blob hash", 32)
+        data = await self.node.network.fetch_blob(digest)
+        if data is None:
+            return _error(404, "blob not found on this node or its peers")
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def params(self, request: web.Request) -> web.Response:
+        return web.json_response(get_params(self.chain.view()))
+
+    async def jobs(self, request: web.Request) -> web.Response:
+        v = self.chain.view()
+        return web.json_response({"active": [j.hex() for j in v.read(K_ACTIVE_JOBS, [])],
+                                  "height": self.chain.height})
+
+    async def job(self, request: web.Request) -> web.Response:
+        job_id = _parse_hex(request.match_info["id"], "job id", 32)
+        v = self.chain.view()
+        record = v.read(k_job(job_id))
+        if record is None:
+            return _error(404, "no such job")
+        return web.json_response(dict(jsonable(record), escrow=v.read(k_escrow(job_id), 0), height=self.chain.height))
 
     async def peers(self, request: web.Request) -> web.Response:
         g = self.node.network.gossip

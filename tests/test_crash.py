@@ -15,7 +15,7 @@ from consensus.crypto import PrivateKey, format_address
 from consensus.ledger import K_BURNED
 from consensus.store import Store
 from node.client import Client, RpcError, make_tx
-from node.init import DEV_BALANCE, DEV_VALIDATOR_STAKE
+from node.init import DEV_BALANCE, DEV_VALIDATOR_FUNDS, DEV_VALIDATOR_STAKE
 from node.wallet import Keystore
 from tests.nodes import PASSWORD, NodeProcess
 
@@ -147,7 +147,7 @@ def _crash_loop(node: NodeProcess, rng: random.Random) -> None:
     log = node.log_path.read_text()
     assert "Traceback" not in log, log[-5000:]
     verified = node.cli("node", "verify", timeout=120)
-    assert verified["height"] >= tip and verified["supply"] == DEV_BALANCE + DEV_VALIDATOR_STAKE
+    assert verified["height"] >= tip and verified["supply"] == DEV_BALANCE + DEV_VALIDATOR_STAKE + DEV_VALIDATOR_FUNDS
     store = Store(node.home / "data")
     try:
         for h, block_hash in seen.items():
@@ -157,8 +157,9 @@ def _crash_loop(node: NodeProcess, rng: random.Random) -> None:
         store.close()
     assert burned == fees + N_KEYS * FEE  # the test keys' fees plus dev's funding fees
     # every token of genesis is somewhere: the test keys, dev, the node's validator stake, or burned
-    held = sum(a["balance"] for a in accounts.values()) + dev_acct["balance"] + DEV_VALIDATOR_STAKE
-    assert held + burned == DEV_BALANCE + DEV_VALIDATOR_STAKE
+    held = sum(a["balance"] for a in accounts.values()) + dev_acct["balance"] + DEV_VALIDATOR_STAKE \
+        + DEV_VALIDATOR_FUNDS
+    assert held + burned == DEV_BALANCE + DEV_VALIDATOR_STAKE + DEV_VALIDATOR_FUNDS
 
 
 def test_restart_after_crash_between_vote_and_commit(tmp_path):

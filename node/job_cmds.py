@@ -1,0 +1,109 @@
+"""`stepchain job submit|status|fetch`, `stepchain solver run`, `stepchain verifier run`."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from consensus.crypto import address_of, format_address, sha256
+from consensus.jobs import budget
+
+from .client import RpcError, make_tx
+from .jobspec import SpecError, load as load_spec
+
+
+def cmd_job_submit(args, client, unlock, emit) -> None:
+    spec, blob = load_spec(args.spec)
+    c = client(args)
+    params = c.get("/params")
+    cost = budget(spec, params)
+    key = unlock(args, args.sender)
+    acct = c.account(format_address(address_of(key.pubkey)))
+    if cost + 1 > acct["balance"]:
+        raise SpecError(f"the job budget {cost} (+ fee 1) exceeds the balance {acct['balance']} of {args.sender}")
+    if blob is not None:
+        if len(blob) > params["max_blob_bytes"]:
+            raise SpecError(f"dataset of {len(blob)} bytes exceeds the limit of {params['max_blob_bytes']}")
+        c.put_blob(blob)
+    tx = make_tx(key, c.status()["chain_id"], "submit_job", {"spec": spec}, acct["next_nonce"], 1)
+    c.broadcast(tx)
+    info = c.wait_for_tx(tx.hash.hex())
+    emit(args, {"job": tx.hash.hex(), "height": info["height"], "budget": cost},
+         f"job {tx.hash.hex()} submitted at height {info['height']}; budget {cost} escrowed")
+
+
+def _shard_line(i: int, s: dict) -> str:
+    line = f"  shard {i}: {s['status']:<10} solver {(s['solver'] or '-')[:16]}"
+    if s["commit"]:
+        line += f"  root {s['commit']['root'][:12]}"
+    if s["verifiers"]:
+        line += f"  verifiers {','.join(v[:10] for v in s['verifiers'])} intervals {s['intervals']}"
+        line += f"  attested {len(s['attested'])}"
+    if s["challenge"]:
+        ch = s["challenge"]
+        line += f"  CHALLENGED by {ch['challenger'][:10]} interval {ch['interval']} votes {len(ch['votes'])}"
+    return line
+
+
+def cmd_job_status(args, client, emit) -> None:
+    job = client(args).get(f"/job/{args.job}")
+    spec = job["spec"]
+    lines = [f"job {job['id']}  {job['status']}  round {job['round'] + (job['status'] == 'active')}"
+             f"/{spec['rounds']}  model {spec['model']}  escrow left {job['escrow']}"]
+    if job["status"] == "active":
+        lines += [_shard_line(i, s) for i, s in enumerate(job["shards"])]
+    lines.append("  events:")
+    lines += [f"    h{h:<6} {kind:<10} {(who or '')[:20]:<20} {amount:>12}  {note}"
+              for h, kind, who, amount, note in job["events"]]
+    emit(args, job, "\n".join(lines))
+
+
+def cmd_job_fetch(args, client, emit) -> None:
+    import torch
+    from verifier import checkpoint, training
+    from .workers.common import fetch_checked, load_data, train_spec
+    c = client(args)
+    job = c.get(f"/job/{args.job}")
+    if job["status"] != "done":
+        raise SpecError(f"job {args.job[:16]} is {job['status']} (round {job['round']}): no final model yet")
+    finals = []
+    for h in job["finals"][-1]:
+        raw = fetch_checked(c.get_blob, h)
+        if raw is None:
+            raise RpcError(f"final checkpoint {h[:16]} is not available or does not match the chain")
+        finals.append(checkpoint.decode(raw))
+    state = training.average_states(finals)
+    model_bytes = checkpoint.encode(state)
+    spec = train_spec(job["spec"])
+    _, holdout = load_data(job["spec"], c.get_blob)
+    metric = training.evaluate(spec, state, holdout)
+    out = Path(args.out)
+    torch.save({"job": job["id"], "model": spec.model, "model_args": spec.model_args,
+                "state_dict": training.state_dict(spec, state), "checkpoint_sha256": sha256(model_bytes).hex()}, out)
+    emit(args, {"job": job["id"], "out": str(out), "model_hash": sha256(model_bytes).hex(),
+                "metric": job["spec"]["metric"], "metric_ppm": metric},
+         f"saved {out} (model hash {sha256(model_bytes).hex()[:16]}, from {len(finals)} verified shards)\n"
+         f"{job['spec']['metric']} on held-out data: {metric / 10_000:.2f}%")
+
+
+def _worker_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+
+
+def cmd_solver_run(args, client, unlock, home_of) -> None:
+    from .workers.solver import Solver
+    _worker_logging()
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            logging.getLogger("stepchain.solver").warning("CUDA is not available here: training on the CPU")
+            args.device = "cpu"
+    key = unlock(args, args.key)
+    workdir = home_of(args).path / "solver" / format_address(key.address)
+    Solver(client(args), key, workdir, device=args.device, cheat=args.cheat).run()
+
+
+def cmd_verifier_run(args, client, unlock) -> None:
+    from .workers.verifier import Verifier
+    _worker_logging()
+    Verifier(client(args), unlock(args, args.key), whistleblower=args.whistleblower, lazy=args.lazy).run()

@@ -102,12 +102,13 @@ class TimeoutConfig:
 
 
 def proposer_for(validators: tuple[Validator, ...], height: int, round_: int) -> Validator:
-    """Stake-weighted, deterministic choice; different rounds give different proposers."""
+    """Round 0: a stake-weighted, deterministic draw for the height. Later rounds walk on
+    through the (address-sorted) set, so a silent proposer never holds two rounds in a row."""
     total = sum(v.power for v in validators)
-    point = int.from_bytes(sha256(codec.encode(["proposer", height, round_])), "big") % total
-    for v in validators:  # validators are sorted by address
+    point = int.from_bytes(sha256(codec.encode(["proposer", height])), "big") % total
+    for i, v in enumerate(validators):
         if point < v.power:
-            return v
+            return validators[(i + round_) % len(validators)]
         point -= v.power
     raise AssertionError("unreachable: point < total power")
 

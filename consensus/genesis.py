@@ -118,6 +118,8 @@ def parse(raw: Any) -> Genesis:
         raise GenesisError("an address appears twice in accounts")
     if not any(s[2] == "validator" for s in stakes):
         raise GenesisError("genesis needs at least one validator stake")
+    if sum(a for _, a in balances) + sum(s[3] for s in stakes) >= 2**63:
+        raise GenesisError("total supply must stay below 2**63 base units")
     try:
         codec.encode(raw)
     except codec.CodecError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from consensus.crypto import address_of
+from consensus.jobs import JobError, budget, check_spec
 from consensus.ledger import View, get_account, get_params
 from consensus.state import TX_HANDLERS, TxError, check_signature
 from consensus.types import Tx
@@ -18,9 +19,15 @@ class MempoolError(ValueError):
     pass
 
 
-def upfront_cost(tx: Tx) -> int:
-    """Tokens the tx takes from the sender's balance (fee plus any amount it moves)."""
+def upfront_cost(tx: Tx, params: dict | None = None) -> int:
+    """Tokens the tx takes from the sender's balance (fee plus any amount it moves or escrows)."""
     amount = tx.body.get("amount", 0) if tx.kind in ("transfer", "stake") else 0
+    if tx.kind == "submit_job" and params is not None:
+        try:
+            check_spec(tx.body.get("spec"))
+            amount = budget(tx.body["spec"], params)
+        except (JobError, KeyError, TypeError):
+            amount = 0  # malformed: it will fail in execution, costing only its fee
     return tx.fee + (amount if type(amount) is int and amount > 0 else 0)
 
 
@@ -63,7 +70,8 @@ class Mempool:
             raise MempoolError(f"nonce {tx.nonce} is too far ahead of the account nonce {acct.nonce}")
         if len(self.by_hash) >= self.max_txs:
             raise MempoolError("mempool full: try again later")
-        spend = upfront_cost(tx) + sum(upfront_cost(t) for t in pending.values())
+        params = get_params(state)
+        spend = upfront_cost(tx, params) + sum(upfront_cost(t, params) for t in pending.values())
         if spend > acct.balance:
             raise MempoolError(f"insufficient funds: balance {acct.balance}, pending txs need {spend}")
         if not check_signature(tx):

@@ -46,15 +46,24 @@ def seal(key: PrivateKey, name: str, password: str) -> dict:
 
 
 def unseal(doc: dict, password: str) -> PrivateKey:
+    # Only a failed decryption means a wrong password; anything else is a damaged file
+    # (pynacl's own ValueError subclasses CryptoError, so the order of checks matters).
     try:
         kdf = doc["kdf"]
         key = _derive(password, bytes.fromhex(kdf["salt"]), int(kdf["opslimit"]), int(kdf["memlimit"]))
-        seed = nacl.secret.SecretBox(key).decrypt(bytes.fromhex(doc["ciphertext"]))
+        box, sealed = nacl.secret.SecretBox(key), bytes.fromhex(doc["ciphertext"])
+    except (KeyError, TypeError, ValueError, nacl.exceptions.CryptoError):
+        raise WalletError("keystore file is malformed") from None
+    try:
+        seed = box.decrypt(sealed)
+    except nacl.exceptions.ValueError:
+        raise WalletError("keystore file is malformed") from None
     except nacl.exceptions.CryptoError:
         raise WalletError(f"wrong password for key {doc.get('name', '?')!r}") from None
-    except (KeyError, TypeError, ValueError):
-        raise WalletError("keystore file is malformed") from None
-    return PrivateKey(seed)
+    try:
+        return PrivateKey(seed)
+    except ValueError:
+        raise WalletError("keystore file is malformed (sealed secret has the wrong length)") from None
 
 
 class Keystore:
@@ -62,7 +71,7 @@ class Keystore:
         self.dir = Path(directory)
 
     def path(self, name: str) -> Path:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise WalletError(f"bad key name {name!r}: use letters, digits, '.', '_' or '-'")
         return self.dir / f"{name}.json"
 

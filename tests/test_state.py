@@ -1,0 +1,590 @@
+"""consensus.state: the state-transition function, run block by block on an in-memory chain."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from consensus import codec, genesis, staking
+from consensus.crypto import sha256
+from consensus.ledger import (K_BURNED, K_CANDIDATES, K_CHAIN, K_LAST_VALSET, K_VALSET, K_VALSET_PENDING,
+                              Validator, View, get_valset, k_account, k_jail, k_pubkey, k_unbonding,
+                              write_set_hash)
+from consensus.state import BlockError, execute_block, genesis_writes, supply_check
+from consensus.types import PRECOMMIT, PREVOTE, DuplicateVoteEvidence, Tx
+from tests.chainfactory import (ALICE, BOB, CAROL, CHAIN_ID, OUTSIDER, VAL, Chain, double_sign_evidence,
+                                genesis_doc, key, make_tx, merge, signed_vote, stake, transfer, unjail,
+                                unstake)
+
+W = key(5)  # a second validator
+
+
+def two_validators(**params) -> Chain:
+    """VAL (10_000, always the proposer) and W (5_000, funded) as validators."""
+    return Chain.create(accounts=((VAL, 1_000), (ALICE, 1_000), (W, 1_000)),
+                        validators=((VAL, 10_000), (W, 5_000)), params=params or None)
+
+
+def burned(c: Chain) -> int:
+    return codec.decode(c.state[K_BURNED])
+
+
+def assert_supply(c: Chain) -> None:
+    total, supply = supply_check(c.state)
+    assert total == supply == c.genesis.total_supply
+
+
+def only_chain_bookkeeping(writes: dict, *addrs: bytes) -> None:
+    """No account, pubkey or stake write for any of `addrs`."""
+    for a in addrs:
+        assert k_account(a) not in writes
+        assert k_pubkey(a) not in writes
+        assert not any(k.startswith(b"stake/" + a) for k in writes)
+
+
+# -- genesis ----------------------------------------------------------------------------------
+
+def test_genesis_state():
+    c = Chain.create()
+    assert c.balance(ALICE) == 1_000 and c.balance(BOB) == 500 and c.balance(CAROL) == 0
+    assert c.balance(OUTSIDER) == 0 and c.nonce(ALICE) == 0
+    assert c.stake_of(VAL) == 10_000
+    assert c.valset() == {VAL.address: 10_000}
+    assert c.valset(K_LAST_VALSET) == {VAL.address: 10_000}
+    assert get_valset(c.view()) == [Validator(VAL.address, VAL.pubkey, 10_000)]
+    assert c.chain_tip() == [0, c.genesis.hash, c.genesis.time_ms]
+    assert c.genesis.total_supply == 1_000 + 1_000 + 500 + 0 + 10_000
+    assert burned(c) == 0
+    assert_supply(c)
+    writes, app_hash = genesis_writes(c.genesis)
+    assert app_hash == sha256(c.genesis.hash + write_set_hash(writes))
+
+
+def test_genesis_rejects_bad_documents():
+    doc = genesis_doc([(ALICE, 1)], [(VAL, 1)])
+    with pytest.raises(genesis.GenesisError, match="at least one validator"):
+        genesis.parse(dict(doc, stakes=[]))
+    with pytest.raises(genesis.GenesisError, match="appears twice"):
+        genesis.parse(dict(doc, accounts=doc["accounts"] * 2))
+    with pytest.raises(genesis.GenesisError, match="unknown params: bogus"):
+        genesis.parse(dict(doc, params={"bogus": 1}))
+    with pytest.raises(genesis.GenesisError, match="chain_id"):
+        genesis.parse(dict(doc, chain_id=""))
+    with pytest.raises(genesis.GenesisError, match="no canonical form"):
+        genesis.parse(dict(doc, extra=1.5))
+
+
+def test_genesis_rejects_a_supply_the_codec_cannot_hold():
+    doc = genesis_doc([(ALICE, 2**63), (BOB, 2**63)], [(VAL, 1)])
+    try:
+        g = genesis.parse(doc)
+    except genesis.GenesisError:
+        return
+    try:
+        genesis_writes(g)
+    except codec.CodecError as exc:
+        pytest.fail(f"parse accepted it; genesis_writes raised CodecError: {exc}", pytrace=False)
+
+
+# -- transfers ---------------------------------------------------------------------------------
+
+def test_transfer_moves_funds_and_burns_fee():
+    c = Chain.create()
+    prev = c.app_hash
+    res = c.block([transfer(ALICE, BOB.address, 100, 0, fee=3)])
+    assert len(res.included) == 1 and res.rejected == []
+    assert c.balance(ALICE) == 897 and c.nonce(ALICE) == 1
+    assert c.balance(BOB) == 600 and c.nonce(BOB) == 0
+    assert burned(c) == 3
+    assert codec.decode(c.state[k_pubkey(ALICE.address)]) == ALICE.pubkey
+    assert res.app_hash == sha256(prev + write_set_hash(res.writes))
+    assert c.chain_tip() == [1, bytes([1]) * 32, c.time_ms]
+    assert_supply(c)
+
+
+def test_transfer_to_new_address_and_to_self():
+    c = Chain.create()
+    c.block([transfer(ALICE, OUTSIDER.address, 10, 0), transfer(BOB, BOB.address, 50, 0, fee=2)])
+    assert c.balance(OUTSIDER) == 10
+    assert c.balance(ALICE) == 989
+    assert c.balance(BOB) == 498 and c.nonce(BOB) == 1
+    assert burned(c) == 3
+    assert_supply(c)
+
+
+def test_many_transfers_conserve_supply():
+    c = Chain.create()
+    for h in range(5):
+        c.block([transfer(ALICE, BOB.address, 7 + h, h), transfer(BOB, CAROL.address, 3, h, fee=2)])
+    assert c.balance(ALICE) == 1_000 - sum(7 + h for h in range(5)) - 5
+    assert c.balance(CAROL) == 15
+    assert burned(c) == 5 + 10
+    assert_supply(c)
+
+
+def test_bad_signature_rejected():
+    c = Chain.create()
+    good = transfer(ALICE, BOB.address, 100, 0)
+    forged = dataclasses.replace(good, signature=BOB.sign(good.sign_bytes()))
+    flipped = dataclasses.replace(good, signature=bytes([good.signature[0] ^ 1]) + good.signature[1:])
+    altered = dataclasses.replace(good, body={"to": BOB.address, "amount": 999})
+    unsigned = dataclasses.replace(good, signature=b"")
+    for bad in (forged, flipped, altered, unsigned):
+        res = c.execute([bad], skip_invalid=True)
+        assert res.included == [] and res.rejected == [(bad, "bad signature")]
+        only_chain_bookkeeping(res.writes, ALICE.address, BOB.address)
+        with pytest.raises(BlockError, match="bad signature"):
+            c.execute([bad])
+
+
+def test_wrong_chain_id_rejected():
+    c = Chain.create()
+    tx = transfer(ALICE, BOB.address, 100, 0, chain_id="otherchain")
+    res = c.execute([tx], skip_invalid=True)
+    assert res.included == []
+    assert "wrong chain_id 'otherchain'" in res.rejected[0][1]
+    only_chain_bookkeeping(res.writes, ALICE.address, BOB.address)
+
+
+def test_nonce_replay_rejected_in_a_later_block():
+    c = Chain.create()
+    tx = transfer(ALICE, BOB.address, 100, 0)
+    c.block([tx])
+    with pytest.raises(BlockError, match=r"bad nonce 0: expected 1 \(already used: replay\)"):
+        c.execute([tx])
+    res = c.block([tx], skip_invalid=True)
+    assert res.included == [] and "replay" in res.rejected[0][1]
+    assert c.balance(ALICE) == 899 and c.balance(BOB) == 600
+
+
+def test_same_tx_twice_in_one_block_applies_once():
+    c = Chain.create()
+    tx = transfer(ALICE, BOB.address, 100, 0)
+    res = c.block([tx, tx], skip_invalid=True)
+    assert res.included == [tx] and len(res.rejected) == 1
+    assert c.balance(BOB) == 600
+
+
+def test_out_of_order_nonce_rejected():
+    c = Chain.create()
+    tx0, tx1 = transfer(ALICE, BOB.address, 1, 0), transfer(ALICE, BOB.address, 2, 1)
+    with pytest.raises(BlockError, match="bad nonce 1: expected 0"):
+        c.execute([tx1, tx0])
+    res = c.block([tx1, tx0], skip_invalid=True)
+    assert res.included == [tx0]
+    assert res.rejected == [(tx1, "bad nonce 1: expected 0")]
+    assert c.nonce(ALICE) == 1 and c.balance(BOB) == 501
+    res = c.block([tx1])  # now it is next in line
+    assert c.nonce(ALICE) == 2 and c.balance(BOB) == 503
+
+
+def test_insufficient_funds_writes_nothing():
+    c = Chain.create()
+    too_much = transfer(BOB, CAROL.address, 500, 0, fee=1)  # 500 + 1 > 500
+    res = c.execute([too_much], skip_invalid=True)
+    assert res.included == []
+    assert res.rejected == [(too_much, "insufficient funds: balance 499, needs 500")]
+    only_chain_bookkeeping(res.writes, BOB.address, CAROL.address)
+    assert res.writes.get(K_BURNED) is None or codec.decode(res.writes[K_BURNED]) == 0
+    broke = transfer(CAROL, BOB.address, 1, 0)  # cannot even pay the fee
+    res = c.execute([broke], skip_invalid=True)
+    assert "insufficient funds: balance 0, needs 1" == res.rejected[0][1]
+    exact = transfer(BOB, CAROL.address, 499, 0, fee=1)
+    c.block([exact])
+    assert c.balance(BOB) == 0 and c.balance(CAROL) == 499
+    assert_supply(c)
+
+
+def test_fee_below_min_fee_rejected():
+    c = Chain.create(params={"min_fee": 5})
+    low = transfer(ALICE, BOB.address, 1, 0, fee=4)
+    res = c.execute([low], skip_invalid=True)
+    assert res.rejected == [(low, "fee 4 is below the minimum 5")]
+    only_chain_bookkeeping(res.writes, ALICE.address, BOB.address)
+    c.block([transfer(ALICE, BOB.address, 1, 0, fee=5)])
+    assert c.balance(ALICE) == 994 and burned(c) == 5
+
+
+@pytest.mark.parametrize("kind, body, reason", [
+    ("mint", {"to": BOB.address, "amount": 1}, "unknown tx kind 'mint'"),
+    ("", {}, "unknown tx kind ''"),
+    ("transfer", {"to": BOB.address}, "transfer body must have exactly the fields: amount, to"),
+    ("transfer", {"to": BOB.address, "amount": 1, "memo": "hi"}, "exactly the fields"),
+    ("transfer", {}, "exactly the fields"),
+    ("transfer", {"to": BOB.address, "amount": "1"}, "transfer.amount must be int"),
+    ("transfer", {"to": BOB.address, "amount": True}, "transfer.amount must be int"),
+    ("transfer", {"to": BOB.address.hex(), "amount": 1}, "transfer.to must be bytes"),
+    ("transfer", {"to": BOB.address[:19], "amount": 1}, "transfer.to must be a 20-byte address"),
+    ("transfer", {"to": BOB.pubkey, "amount": 1}, "transfer.to must be a 20-byte address"),
+    ("transfer", {"to": BOB.address, "amount": 0}, "amount must be positive"),
+    ("transfer", {"to": BOB.address, "amount": -5}, "amount must be positive"),
+    ("stake", {"role": "king", "amount": 1}, "unknown role 'king'"),
+    ("stake", {"role": "validator", "amount": 0}, "amount must be positive"),
+    ("stake", {"role": b"validator", "amount": 1}, "stake.role must be str"),
+    ("unstake", {"role": "validator"}, "exactly the fields"),
+    ("unstake", {"role": "solver", "amount": -1}, "amount must be positive"),
+    ("unjail", {"reason": "please"}, "unjail body must have exactly the fields: "),
+    ("unjail", {}, "not jailed"),
+])
+def test_unknown_kind_and_malformed_bodies_rejected(kind, body, reason):
+    c = Chain.create()
+    tx = make_tx(ALICE, kind, body, 0)
+    res = c.execute([tx], skip_invalid=True)
+    assert res.included == []
+    assert len(res.rejected) == 1 and reason in res.rejected[0][1]
+    only_chain_bookkeeping(res.writes, ALICE.address, BOB.address)
+    with pytest.raises(BlockError, match="invalid tx"):
+        c.execute([tx])
+
+
+def test_skip_invalid_leaves_out_bad_txs_and_applies_the_rest():
+    c = Chain.create()
+    good1 = transfer(ALICE, CAROL.address, 10, 0)
+    bad = transfer(BOB, CAROL.address, 10_000, 0)
+    good2 = transfer(BOB, CAROL.address, 20, 0)  # same nonce as the failed one: still free
+    with pytest.raises(BlockError, match=f"invalid tx {bad.hash.hex()[:16]}: insufficient funds"):
+        c.execute([good1, bad, good2])
+    res = c.block([good1, bad, good2], skip_invalid=True)
+    assert res.included == [good1, good2]
+    assert [t for t, _ in res.rejected] == [bad]
+    assert c.balance(CAROL) == 30 and c.balance(BOB) == 479 and c.balance(ALICE) == 989
+    assert_supply(c)
+
+
+def test_max_block_txs():
+    c = Chain.create(params={"max_block_txs": 2})
+    txs = [transfer(ALICE, BOB.address, 1, n) for n in range(3)]
+    with pytest.raises(BlockError, match="more than 2 txs"):
+        c.execute(txs)
+    res = c.block(txs, skip_invalid=True)
+    assert res.included == txs[:2] and res.rejected == []
+    assert c.nonce(ALICE) == 2
+
+
+# -- block context ------------------------------------------------------------------------------
+
+def test_block_context_checks():
+    c = Chain.create()
+    with pytest.raises(BlockError, match="height 2 does not follow 0"):
+        c.execute(height=2)
+    with pytest.raises(BlockError, match="height 0 does not follow 0"):
+        c.execute(height=0)
+    with pytest.raises(BlockError, match="block time must increase"):
+        c.execute(time_ms=c.time_ms)
+    with pytest.raises(BlockError, match="proposer is not in the validator set"):
+        c.execute(proposer=ALICE.address)
+    c.block()
+    with pytest.raises(BlockError, match="height 1 does not follow 1"):
+        c.execute(height=1)
+
+
+def test_app_hash_chains_block_to_block():
+    c = Chain.create()
+    hashes = [c.app_hash]
+    for _ in range(3):
+        prev = c.app_hash
+        res = c.block()
+        assert res.app_hash == sha256(prev + write_set_hash(res.writes))
+        hashes.append(res.app_hash)
+    assert len(set(hashes)) == 4
+
+
+# -- staking -------------------------------------------------------------------------------------
+
+def test_stake_moves_balance_into_stake():
+    c = Chain.create()
+    c.block([stake(ALICE, "solver", 300, 0, fee=2)])
+    assert c.balance(ALICE) == 698 and c.stake_of(ALICE, "solver") == 300
+    assert c.stake_of(ALICE, "validator") == 0
+    assert staking.bonded_total(c.view(), ALICE.address) == {"validator": 0, "solver": 300, "verifier": 0}
+    assert_supply(c)
+    res = c.execute([stake(ALICE, "verifier", 699, 1)], skip_invalid=True)
+    assert "insufficient funds" in res.rejected[0][1]
+
+
+def test_unstake_more_than_bonded_rejected():
+    c = Chain.create()
+    c.block([stake(ALICE, "solver", 100, 0)])
+    over = unstake(ALICE, "solver", 101, 1)
+    res = c.execute([over], skip_invalid=True)
+    assert res.rejected == [(over, "cannot unstake 101: only 100 bonded as solver")]
+    only_chain_bookkeeping(res.writes, ALICE.address)
+    res = c.execute([unstake(ALICE, "verifier", 1, 1)], skip_invalid=True)
+    assert "only 0 bonded as verifier" in res.rejected[0][1]
+
+
+def test_unstake_returns_funds_exactly_after_unbonding_period():
+    U = 5
+    c = Chain.create(params={"unbonding_blocks": U})
+    c.block([stake(ALICE, "solver", 200, 0)])                      # height 1
+    c.block([unstake(ALICE, "solver", 150, 1)])                    # height 2
+    due = 2 + U
+    assert c.stake_of(ALICE, "solver") == 50
+    assert staking.unbonding_entries(c.view(), ALICE.address) == [[due, "solver", 150]]
+    balance = c.balance(ALICE)
+    assert balance == 1_000 - 200 - 2
+    assert_supply(c)
+    while c.height < due - 1:
+        c.block()
+        assert c.balance(ALICE) == balance, f"released early at height {c.height}"
+        assert staking.unbonding_entries(c.view(), ALICE.address) == [[due, "solver", 150]]
+    c.block()
+    assert c.height == due
+    assert c.balance(ALICE) == balance + 150
+    assert staking.unbonding_entries(c.view(), ALICE.address) == []
+    assert k_unbonding(ALICE.address) not in c.state
+    c.block()
+    assert c.balance(ALICE) == balance + 150
+    assert_supply(c)
+
+
+def test_two_unstakes_release_at_their_own_heights():
+    c = Chain.create(params={"unbonding_blocks": 3})
+    c.block([stake(ALICE, "verifier", 100, 0)])            # 1
+    c.block([unstake(ALICE, "verifier", 30, 1)])           # 2 -> due 5
+    c.block([unstake(ALICE, "verifier", 20, 2)])           # 3 -> due 6
+    base = c.balance(ALICE)
+    c.empty_blocks(2)                                      # 4, 5
+    assert c.balance(ALICE) == base + 30
+    assert staking.unbonding_entries(c.view(), ALICE.address) == [[6, "verifier", 20]]
+    c.block()                                              # 6
+    assert c.balance(ALICE) == base + 50
+    assert c.stake_of(ALICE, "verifier") == 50
+    assert_supply(c)
+
+
+def test_validator_set_change_from_staking_takes_effect_two_blocks_later():
+    c = Chain.create()
+    genesis_set = {VAL.address: 10_000}
+    c.empty_blocks(2)
+    res = c.block([stake(ALICE, "validator", 300, 0)])           # height h = 3
+    h = c.height
+    assert c.valset() == genesis_set
+    assert codec.decode(c.state[K_CANDIDATES]) == sorted([VAL.address, ALICE.address])
+    pending = codec.decode(res.writes[K_VALSET_PENDING])
+    assert pending == [[h + 2, [[a, p, w] for a, p, w in sorted(
+        [[VAL.address, VAL.pubkey, 10_000], [ALICE.address, ALICE.pubkey, 300]])]]]
+    c.block()                                                     # h + 1: valset for h + 2 is now new
+    assert c.valset() == {VAL.address: 10_000, ALICE.address: 300}
+    assert c.valset(K_LAST_VALSET) == genesis_set
+    assert K_VALSET_PENDING not in c.state
+    c.block()                                                     # h + 2: signed by the new set
+    assert c.valset(K_LAST_VALSET) == {VAL.address: 10_000, ALICE.address: 300}
+    assert get_valset(c.view()) == sorted([Validator(VAL.address, VAL.pubkey, 10_000),
+                                           Validator(ALICE.address, ALICE.pubkey, 300)],
+                                          key=lambda v: v.address)
+
+
+def test_validator_set_keeps_the_top_max_validators():
+    c = Chain.create(accounts=((ALICE, 20_000),), params={"max_validators": 1})
+    c.block([stake(ALICE, "validator", 9_000, 0)])
+    c.block()
+    assert c.valset() == {VAL.address: 10_000}  # ALICE is a candidate but not in the top 1
+    assert codec.decode(c.state[K_CANDIDATES]) == sorted([VAL.address, ALICE.address])
+    c.block([stake(ALICE, "validator", 1_100, 1)])  # 10_100 > 10_000
+    assert c.valset() == {VAL.address: 10_000}
+    c.block()
+    assert c.valset() == {ALICE.address: 10_100}
+
+
+def test_min_validator_stake():
+    c = Chain.create(params={"min_validator_stake": 500})
+    c.block([stake(ALICE, "validator", 499, 0)])
+    c.block()
+    assert c.valset() == {VAL.address: 10_000}
+    c.block([stake(ALICE, "validator", 1, 1)])
+    c.block()
+    assert c.valset() == {VAL.address: 10_000, ALICE.address: 500}
+
+
+# -- evidence and jail ------------------------------------------------------------------------------
+
+def test_duplicate_vote_evidence_slashes_jails_and_tombstones():
+    c = two_validators()
+    c.block()
+    ev = double_sign_evidence(W, height=1)
+    burned_before = burned(c)
+    res = c.block(evidence=[ev])
+    h = c.height
+    assert c.stake_of(W) == 5_000 - 250
+    assert burned(c) == burned_before + 250
+    assert staking.jail_status(c.view(), W.address) == (h + 20, True)
+    assert c.valset() == {VAL.address: 10_000, W.address: 5_000}  # still in for the next block
+    pending = codec.decode(res.writes[K_VALSET_PENDING])
+    assert pending == [[h + 2, [[VAL.address, VAL.pubkey, 10_000]]]]
+    c.block()
+    assert c.valset() == {VAL.address: 10_000}
+    assert_supply(c)
+    # a second report of the same double-sign is not punished again
+    c.block(evidence=[ev, double_sign_evidence(W, height=1, kind=PRECOMMIT)])
+    assert c.stake_of(W) == 4_750
+    # tombstoned: never unjailed, even long after jail_blocks
+    c.empty_blocks(25)
+    res = c.execute([unjail(W, 0)], skip_invalid=True)
+    assert res.rejected[0][1] == "tombstoned for double-signing: this validator can never be unjailed"
+    assert_supply(c)
+
+
+def test_slash_reaches_unbonding_entries_of_that_role_only():
+    c = two_validators(unbonding_blocks=10)
+    c.block([unstake(W, "validator", 1_000, 0), stake(W, "solver", 400, 1)])  # h1: due 11
+    c.block([unstake(W, "solver", 400, 2)])                                     # h2: due 12
+    assert staking.unbonding_entries(c.view(), W.address) == [[11, "validator", 1_000], [12, "solver", 400]]
+    b0 = burned(c)
+    c.block(evidence=[double_sign_evidence(W, height=2)])                       # h3
+    assert c.stake_of(W) == 4_000 - 200
+    assert staking.unbonding_entries(c.view(), W.address) == [[11, "validator", 950], [12, "solver", 400]]
+    assert burned(c) == b0 + 200 + 50
+    assert_supply(c)
+    bal = c.balance(W)
+    while c.height < 11:
+        c.block()
+    assert c.balance(W) == bal + 950
+    c.block()
+    assert c.balance(W) == bal + 950 + 400
+    assert_supply(c)
+
+
+def test_slash_arithmetic_in_staking():
+    c = two_validators(unbonding_blocks=10)
+    v = View(c.state)
+    staking.unbond(v, W.address, "validator", 1_001, 1)
+    cut = staking.slash(v, W.address, "validator", 50_000)
+    assert cut == (3_999 * 50_000 // 1_000_000) + (1_001 * 50_000 // 1_000_000)
+    assert staking.get_stake(v, W.address, "validator") == 3_999 - 199
+    assert staking.unbonding_entries(v, W.address) == [[11, "validator", 1_001 - 50]]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda a, b: (a, dataclasses.replace(b, signature=bytes(64))), "bad signature"),
+    (lambda a, b: (a, a), "identical"),
+    (lambda a, b: (a, dataclasses.replace(b, round=1)), "not for the same validator and step"),
+    (lambda a, b: (a, dataclasses.replace(b, height=2)), "not for the same validator and step"),
+    (lambda a, b: (a, signed_vote(W, PRECOMMIT, 1, 0, b.block_hash)), "not for the same validator and step"),
+    (lambda a, b: (a, signed_vote(VAL, PREVOTE, 1, 0, b.block_hash)), "not for the same validator and step"),
+])
+def test_bad_evidence_rejects_the_block(mutate, message):
+    c = two_validators()
+    good = double_sign_evidence(W, height=1)
+    a, b = mutate(good.vote_a, good.vote_b)
+    with pytest.raises(BlockError, match=message):
+        c.execute(evidence=[DuplicateVoteEvidence(a, b)])
+
+
+def test_evidence_signed_for_another_chain_or_unknown_validator_rejected():
+    c = two_validators()
+    with pytest.raises(BlockError, match="bad signature"):
+        c.execute(evidence=[double_sign_evidence(W, chain_id="otherchain")])
+    with pytest.raises(BlockError, match="bad signature"):  # no pubkey on chain
+        c.execute(evidence=[double_sign_evidence(OUTSIDER)])
+
+
+def test_jailed_for_downtime_can_unjail_only_after_jail_blocks():
+    c = two_validators(downtime_window=4, jail_blocks=3)
+    only_val = (VAL.address,)
+    c.block()                                           # 1
+    for _ in range(3):                                  # 2, 3, 4: W misses 1, 2, 3
+        c.block(last_signers=only_val)
+    assert c.height == 4
+    assert staking.jail_status(c.view(), W.address) == (4 + 3, False)
+    assert c.stake_of(W) == 5_000 - 5_000 * 100 // 1_000_000
+    c.block(last_signers=only_val)                      # 5: W leaves the set for height 6
+    assert c.valset() == {VAL.address: 10_000}
+    early = unjail(W, 0)
+    res = c.execute([early], skip_invalid=True)         # 6
+    assert res.rejected == [(early, "still jailed until height 7")]
+    c.block([early], skip_invalid=True)                 # 6
+    assert c.nonce(W) == 0
+    res = c.block([unjail(W, 0)])                       # 7 == until: allowed
+    assert res.included and c.nonce(W) == 1
+    assert staking.jail_status(c.view(), W.address) is None
+    assert c.valset() == {VAL.address: 10_000}
+    c.block()                                           # 8: valset for 9 has W again
+    assert c.valset() == {VAL.address: 10_000, W.address: c.stake_of(W)}
+    assert_supply(c)
+
+
+def test_liveness_signers_are_not_penalised():
+    c = two_validators(downtime_window=4)
+    c.empty_blocks(10)
+    assert staking.jail_status(c.view(), W.address) is None
+    assert c.stake_of(W) == 5_000
+
+
+# -- determinism ------------------------------------------------------------------------------
+
+def busy_block_txs():
+    return [transfer(ALICE, BOB.address, 10, 0), stake(BOB, "solver", 100, 0),
+            transfer(ALICE, CAROL.address, 5, 1), unstake(BOB, "solver", 40, 1)]
+
+
+def test_same_block_twice_gives_identical_results():
+    c = Chain.create()
+    c.block()
+    base = dict(c.state)
+    r1 = c.execute(busy_block_txs(), evidence=[])
+    r2 = c.execute(busy_block_txs(), evidence=[])
+    assert c.state == base  # executing does not touch the base
+    assert r1.writes == r2.writes
+    assert list(r1.writes) == list(r2.writes)
+    assert r1.app_hash == r2.app_hash
+    assert [t.hash for t in r1.included] == [t.hash for t in r2.included]
+    # and a differently-ordered block gives a different result
+    r3 = c.execute(busy_block_txs()[::-1], skip_invalid=True)
+    assert r3.app_hash != r1.app_hash
+
+
+def test_app_hash_independent_of_genesis_listing_order():
+    accounts = [(VAL, 1_000), (ALICE, 1_000), (BOB, 500), (CAROL, 7)]
+    validators = [(VAL, 10_000), (W, 3_000)]
+    g1 = genesis.parse(genesis_doc(accounts, validators))
+    g2 = genesis.parse(genesis_doc(accounts[::-1], validators[::-1]))
+    w1, h1 = genesis_writes(g1)
+    w2, h2 = genesis_writes(g2)
+    assert g1.hash != g2.hash  # the raw documents differ, and so do the genesis app hashes
+    assert h1 != h2
+    assert codec.decode(w1.pop(K_CHAIN))[0::2] == codec.decode(w2.pop(K_CHAIN))[0::2]
+    assert w1 == w2
+    assert write_set_hash(w1) == write_set_hash(w2)
+    # the same block on either state writes exactly the same
+    s1, s2 = merge({}, genesis_writes(g1)[0]), merge({}, genesis_writes(g2)[0])
+    c = Chain.create(accounts=accounts, validators=validators)
+    ctx = c.ctx()
+    r1 = execute_block(s1, b"\x00" * 32, CHAIN_ID, ctx, busy_block_txs())
+    r2 = execute_block(s2, b"\x00" * 32, CHAIN_ID, ctx, busy_block_txs())
+    assert r1.writes == r2.writes and r1.app_hash == r2.app_hash
+
+
+def test_supply_check_detects_an_inconsistent_state():
+    c = Chain.create()
+    state = dict(c.state)
+    state[k_account(OUTSIDER.address)] = codec.encode([1, 0])
+    total, supply = supply_check(state)
+    assert total == supply + 1
+
+
+def test_sig_ok_hook_is_used():
+    c = Chain.create()
+    tx = transfer(ALICE, BOB.address, 1, 0)
+    forged = dataclasses.replace(tx, signature=bytes(64))
+    res = execute_block(c.state, c.app_hash, CHAIN_ID, c.ctx(), [forged], sig_ok=lambda t: True)
+    assert res.included == [forged]
+
+
+def test_tx_pubkey_of_wrong_length_is_a_bad_signature():
+    c = Chain.create()
+    tx = Tx(CHAIN_ID, "transfer", b"\x01" * 31, 0, 1, {"to": BOB.address, "amount": 1}, bytes(64))
+    res = c.execute([tx], skip_invalid=True)
+    assert res.rejected[0][1] == "bad signature"
+
+
+def test_k_jail_cleared_on_unjail_and_set_on_jail():
+    c = two_validators(jail_blocks=2)
+    v = View(c.state)
+    staking.jail(v, W.address, 10)
+    assert codec.decode(v.writes[k_jail(W.address)]) == [12, False]
+    staking.jail(v, W.address, 11, tombstone=True)
+    staking.jail(v, W.address, 12)
+    assert staking.jail_status(v, W.address) == (14, True)  # a tombstone never goes away
+    staking.unjail(v, W.address)
+    assert staking.jail_status(v, W.address) is None

@@ -86,7 +86,9 @@ class Client:
             except RpcError as exc:
                 if "not found" not in str(exc):
                     raise
-                raise RpcError(f"tx {tx_hash} was dropped by the node before inclusion") from None
+                why = str(exc).partition("dropped from a block: ")[2]
+                raise RpcError(f"tx {tx_hash[:16]} was dropped before inclusion"
+                               + (f": {why}" if why else "")) from None
             if time.monotonic() > deadline:
                 raise RpcError(f"tx {tx_hash} not included after {timeout:.0f}s; check `stepchain status`")
             time.sleep(0.2)

@@ -15,6 +15,9 @@ from consensus.state import TX_HANDLERS, TxError, check_signature
 from consensus.types import Tx
 
 
+REJECTED_KEPT = 10_000
+
+
 class MempoolError(ValueError):
     pass
 
@@ -40,6 +43,7 @@ class Mempool:
         self.ttl_blocks = ttl_blocks
         self.by_hash: dict[bytes, tuple[Tx, int]] = {}  # hash -> (tx, height when added)
         self.by_sender: OrderedDict[bytes, dict[int, Tx]] = OrderedDict()  # arrival order of senders
+        self.rejected: OrderedDict[bytes, str] = OrderedDict()  # why recent txs were dropped at build
         self.height = 0
 
     def __len__(self) -> int:
@@ -105,7 +109,10 @@ class Mempool:
 
     def remove_invalid(self, rejected: list[tuple[Tx, str]]) -> None:
         """Drop txs that failed execution so they are not proposed again."""
-        for tx, _reason in rejected:
+        for tx, reason in rejected:
+            self.rejected[tx.hash] = reason
+            while len(self.rejected) > REJECTED_KEPT:
+                self.rejected.popitem(last=False)
             entry = self.by_hash.pop(tx.hash, None)
             if entry:
                 txs = self.by_sender.get(address_of(tx.sender), {})

@@ -179,6 +179,9 @@ class Rpc:
         if loc is None:
             if tx_hash in self.chain.mempool.by_hash:
                 return web.json_response({"hash": tx_hash.hex(), "status": "pending"})
+            reason = self.chain.mempool.rejected.get(tx_hash)
+            if reason is not None:
+                return _error(404, f"tx not found: dropped from a block: {reason}")
             return _error(404, "tx not found (never received, rejected, or evicted)")
         height, index = loc
         tx = self.chain.store.block(height).txs[index]

@@ -13,11 +13,13 @@ from consensus.state import BlockContext, execute_block, genesis_writes, supply_
 from consensus.store import Store, StoreError
 
 from .chain import signers_of
-from .home import Home
+from .home import Home, HomeError
 
 
 def verify_home(home: Home) -> dict:
     genesis = load_genesis(home.require().genesis_path)
+    if not home.data_dir.exists():
+        raise HomeError(f"the node at {home.path} has never run: there is no chain to verify yet")
     store = Store(home.data_dir)
     try:
         height, _, tip_app = store.tip()

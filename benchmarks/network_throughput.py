@@ -131,7 +131,7 @@ def sync_speed(base: Path, blocks: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=int, default=1500, help="offered tx/s")
+    ap.add_argument("--rate", type=int, default=1200, help="offered tx/s")
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--sync-blocks", type=int, default=1000)
     args = ap.parse_args()

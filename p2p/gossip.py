@@ -161,7 +161,8 @@ class Gossip:
     async def _establish(self, reader, writer, initiator: bool, expect: bytes | None) -> None:
         try:
             session = await handshake(reader, writer, self.key, initiator, expect, self.frame_limit)
-            if self.banned(session.peer_id) or session.peer_id in self.peers:
+            if (self.banned(session.peer_id) or session.peer_id in self.peers
+                    or time.monotonic() < self.isolated_until):
                 session.close()
                 return
             hello = await exchange_hello(session, self.app.hello())
@@ -170,8 +171,8 @@ class Gossip:
             log.warning("p2p session with %s closed: %s", f"{peer[0]}:{peer[1]}" if peer else "?", exc)
             writer.close()
             return
-        if session.peer_id in self.peers:  # both sides dialed at once: keep one, agreed by both
-            session.close()
+        if session.peer_id in self.peers or time.monotonic() < self.isolated_until:
+            session.close()  # both sides dialed at once (keep the first), or we were isolated meanwhile
             return
         peer = Peer(session, hello)
         self.peers[peer.id] = peer

@@ -127,7 +127,10 @@ def follow_blocks(client: Client, until: float | None = None, start: int = 1) ->
 def run_devnet(home: str | None, validators: int, demo: bool) -> int:
     base = Path(home) if home else Path(tempfile.mkdtemp(prefix="stepchain-devnet-"))
     net = Devnet(base, validators)
-    net.init()
+    if demo:  # faster blocks, so the demo's job moves through its windows quickly
+        net.init(block_interval_ms=500, idle_interval_ms=1000)
+    else:
+        net.init()
     with _sigterm_as_interrupt():
         net.start()
         try:

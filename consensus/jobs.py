@@ -156,6 +156,8 @@ def process_commit_shard(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("this shard is not assigned to you")
     if height > shard["deadline"]:
         raise JobError("the commit deadline has passed")
+    if get_stake(v, sender, "solver") < get_params(v)["min_solver_stake"]:
+        raise JobError("a commit needs the solver stake that answers for it")
     leaves = n_intervals(job["spec"]) + 1
     if body.get("leaves") != leaves or type(body.get("root")) is not bytes or len(body["root"]) != 32:
         raise JobError(f"a commit needs a 32-byte root over exactly {leaves} leaves")
@@ -211,6 +213,10 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
     vals = {x.address: x.power for x in get_valset(v)}
     if sender not in vals:
         raise JobError("only validators referee disputes")
+    if height > shard["challenge"]["deadline"]:
+        raise JobError("the dispute's voting deadline has passed")
+    if sender in (shard["solver"], shard["challenge"]["challenger"]):
+        raise JobError("a party to a dispute cannot referee it")
     votes = shard["challenge"]["votes"]
     if any(a == sender for a, _ in votes):
         raise JobError("already voted on this dispute")
@@ -272,7 +278,8 @@ def resolve_dispute(v: View, job: dict, index: int, fault: bool, height: int) ->
         cut = slash_to(v, ch["challenger"], "verifier", params["verifier_slash_ppm"], shard["solver"])
         log_event(job, height, "slashed", ch["challenger"], cut, f"challenger: wrong about shard {index}")
         shard["challenge"] = None
-        shard["status"] = "verifying"
+        # challenged before verifiers were drawn: draw them now, the full window still applies
+        shard["status"] = "verifying" if shard["verifiers"] else "committed"
         shard["window_end"] = max(shard["window_end"], height + 1)
 
 

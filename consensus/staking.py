@@ -53,12 +53,12 @@ def unbonding_entries(v: View, addr: bytes) -> list[list]:
 def slash(v: View, addr: bytes, role: str, ppm: int) -> int:
     """Burn `ppm` parts per million of addr's stake in `role`, bonded and unbonding alike."""
     bonded = get_stake(v, addr, role)
-    cut = bonded * ppm // PPM
+    cut = -(-bonded * ppm // PPM)  # rounded up: a slash of a small stake is never free
     set_stake(v, addr, role, bonded - cut)
     entries = v.read(k_unbonding(addr), [])
     for e in entries:
         if e[1] == role:
-            part = e[2] * ppm // PPM
+            part = -(-e[2] * ppm // PPM)
             e[2] -= part
             cut += part
     if entries:

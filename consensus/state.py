@@ -125,6 +125,8 @@ def process_unstake(v: View, tx: Tx, sender: bytes, height: int) -> None:
     bonded = get_stake(v, sender, role)
     if amount > bonded:
         raise TxError(f"cannot unstake {amount}: only {bonded} bonded as {role}")
+    if role == "solver" and v.read(jobs.k_load(sender), 0):
+        raise TxError("cannot unstake solver stake while holding an assigned shard")
     staking.unbond(v, sender, role, amount, height)
 
 

@@ -27,11 +27,12 @@ class Client:
         except ValueError:  # incl. UnicodeDecodeError: something that is not a stepchain node answered
             raise RpcError(f"{self.url} answered with something that is not JSON; is it a stepchain node's RPC?") from None
 
-    def _request(self, path: str, body: dict | None = None) -> bytes:
-        data = None if body is None else json.dumps(body).encode()
+    def _request(self, path: str, body: dict | None = None, raw: bytes | None = None) -> bytes:
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        ctype = "application/octet-stream" if raw is not None else "application/json"
         try:
             req = urllib.request.Request(self.url + path, data=data,
-                                         headers={"Content-Type": "application/json"} if data else {})
+                                         headers={"Content-Type": ctype} if data is not None else {})
         except ValueError:
             raise RpcError(f"bad RPC URL {self.url!r}: expected something like http://127.0.0.1:26657") from None
         try:

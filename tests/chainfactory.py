@@ -175,3 +175,49 @@ class Chain:
 __all__ = ["CHAIN_ID", "Chain", "PRECOMMIT", "PREVOTE", "merge", "key", "make_tx", "transfer", "stake",
            "unstake", "unjail", "signed_vote", "double_sign_evidence", "genesis_doc", "VAL", "ALICE", "BOB",
            "CAROL", "OUTSIDER"]
+
+
+# -- compute jobs: specs and commits over fake checkpoint hashes -------------------------------
+
+def job_spec(**overrides) -> dict:
+    """A structurally valid on-chain job spec (what `stepchain job submit` sends), small numbers:
+    2 shards x 1 round of 8 steps with a checkpoint every 2 steps (4 intervals, 5 leaves)."""
+    spec = {"model": "mlp", "model_args": {"in_dim": 2, "hidden": [8], "out_dim": 3},
+            "data": {"generator": "spirals", "args": {"n": 60, "classes": 3}, "seed": 7},
+            "optimizer": "sgd", "profile": "cpu-f32-1thread", "metric": "accuracy",
+            "batch_size": 8, "shards": 2, "rounds": 1, "steps": 8, "k": 2, "lr_ppm": 10_000, "seed": 1,
+            "tolerance_ppm": 1_000, "holdout_ppm": 200_000, "reward_per_shard": 100, "verification_fee": 10,
+            "commit_blocks": 3, "verify_blocks": 2}
+    spec.update(overrides)
+    return spec
+
+
+def fake_leaves(n: int, tag: bytes = b"") -> list[bytes]:
+    """n distinct 32-byte stand-ins for checkpoint hashes (the chain never sees checkpoints)."""
+    from consensus.crypto import sha256
+    return [sha256(b"checkpoint/" + tag + i.to_bytes(4, "big")) for i in range(n)]
+
+
+def commit_body(job_id: bytes, round_: int, shard: int, leaves: list[bytes], **overrides) -> dict:
+    """A commit_shard body as an honest solver builds it: the Merkle root over `leaves`, the
+    manifest's hash, and the first and last leaves with their inclusion proofs."""
+    from consensus import codec, merkle
+    from consensus.crypto import sha256
+    body = {"job": job_id, "round": round_, "shard": shard, "root": merkle.root(leaves), "leaves": len(leaves),
+            "manifest": sha256(codec.encode(leaves)),
+            "start": leaves[0], "start_proof": merkle.proof(leaves, 0),
+            "final": leaves[-1], "final_proof": merkle.proof(leaves, len(leaves) - 1)}
+    body.update(overrides)
+    return body
+
+
+def challenge_body(job_id: bytes, round_: int, shard: int, interval: int, leaves: list[bytes] | None = None,
+                   **overrides) -> dict:
+    """A challenge body; for interval >= 0 it carries both ends of the interval with proofs."""
+    from consensus import merkle
+    body = {"job": job_id, "round": round_, "shard": shard, "interval": interval}
+    if interval >= 0 and leaves is not None:
+        body.update(start_leaf=leaves[interval], start_proof=merkle.proof(leaves, interval),
+                    end_leaf=leaves[interval + 1], end_proof=merkle.proof(leaves, interval + 1))
+    body.update(overrides)
+    return body

@@ -51,6 +51,8 @@ class Solver:
                     self.solve(job, index)
             except RpcError as exc:
                 log.warning("node unavailable (%s); retrying", exc)
+            except Exception:  # one bad job must not stop the worker
+                log.exception("could not solve a shard; will retry")
             if once:
                 return
             time.sleep(POLL_S)

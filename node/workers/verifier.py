@@ -39,6 +39,8 @@ class Verifier:
                 self.scan()
             except RpcError as exc:
                 log.warning("node unavailable (%s); retrying", exc)
+            except Exception:  # one bad job must not stop the worker
+                log.exception("could not check a shard; will retry")
             if once:
                 return
             time.sleep(POLL_S)

@@ -241,14 +241,14 @@ TX_HANDLERS = {
 
 # -- outcomes --------------------------------------------------------------------------------
 
-def slash_to(v: View, offender: bytes, role: str, ppm: int, winner: bytes | None) -> int:
-    """Slash `offender`; a share goes to `winner`, the rest stays burned."""
+def slash_to(v: View, offender: bytes, role: str, ppm: int, winner: bytes | None) -> tuple[int, int]:
+    """Slash `offender`; a share goes to `winner`, the rest stays burned. (cut, share)"""
     cut = staking.slash(v, offender, role, ppm)
     share = cut * get_params(v)["winner_share_ppm"] // staking.PPM if winner else 0
     if share:
         add_balance(v, winner, share)
         add_burned(v, -share)
-    return cut
+    return cut, share
 
 
 def release_solver(v: View, shard: dict) -> None:
@@ -268,15 +268,17 @@ def resolve_dispute(v: View, job: dict, index: int, fault: bool, height: int) ->
     shard = job["shards"][index]
     ch, params = shard["challenge"], get_params(v)
     if fault:
-        cut = slash_to(v, shard["solver"], "solver", params["solver_slash_ppm"], ch["challenger"])
+        cut, share = slash_to(v, shard["solver"], "solver", params["solver_slash_ppm"], ch["challenger"])
         log_event(job, height, "slashed", shard["solver"], cut, f"solver: fraud proven on shard {index}")
+        log_event(job, height, "rewarded", ch["challenger"], share, f"challenger proved shard {index} faulty")
         for lazy in shard["attested"]:
-            c = slash_to(v, lazy, "verifier", params["verifier_slash_ppm"], None)
+            c, _ = slash_to(v, lazy, "verifier", params["verifier_slash_ppm"], None)
             log_event(job, height, "slashed", lazy, c, f"verifier attested a faulty shard {index}")
         reopen_shard(v, shard)
     else:
-        cut = slash_to(v, ch["challenger"], "verifier", params["verifier_slash_ppm"], shard["solver"])
+        cut, share = slash_to(v, ch["challenger"], "verifier", params["verifier_slash_ppm"], shard["solver"])
         log_event(job, height, "slashed", ch["challenger"], cut, f"challenger: wrong about shard {index}")
+        log_event(job, height, "rewarded", shard["solver"], share, f"solver cleared on shard {index}")
         shard["challenge"] = None
         # challenged before verifiers were drawn: draw them now, the full window still applies
         shard["status"] = "verifying" if shard["verifiers"] else "committed"
@@ -364,7 +366,7 @@ def step_shard(v: View, job: dict, index: int, height: int, beacon: bytes) -> No
     shard = job["shards"][index]
     status = shard["status"]
     if status == "assigned" and height > shard["deadline"]:
-        cut = slash_to(v, shard["solver"], "solver", get_params(v)["missed_deadline_slash_ppm"], None)
+        cut, _ = slash_to(v, shard["solver"], "solver", get_params(v)["missed_deadline_slash_ppm"], None)
         log_event(job, height, "slashed", shard["solver"], cut, f"solver missed the deadline of shard {index}")
         reopen_shard(v, shard)
         status = "unassigned"

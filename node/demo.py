@@ -106,7 +106,7 @@ def summary(net: Devnet, job: dict, metric_line: str) -> None:
     paid: dict[str, int] = {}
     slashed: list[tuple[str, int, str]] = []
     for _h, kind, who, amount, note in job["events"]:
-        if kind == "paid":
+        if kind in ("paid", "rewarded"):
             paid[_name(net, who)] = paid.get(_name(net, who), 0) + amount
         elif kind == "slashed":
             slashed.append((_name(net, who), amount, note))
@@ -114,7 +114,7 @@ def summary(net: Devnet, job: dict, metric_line: str) -> None:
     print(f"  job {job['id'][:16]}: {job['status']}, {job['spec']['rounds']} rounds x {job['spec']['shards']} shards, "
           f"model {job['spec']['model']}", flush=True)
     print(f"  {metric_line}", flush=True)
-    print("  paid:", flush=True)
+    print("  paid (job escrow, and slash shares to whoever proved a fault):", flush=True)
     for name, amount in sorted(paid.items()):
         print(f"    {name:<12} {amount:>10}", flush=True)
     print("  slashed:", flush=True)

@@ -48,8 +48,9 @@ def _shard_line(i: int, s: dict) -> str:
 def cmd_job_status(args, client, emit) -> None:
     job = client(args).get(f"/job/{args.job}")
     spec = job["spec"]
-    lines = [f"job {job['id']}  {job['status']}  round {job['round'] + (job['status'] == 'active')}"
-             f"/{spec['rounds']}  model {spec['model']}  escrow left {job['escrow']}"]
+    done_rounds = len(job["finals"])
+    lines = [f"job {job['id']}  {job['status']}  rounds done {done_rounds}/{spec['rounds']}"
+             f"  model {spec['model']}  escrow left {job['escrow']}"]
     if job["status"] == "active":
         lines += [_shard_line(i, s) for i, s in enumerate(job["shards"])]
     lines.append("  events:")

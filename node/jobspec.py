@@ -97,8 +97,8 @@ def check(spec: dict, blob: bytes | None) -> None:
     from verifier import data as vdata
     from verifier import models
     try:
-        check_spec(spec)
         models.validate_model(spec["model"], spec["model_args"])
+        check_spec(spec)
         if blob is not None:
             ds = vdata.load_npz(blob)
         else:

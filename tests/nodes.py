@@ -190,3 +190,29 @@ def block_hashes(node: NodeProcess, upto: int) -> list[tuple[str, str]]:
         b = node.rpc.get(f"/block/{h}")
         out.append((b["hash"], b["app_hash"]))
     return out
+
+
+def set_genesis_params(nodes: list[NodeProcess], **params) -> None:
+    """Change genesis parameters in every home of a network that has not started yet."""
+    for n in nodes:
+        path = n.home / "genesis.json"
+        g = json.loads(path.read_text())
+        g.setdefault("params", {}).update(params)
+        path.write_text(json.dumps(g, indent=2))
+
+
+def start_worker(node: NodeProcess, role: str, key: str, *extra: str, url: str | None = None) -> subprocess.Popen:
+    """`stepchain solver|verifier run --key KEY` against a node, logging beside its home."""
+    log = open(node.home.parent / f"{role}-{key}.log", "a")
+    proc = subprocess.Popen([*STEPCHAIN, role, "run", "--key", key, "--home", str(node.home),
+                             "--rpc", url or node.url, *extra], stdout=log, stderr=subprocess.STDOUT,
+                            env=env(), cwd=REPO)
+    log.close()
+    return proc
+
+
+def new_funded_key(node: NodeProcess, name: str, amount: int) -> str:
+    """A new keystore key in node's home, funded from `dev`; returns its address."""
+    addr = node.cli("wallet", "new", name)["address"]
+    node.cli("transfer", "--from", "dev", "--to", addr, "--amount", str(amount))
+    return addr

@@ -11,7 +11,7 @@ from . import codec
 from .crypto import sha256
 from .ledger import (K_CANDIDATES, K_LAST_VALSET, K_VALSET, K_VALSET_DIRTY, K_VALSET_PENDING,
                      Validator, View, add_balance, add_burned, encode_valset, get_params, get_stake,
-                     get_valset, k_candidates, k_jail, k_pubkey, k_unbonding, k_unbonding_due, set_stake)
+                     k_candidates, k_jail, k_pubkey, k_unbonding, k_unbonding_due, set_stake)
 
 PPM = 1_000_000
 

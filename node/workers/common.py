@@ -6,12 +6,31 @@ client (workers) and a validator node (referee).
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Callable
 
 from consensus import codec, merkle
 from consensus.crypto import sha256
 
 Fetch = Callable[[str], "bytes | None"]
+POLL_S = 1.0
+
+
+def poll(step: Callable[[], None], log: logging.Logger, once: bool = False) -> None:
+    """Run `step` every POLL_S seconds for ever. A node that is down or restarting, or one
+    job that cannot be handled, is logged and retried; it never stops the worker."""
+    from ..client import RpcError
+    while True:
+        try:
+            step()
+        except RpcError as exc:
+            log.warning("node unavailable (%s); retrying", exc)
+        except Exception:
+            log.exception("could not handle a shard; will retry")
+        if once:
+            return
+        time.sleep(POLL_S)
 
 
 def train_spec(spec: dict):

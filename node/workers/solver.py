@@ -7,17 +7,15 @@ A `--cheat` strategy exists to demonstrate and test that the protocol catches fr
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from consensus import codec, merkle
 from consensus.crypto import PrivateKey, format_address, sha256
 
-from ..client import Client, RpcError, make_tx
-from .common import expected_start, fetch_checked, load_data, train_spec
+from ..client import Client, make_tx
+from .common import expected_start, load_data, poll, train_spec
 
 log = logging.getLogger("stepchain.solver")
-POLL_S = 1.0
 
 
 class Solver:
@@ -45,17 +43,11 @@ class Solver:
 
     def run(self, once: bool = False) -> None:
         log.info("solver %s watching for assigned shards", self.me)
-        while True:
-            try:
-                for job, index in self.assigned():
-                    self.solve(job, index)
-            except RpcError as exc:
-                log.warning("node unavailable (%s); retrying", exc)
-            except Exception:  # one bad job must not stop the worker
-                log.exception("could not solve a shard; will retry")
-            if once:
-                return
-            time.sleep(POLL_S)
+        poll(self.step, log, once)
+
+    def step(self) -> None:
+        for job, index in self.assigned():
+            self.solve(job, index)
 
     def _train(self, job: dict, index: int) -> list[bytes]:
         from verifier import adversary, checkpoint, training

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 
 from consensus import merkle
 from consensus.crypto import PrivateKey, format_address
 
 from ..client import Client, RpcError, make_tx
-from .common import check_interval, check_start, fetch_checked, manifest_ok
+from .common import check_interval, check_start, fetch_checked, manifest_ok, poll
 
 log = logging.getLogger("stepchain.verifier")
-POLL_S = 1.0
 
 
 class Verifier:
@@ -34,16 +32,7 @@ class Verifier:
     def run(self, once: bool = False) -> None:
         log.info("verifier %s watching for shards to check%s", self.me,
                  " (whistleblower)" if self.whistleblower else "")
-        while True:
-            try:
-                self.scan()
-            except RpcError as exc:
-                log.warning("node unavailable (%s); retrying", exc)
-            except Exception:  # one bad job must not stop the worker
-                log.exception("could not check a shard; will retry")
-            if once:
-                return
-            time.sleep(POLL_S)
+        poll(self.scan, log, once)
 
     def scan(self) -> None:
         for job_id in self.client.get("/jobs")["active"]:

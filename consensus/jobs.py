@@ -349,7 +349,11 @@ def select_verifiers(v: View, job: dict, index: int, height: int, beacon: bytes)
     verifiers = weighted_sample(pool, params["verifiers_per_shard"], beacon, *label, "verifiers")
     if not verifiers:
         return  # wait for a verifier to stake
-    intervals = sample_intervals(n_intervals(job["spec"]), params["samples_per_shard"], beacon, *label, "intervals")
+    # The last interval is always among them: its end is what the next round (or the final
+    # model) is built from, so a forged final checkpoint must never slip through unsampled.
+    last = n_intervals(job["spec"]) - 1
+    drawn = sample_intervals(last, params["samples_per_shard"] - 1, beacon, *label, "intervals")
+    intervals = sorted(drawn + [last])
     shard.update(status="verifying", verifiers=verifiers, intervals=intervals,
                  window_end=height + job["spec"]["verify_blocks"])
 

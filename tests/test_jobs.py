@@ -496,6 +496,7 @@ def test_verifiers_and_intervals_are_drawn_in_the_block_after_the_commit():
     assert set(s["verifiers"]) <= {k.address for k in VERIFIERS}
     assert len(s["intervals"]) == 2 and s["intervals"] == sorted(set(s["intervals"]))
     assert all(0 <= i < 4 for i in s["intervals"])
+    assert s["intervals"][-1] == 3  # the last interval, which feeds the next round, is always checked
     assert s["window_end"] == committed_at + 1 + 4
 
 

@@ -10,6 +10,7 @@ from consensus.jobs import budget
 
 from .client import RpcError, make_tx
 from .jobspec import SpecError, load as load_spec
+from .workers.common import train_spec
 
 
 def cmd_job_submit(args, client, unlock, emit) -> None:
@@ -21,6 +22,10 @@ def cmd_job_submit(args, client, unlock, emit) -> None:
     acct = c.account(format_address(address_of(key.pubkey)))
     if cost + 1 > acct["balance"]:
         raise SpecError(f"the job budget {cost} (+ fee 1) exceeds the balance {acct['balance']} of {args.sender}")
+    from verifier.training import checkpoint_bytes
+    ckpt = checkpoint_bytes(train_spec(spec))
+    if ckpt > params["max_blob_bytes"]:
+        raise SpecError(f"a checkpoint of this model is {ckpt} bytes, over the blob limit of {params['max_blob_bytes']}")
     if blob is not None:
         if len(blob) > params["max_blob_bytes"]:
             raise SpecError(f"dataset of {len(blob)} bytes exceeds the limit of {params['max_blob_bytes']}")
@@ -62,7 +67,7 @@ def cmd_job_status(args, client, emit) -> None:
 def cmd_job_fetch(args, client, emit) -> None:
     import torch
     from verifier import checkpoint, training
-    from .workers.common import fetch_checked, load_data, train_spec
+    from .workers.common import fetch_checked, load_data
     c = client(args)
     job = c.get(f"/job/{args.job}")
     if job["status"] != "done":

@@ -1,44 +1,126 @@
-"""Dishonest solvers, for demonstrations and tests: each returns the checkpoints a cheater
-would publish. The protocol must catch every one of them."""
+"""Dishonest solvers, for demonstrations and tests: the checkpoints a cheater would publish.
+
+Each strategy takes the honest inputs of a shard and returns a full list of leaves, so it
+can be committed like honest work. The protocol must catch every one:
+
+    skip-steps   trains half of each interval's steps, labels them as k    (every interval bad)
+    forge-final  honest, but the final checkpoint's weights are noise      (last interval bad)
+    wrong-order  trains on the next round's data order                      (every interval bad)
+    wrong-lr     trains with twice the learning rate                        (every interval bad)
+    stale        republishes the start state with the step counter bumped  (every interval bad)
+    withhold     honest checkpoints; the solver then does not serve them   (none bad here)
+
+`corrupt_interval` is not a cheat but the protocol's forced error: exactly one interval is
+wrong, and because the solver goes on training from the corrupted state, every later
+interval checks out.
+"""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 
 import torch
 
-from .checkpoint import TrainState, decode, encode
+from . import checkpoint, training
+from .checkpoint import TrainState
 from .data import Dataset
-from .training import TrainSpec, train_shard
+from .training import MAX_LR_PPM, ShardData, Trainer, TrainSpec
 
 STRATEGIES = ("skip-steps", "forge-final", "wrong-order", "wrong-lr", "stale", "withhold")
 
 
-def _retimed(raw: bytes, step: int) -> bytes:
-    state = decode(raw)
-    state.step = step
-    return encode(state)
+def _noise_like(params: dict[str, torch.Tensor], seed: bytes) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(seed).digest()[:8], "big"))
+    return {n: (torch.rand(t.shape, generator=g, dtype=torch.float64) * 2 - 1).to(t.dtype)
+            for n, t in sorted(params.items())}
 
 
-def cheat(strategy: str, spec: TrainSpec, data: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+def _bumped(state: TrainState, step: int) -> TrainState:
+    """The same weights, relabelled as if training had reached `step` (rng advanced to match)."""
+    rng = state.rng
+    for _ in range(step - state.step):
+        rng = training.next_rng(rng)
+    return dataclasses.replace(state, step=step, rng=rng)
+
+
+def skip_steps(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+               start: TrainState, device: str = "cpu") -> list[bytes]:
+    dev = training.resolve_device(spec, device)
+    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
+    leaves = [checkpoint.encode(start)]
+    with training.determinism(spec):
+        trainer = Trainer(spec, start, dev)
+        for leaf in range(1, spec.steps // spec.k + 1):
+            for x, y in shard_data.batches(trainer.step, spec.k // 2):
+                trainer.train_step(x, y)
+            claimed = _bumped(trainer.state(), leaf * spec.k)
+            leaves.append(checkpoint.encode(claimed))
+            trainer.step, trainer.rng = claimed.step, claimed.rng
+    return leaves
+
+
+def forge_final(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+                start: TrainState, device: str = "cpu") -> list[bytes]:
+    honest = training.train_shard(spec, dataset, job_id, round_, shard, shards, start, device)
+    final = checkpoint.decode(honest[-1])
+    forged = dataclasses.replace(final, params=_noise_like(final.params, honest[-1]))
+    return honest[:-1] + [checkpoint.encode(forged)]
+
+
+def wrong_order(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+                start: TrainState, device: str = "cpu") -> list[bytes]:
+    return training.train_shard(spec, dataset, job_id, round_ + 1, shard, shards, start, device)
+
+
+def wrong_lr(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+             start: TrainState, device: str = "cpu") -> list[bytes]:
+    lr = spec.lr_ppm * 2 if spec.lr_ppm * 2 <= MAX_LR_PPM else spec.lr_ppm // 2
+    return training.train_shard(dataclasses.replace(spec, lr_ppm=lr), dataset, job_id, round_, shard, shards,
+                                start, device)
+
+
+def stale(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
           start: TrainState, device: str = "cpu") -> list[bytes]:
-    args = (data, job_id, round_, shard, shards)
-    if strategy == "skip-steps":  # trains k-1 steps per interval but labels them as k
-        short = dataclasses.replace(spec, k=spec.k - 1 if spec.k > 1 else 1,
-                                    steps=(spec.k - 1 if spec.k > 1 else 1) * (spec.steps // spec.k))
-        ckpts = train_shard(short, *args, start, device)
-        return [_retimed(c, i * spec.k) for i, c in enumerate(ckpts)]
-    if strategy == "wrong-lr":
-        return train_shard(dataclasses.replace(spec, lr_ppm=spec.lr_ppm * 3), *args, start, device)
-    if strategy == "wrong-order":
-        return train_shard(spec, data, job_id + b"x", round_, shard, shards, start, device)
-    honest = train_shard(spec, *args, start, device)
-    if strategy == "forge-final":
-        forged = decode(honest[-1])
-        forged.params = {n: t + 0.01 * torch.ones_like(t) for n, t in forged.params.items()}
-        return honest[:-1] + [encode(forged)]
-    if strategy == "stale":  # claims progress but replays the start checkpoint in the second half
-        half = len(honest) // 2
-        return honest[:half] + [_retimed(honest[0], i * spec.k) for i in range(half, len(honest))]
-    if strategy == "withhold":  # honest checkpoints, but the solver will not serve them
-        return honest
-    raise ValueError(f"unknown cheat {strategy!r}: one of {', '.join(STRATEGIES)}")
+    return [checkpoint.encode(_bumped(start, leaf * spec.k)) for leaf in range(spec.steps // spec.k + 1)]
+
+
+CHEATS = {"skip-steps": skip_steps, "forge-final": forge_final, "wrong-order": wrong_order,
+          "wrong-lr": wrong_lr, "stale": stale, "withhold": training.train_shard}
+
+
+def cheat(strategy: str, spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+          start: TrainState, device: str = "cpu") -> list[bytes]:
+    """The leaves a solver following `strategy` publishes for this shard."""
+    if strategy not in CHEATS:
+        raise ValueError(f"unknown cheat {strategy!r} (one of {', '.join(STRATEGIES)})")
+    return CHEATS[strategy](spec, dataset, job_id, round_, shard, shards, start, device=device)
+
+
+def perturb(state: TrainState, relative: float, seed: bytes) -> TrainState:
+    """The state with its weights moved by noise of `relative` times their L2 norm."""
+    noise = _noise_like(state.params, seed)
+    norm = math.sqrt(sum(float(torch.sum(t.double() ** 2)) for t in state.params.values()))
+    noise_norm = math.sqrt(sum(float(torch.sum(t.double() ** 2)) for t in noise.values()))
+    scale = relative * max(norm, 1.0) / noise_norm
+    params = {n: (t.double() + scale * noise[n].double()).to(t.dtype) for n, t in state.params.items()}
+    return dataclasses.replace(state, params=params)
+
+
+def corrupt_interval(checkpoints: list[bytes], interval_index: int, spec: TrainSpec, dataset: Dataset,
+                     job_id: bytes, round_: int, shard: int, shards: int, device: str = "cpu") -> list[bytes]:
+    """A forced error: interval `interval_index` ends in a perturbed checkpoint, and training
+    continues from it, so that interval, and only that one, fails verification.
+
+    The perturbation is well above the job's tolerance (at least 1%), so it is caught in
+    every profile.
+    """
+    intervals = len(checkpoints) - 1
+    if not 0 <= interval_index < intervals:
+        raise ValueError(f"interval {interval_index} does not exist (there are {intervals})")
+    end = checkpoint.decode(checkpoints[interval_index + 1])
+    relative = max(0.01, 4 * spec.tolerance_ppm / 1_000_000)
+    bad = perturb(end, relative, b"stepchain/forced-error" + checkpoints[interval_index + 1])
+    dev = training.resolve_device(spec, device)
+    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
+    return checkpoints[:interval_index + 1] + training.train_leaves(spec, shard_data, bad, dev)

@@ -1,14 +1,20 @@
 """Training state and its canonical bytes, whose sha256 is a Merkle leaf.
 
-A checkpoint is a codec map: parameters by sorted name as [dtype, shape, raw little-endian
-bytes], the optimizer's per-parameter tensors the same way, the step, and the RNG state.
-The same state gives the same bytes on any machine, so equal hashes mean equal training.
-The training step draws no randomness (the data order is fixed by job, round and shard),
-so the RNG state is empty; the field exists so a future model with dropout can carry it.
+A checkpoint is one consensus.codec map (keys sorted by the codec):
+    format  1
+    params  {parameter name: [dtype, shape, raw little-endian bytes]}
+    opt     {optimizer slot: [dtype, shape, raw bytes]}   e.g. "m/<param>", "beta1_power"
+    step    steps taken in this round (0 at the round's start)
+    rng     32 bytes, advanced every step
+Equal states give equal bytes on any machine, so equal hashes mean equal training, and a
+verifier compares two checkpoints by their hashes alone. Decoding checks every field, so a
+malformed blob from a solver is refused with a reason instead of crashing a verifier, and
+only the canonical encoding of a state is accepted.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,58 +22,103 @@ import torch
 from consensus import codec
 from consensus.crypto import sha256
 
-MAX_CHECKPOINT_BYTES = 256 * 1024 * 1024
+FORMAT = 1
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
+MAX_TENSOR_DIMS = 8
+RNG_BYTES = 32
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_NUMPY = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+_NAMES = {v: k for k, v in DTYPES.items()}
+FIELDS = {"format", "params", "opt", "step", "rng"}
 
 
 class CheckpointError(ValueError):
-    pass
+    """Bytes that are not a valid checkpoint, or a checkpoint that does not fit the job."""
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class TrainState:
-    params: dict[str, torch.Tensor]                       # name -> tensor (CPU or device)
-    opt: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # name -> {slot: tensor}
-    step: int = 0
-    rng: bytes = b""
+    """Everything a training step reads and writes. Tensors are treated as read-only: training
+    works on copies, so a state can be shared between a solver's leaves and its caller."""
+    params: dict[str, torch.Tensor]
+    opt: dict[str, torch.Tensor]
+    step: int
+    rng: bytes
 
 
-def _tensor_obj(t: torch.Tensor) -> list:
-    a = t.detach().cpu().contiguous().numpy()
-    return [str(a.dtype), list(a.shape), a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()]
+# -- tensors ---------------------------------------------------------------------------------
 
 
-def _tensor(obj) -> torch.Tensor:
-    if type(obj) is not list or len(obj) != 3 or obj[0] not in DTYPES or type(obj[2]) is not bytes:
-        raise CheckpointError("malformed tensor in checkpoint")
-    dtype, shape, raw = obj
-    count = int(np.prod(shape)) if shape else 1
-    if count * np.dtype(dtype).itemsize != len(raw):
-        raise CheckpointError("tensor size does not match its shape")
-    return torch.from_numpy(np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
-                            .reshape(shape).copy())
+def _tensor_entry(t: torch.Tensor) -> list:
+    if t.dtype not in _NAMES:
+        raise CheckpointError(f"tensors must be float32 or float64, got {t.dtype}")
+    a = t.detach().to("cpu").contiguous().numpy()
+    name = _NAMES[t.dtype]
+    return [name, list(a.shape), a.astype(_NUMPY[name], copy=False).tobytes()]
+
+
+def _tensor(where: str, entry) -> torch.Tensor:
+    if type(entry) is not list or len(entry) != 3:
+        raise CheckpointError(f"{where}: expected [dtype, shape, bytes]")
+    dtype, shape, raw = entry
+    if dtype not in DTYPES:
+        raise CheckpointError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if type(shape) is not list or len(shape) > MAX_TENSOR_DIMS or not all(type(d) is int and d >= 0 for d in shape):
+        raise CheckpointError(f"{where}: shape must be a list of at most {MAX_TENSOR_DIMS} non-negative integers")
+    if type(raw) is not bytes or len(raw) != math.prod(shape) * _NUMPY[dtype].itemsize:
+        raise CheckpointError(f"{where}: data length does not match shape {shape} and dtype {dtype}")
+    arr = np.frombuffer(raw, dtype=_NUMPY[dtype]).reshape(shape).astype(_NUMPY[dtype].newbyteorder("="))
+    return torch.from_numpy(arr)
+
+
+def _tensor_map(where: str, obj, allow_empty: bool) -> dict[str, torch.Tensor]:
+    if type(obj) is not dict or (not obj and not allow_empty) or not all(type(k) is str for k in obj):
+        raise CheckpointError(f"{where} must be a {'' if allow_empty else 'non-empty '}map of names to tensors")
+    return {name: _tensor(f"{where}[{name}]", entry) for name, entry in obj.items()}
+
+
+# -- bytes -----------------------------------------------------------------------------------
 
 
 def encode(state: TrainState) -> bytes:
+    """Canonical bytes of a state."""
+    if type(state.step) is not int or state.step < 0 or len(state.rng) != RNG_BYTES:
+        raise CheckpointError("a state needs a non-negative int step and a 32-byte rng")
     return codec.encode({
-        "params": {n: _tensor_obj(state.params[n]) for n in sorted(state.params)},
-        "opt": {n: {s: _tensor_obj(t) for s, t in sorted(slots.items())} for n, slots in sorted(state.opt.items())},
+        "format": FORMAT,
+        "params": {n: _tensor_entry(t) for n, t in state.params.items()},
+        "opt": {n: _tensor_entry(t) for n, t in state.opt.items()},
         "step": state.step,
-        "rng": state.rng,
+        "rng": bytes(state.rng),
     })
 
 
-def decode(raw: bytes) -> TrainState:
+def decode(raw: bytes, max_bytes: int = MAX_CHECKPOINT_BYTES) -> TrainState:
+    """Parse canonical checkpoint bytes; raise CheckpointError saying what is wrong.
+
+    Checks the format; `training.check_state` checks that it fits a particular job.
+    """
     try:
-        obj = codec.decode(raw, MAX_CHECKPOINT_BYTES)
+        obj = codec.decode(raw, max_size=max_bytes)
     except codec.CodecError as exc:
         raise CheckpointError(f"not a checkpoint: {exc}") from None
-    if type(obj) is not dict or set(obj) != {"params", "opt", "step", "rng"}:
-        raise CheckpointError("not a checkpoint: wrong fields")
-    return TrainState({n: _tensor(t) for n, t in obj["params"].items()},
-                      {n: {s: _tensor(t) for s, t in slots.items()} for n, slots in obj["opt"].items()},
-                      obj["step"], obj["rng"])
+    if type(obj) is not dict or set(obj) != FIELDS:
+        raise CheckpointError(f"not a checkpoint: expected exactly the fields {', '.join(sorted(FIELDS))}")
+    if type(obj["format"]) is not int or obj["format"] != FORMAT:  # (True == 1 in Python)
+        raise CheckpointError(f"checkpoint format {obj['format']!r} is not supported (this node reads {FORMAT})")
+    if type(obj["step"]) is not int or obj["step"] < 0:
+        raise CheckpointError("checkpoint step must be a non-negative integer")
+    if type(obj["rng"]) is not bytes or len(obj["rng"]) != RNG_BYTES:
+        raise CheckpointError(f"checkpoint rng must be {RNG_BYTES} bytes")
+    state = TrainState(_tensor_map("params", obj["params"], False), _tensor_map("opt", obj["opt"], True),
+                       obj["step"], obj["rng"])
+    # One state, one accepted encoding: otherwise a solver could publish two leaves (two
+    # hashes) for the same training. Re-encoding costs a copy, far less than a replay.
+    if encode(state) != bytes(raw):
+        raise CheckpointError("not a checkpoint: the bytes are not the canonical encoding of their state")
+    return state
 
 
 def checkpoint_hash(raw: bytes) -> bytes:
+    """The Merkle leaf of a checkpoint: sha256 of its canonical bytes."""
     return sha256(raw)

@@ -1,38 +1,43 @@
-"""Datasets: npz blobs with limits, built-in generators, and the fixed shard and batch order.
+"""Datasets: npz blobs read with limits, built-in generators, and the fixed shard and batch order.
 
-All randomness comes from numpy's PCG64 seeded explicitly, so a generator gives the same
-arrays on every machine, and a shard's batch order is fixed by (job, round, shard).
+A dataset is two arrays, x (inputs) and y (integer labels or next tokens), with the same
+first dimension. Uploaded blobs come from anyone, so `load_npz` reads them without pickles
+and checks sizes before allocating anything. Which items a shard trains on, and in which
+order, is a pure function of (job, round, shard): every solver, verifier and referee
+computes the same batches without talking to anyone.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
+import math
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from consensus import codec
-from consensus.crypto import sha256
+from . import generators, models
+from .args import check_args
 
 MAX_NPZ_BYTES = 32 * 1024 * 1024
 MAX_ITEMS = 1_000_000
-TEXT = (
-    "the chain never runs torch. it records what solvers commit, draws verifiers from the beacon, "
-    "and moves tokens to whoever did honest work. a solver trains its shard and publishes a "
-    "checkpoint every k steps. a verifier re-runs a few intervals and compares the hashes. "
-    "when they differ, validators recompute the disputed steps and vote; the loser is slashed. "
-    "honest work is cheap to check and fraud is expensive, so everyone trains honestly. "
-)
-CHARSET = sorted(set(TEXT))
+HOLDOUT_SEED = 0x5EED  # one fixed permutation decides the held-out items of every dataset
+NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
 
 class DataError(ValueError):
     """A dataset that cannot be used: malformed, too large, or not matching the model."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     x: np.ndarray
     y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.x.ndim == 0 or self.y.ndim == 0 or len(self.x) != len(self.y):
+            raise DataError(f"x and y need the same first dimension (got {self.x.shape} and {self.y.shape})")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -41,137 +46,181 @@ class Dataset:
         return Dataset(self.x[idx], self.y[idx])
 
 
-def _rng(seed: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(seed))
+# -- npz blobs -------------------------------------------------------------------------------
 
 
-# -- npz ------------------------------------------------------------------------------------
+def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One array, its header checked before any memory is allocated for the data."""
+    name = info.filename[:-4]
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DataError(f"array {name} uses unsupported .npy format {version}")
+        if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
+            raise DataError(f"array {name} has dtype {dtype}: only numeric arrays are allowed (no objects, no pickles)")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > info.file_size:
+            raise DataError(f"array {name} is truncated: its header promises {nbytes} bytes")
+        raw = f.read(nbytes)
+    if len(raw) != nbytes:
+        raise DataError(f"array {name} is truncated")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return arr.astype(dtype.newbyteorder("="), order="C")  # (np.ascontiguousarray would make 0-d 1-d)
+
 
 def load_npz(raw: bytes, max_bytes: int = MAX_NPZ_BYTES, max_items: int = MAX_ITEMS) -> Dataset:
+    """Read an .npz holding exactly x and y; raise DataError with the reason otherwise.
+
+    `max_bytes` caps the blob and also its unpacked arrays (a small zip can inflate a lot).
+    """
     if len(raw) > max_bytes:
         raise DataError(f"dataset of {len(raw)} bytes exceeds the limit of {max_bytes}")
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            if sorted(z.files) != ["x", "y"]:
-                raise DataError(f"the npz must hold exactly arrays x and y, found {', '.join(z.files) or 'none'}")
-            x, y = z["x"], z["y"]
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            infos = zf.infolist()
+            names = sorted(i.filename for i in infos)
+            if names != ["x.npy", "y.npy"]:
+                found = ", ".join(n.removesuffix(".npy") for n in names) or "nothing"
+                raise DataError(f"the npz must hold exactly arrays x and y (found {found})")
+            if sum(i.file_size for i in infos) > max_bytes:
+                raise DataError(f"the npz unpacks to more than the limit of {max_bytes} bytes")
+            arrays = {i.filename[:-4]: _read_npy(zf, i) for i in infos}
     except DataError:
         raise
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"not a readable npz without pickles: {exc}") from None
-    if x.dtype.kind not in "iuf" or y.dtype.kind not in "iuf":
-        raise DataError("x and y must be numeric arrays")
-    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
-        raise DataError("x and y need the same, non-zero first dimension")
-    if len(x) > max_items:
-        raise DataError(f"{len(x)} items exceed the limit of {max_items}")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise DataError("the dataset contains NaN or infinite values")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        raise DataError(f"not a readable npz archive: {exc}") from None
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise DataError(f"x and y need the same first dimension (got shapes {x.shape} and {y.shape})")
+    if not 1 <= len(x) <= max_items:
+        raise DataError(f"the dataset has {len(x)} items; between 1 and {max_items} are allowed")
+    for name, arr in (("x", x), ("y", y)):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"array {name} contains NaN or infinite values")
     return Dataset(x, y)
 
 
+def _canonical(arr: np.ndarray) -> np.ndarray:
+    return arr.astype(arr.dtype.newbyteorder("<"), order="C", copy=False)
+
+
 def save_npz(ds: Dataset) -> bytes:
+    """Deterministic npz bytes: stored (uncompressed) members with a fixed timestamp."""
     buf = io.BytesIO()
-    np.savez(buf, x=ds.x, y=ds.y)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in (("x", ds.x), ("y", ds.y)):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, _canonical(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system, info.external_attr = 3, 0o644 << 16
+            zf.writestr(info, member.getvalue())
     return buf.getvalue()
 
 
-# -- generators -----------------------------------------------------------------------------
-
-def _blobs(a: dict, rng) -> Dataset:
-    centers = rng.normal(0, 4, (a["classes"], a["dim"]))
-    y = rng.integers(0, a["classes"], a["n"])
-    return Dataset((centers[y] + rng.normal(0, 1, (a["n"], a["dim"]))).astype(np.float32), y.astype(np.int64))
+# -- built-in generators ---------------------------------------------------------------------
 
 
-def _spirals(a: dict, rng) -> Dataset:
-    y = rng.integers(0, a["classes"], a["n"])
-    t = rng.uniform(0.05, 1.0, a["n"])
-    angle = 3.5 * np.pi * t + 2 * np.pi * y / a["classes"]
-    x = np.stack([t * np.cos(angle), t * np.sin(angle)], 1) + rng.normal(0, 0.03, (a["n"], 2))
-    return Dataset((3 * x).astype(np.float32), y.astype(np.int64))
-
-
-def _digits(a: dict, rng) -> Dataset:
-    side, classes = a["side"], a["classes"]
-    templates = (_rng(12345).random((classes, side, side)) > 0.6).astype(np.float32)
-    y = rng.integers(0, classes, a["n"])
-    shifts = rng.integers(-1, 2, (a["n"], 2))
-    x = np.stack([np.roll(templates[c], tuple(s), (0, 1)) for c, s in zip(y, shifts)])
-    x = x + rng.normal(0, 0.3, x.shape)
-    return Dataset(x.astype(np.float32), y.astype(np.int64))
-
-
-def _text(a: dict, rng) -> Dataset:
-    ids = np.array([CHARSET.index(c) for c in TEXT * 4], dtype=np.int64)
-    starts = rng.integers(0, len(TEXT), a["n"])
-    windows = np.stack([ids[s:s + a["context"] + 1] for s in starts])
-    return Dataset(windows[:, :-1], windows[:, 1:])
-
-
-GENERATORS = {
-    "blobs": ({"n": (10, MAX_ITEMS), "dim": (1, 1024), "classes": (2, 100)}, _blobs),
-    "spirals": ({"n": (10, MAX_ITEMS), "classes": (2, 10)}, _spirals),
-    "digits": ({"n": (10, 200_000), "side": (4, 64), "classes": (2, 100)}, _digits),
-    "text": ({"n": (10, 200_000), "context": (2, 256)}, _text),
-}
-
-
-def validate_generator(name: str, args: dict) -> None:
-    if name not in GENERATORS:
-        raise DataError(f"unknown data generator {name!r}: choose one of {', '.join(sorted(GENERATORS))}")
-    bounds = GENERATORS[name][0]
-    if not isinstance(args, dict) or set(args) != set(bounds):
-        raise DataError(f"generator {name} takes exactly: {', '.join(sorted(bounds))}")
-    for arg, (lo, hi) in bounds.items():
-        if type(args[arg]) is not int or not lo <= args[arg] <= hi:
-            raise DataError(f"generator {name}: {arg} must be an integer from {lo} to {hi}")
+def validate_generator(name: str, args: dict) -> dict:
+    """Raise DataError unless the generator exists and its arguments are in range; returns them."""
+    if type(name) is not str or name not in generators.GENERATORS:
+        raise DataError(f"unknown data generator {name!r} (built-in: {', '.join(generators.GENERATORS)})")
+    schema, _, values = generators.GENERATORS[name]
+    norm = check_args(f"generator {name}", args, schema, DataError)
+    if values(norm) > generators.MAX_VALUES:
+        raise DataError(f"generator {name}: {values(norm):,} values is more than the cap of {generators.MAX_VALUES:,}")
+    return norm
 
 
 def generate(name: str, args: dict, seed: int) -> Dataset:
-    validate_generator(name, args)
-    return GENERATORS[name][1](args, _rng(seed))
+    """The generator's dataset for `seed`: identical bytes on every machine."""
+    norm = validate_generator(name, args)
+    if type(seed) is not int or not 0 <= seed < 2**63:
+        raise DataError(f"generator seed must be an integer in [0, 2^63), got {seed!r}")
+    x, y = generators.GENERATORS[name][1](norm, generators.pcg64(seed))
+    return Dataset(x, y)
 
 
-# -- splits and order -----------------------------------------------------------------------
+# -- fitting a model, holding out, sharding --------------------------------------------------
+
+
+def check_compatible(ds: Dataset, model_name: str, model_args: dict) -> None:
+    """Raise DataError unless the dataset's shapes and value ranges fit the model."""
+    spec = models.model_input_spec(model_name, model_args)
+    if ds.x.shape[1:] not in spec.x_shapes:
+        want = " or ".join(str(("n", *s)) for s in spec.x_shapes)
+        raise DataError(f"model {model_name} needs x of shape {want}, got {ds.x.shape}")
+    if ds.y.shape[1:] != spec.y_shape:
+        raise DataError(f"model {model_name} needs y of shape {('n', *spec.y_shape)}, got {ds.y.shape}")
+    if spec.x_vocab is not None:
+        if ds.x.dtype.kind not in "iu" or ds.x.min() < 0 or ds.x.max() >= spec.x_vocab:
+            raise DataError(f"model {model_name} needs x to hold integer token ids in [0, {spec.x_vocab})")
+    if ds.y.dtype.kind not in "iu" or ds.y.min() < 0 or ds.y.max() >= spec.classes:
+        raise DataError(f"model {model_name} needs y to hold integer labels in [0, {spec.classes})")
+
 
 def split_holdout(ds: Dataset, fraction_ppm: int) -> tuple[Dataset, Dataset]:
-    """(train, holdout): a fixed permutation, the last fraction held out for the metric."""
-    perm = _rng(0).permutation(len(ds))
-    cut = len(ds) - len(ds) * fraction_ppm // 1_000_000
-    return ds.subset(np.sort(perm[:cut])), ds.subset(np.sort(perm[cut:]))
+    """(train, holdout): a fixed permutation picks len*ppm/10^6 items to hold out.
 
-
-def check_compatible(ds: Dataset, model: str, args: dict) -> None:
-    """The dataset has the shapes and label range the model needs."""
-    if model == "mlp" and (ds.x.ndim != 2 or ds.x.shape[1] != args["in_dim"]):
-        raise DataError(f"mlp with in_dim {args['in_dim']} needs x of shape (n, {args['in_dim']}), got {ds.x.shape}")
-    if model == "cnn" and ds.x.shape[1:] not in ((args["side"], args["side"]), (1, args["side"], args["side"])):
-        raise DataError(f"cnn with side {args['side']} needs x of shape (n, {args['side']}, {args['side']})")
-    if model == "char_transformer":
-        if ds.x.shape[1:] != (args["context"],) or ds.y.shape != ds.x.shape or ds.x.dtype.kind not in "iu":
-            raise DataError(f"char_transformer needs integer x and y of shape (n, {args['context']})")
-        if ds.x.min() < 0 or ds.x.max() >= args["vocab"] or ds.y.min() < 0 or ds.y.max() >= args["vocab"]:
-            raise DataError(f"token ids must be in [0, {args['vocab']})")
-        return
-    classes = args["out_dim"]
-    if ds.y.ndim != 1 or ds.y.dtype.kind not in "iu" or ds.y.min() < 0 or ds.y.max() >= classes:
-        raise DataError(f"labels y must be integers in [0, {classes})")
+    A permutation rather than the tail, so a dataset sorted by class still gets a fair
+    held-out set; each part keeps the dataset's original item order.
+    """
+    if type(fraction_ppm) is not int or not 0 <= fraction_ppm < 1_000_000:
+        raise DataError(f"holdout fraction must be an integer ppm in [0, 10^6), got {fraction_ppm!r}")
+    n_hold = len(ds) * fraction_ppm // 1_000_000
+    perm = generators.pcg64(HOLDOUT_SEED).permutation(len(ds))
+    return ds.subset(np.sort(perm[n_hold:])), ds.subset(np.sort(perm[:n_hold]))
 
 
 def shard_indices(n_items: int, shards: int, shard: int) -> np.ndarray:
-    """Shard `shard` of a partition of range(n_items): every index in exactly one shard."""
-    return np.arange(shard, n_items, shards)
+    """Shard `shard` of a partition of range(n_items): items shard, shard+shards, ...
+
+    Strided rather than contiguous, so a dataset sorted by class gives every shard all classes.
+    """
+    if not 1 <= shards <= n_items:
+        raise DataError(f"cannot split {n_items} training items into {shards} shards")
+    if not 0 <= shard < shards:
+        raise DataError(f"shard {shard} does not exist (there are {shards})")
+    return np.arange(shard, n_items, shards, dtype=np.int64)
+
+
+# -- the batch order -------------------------------------------------------------------------
 
 
 def order_seed(job_id: bytes, round_: int, shard: int) -> bytes:
-    return sha256(codec.encode(["data-order", job_id, round_, shard]))
+    """sha256(tag || job_id || round || shard): the root of one shard's data order."""
+    return hashlib.sha256(b"stepchain/batch-order" + bytes(job_id) + round_.to_bytes(8, "big")
+                          + shard.to_bytes(8, "big")).digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch(seed: bytes, epoch: int, shard_size: int) -> np.ndarray:
+    # Each epoch has its own seed, so any step's batch is found without replaying earlier ones.
+    sub = hashlib.sha256(seed + epoch.to_bytes(8, "big")).digest()
+    perm = generators.pcg64(int.from_bytes(sub, "big")).permutation(shard_size)
+    perm.setflags(write=False)
+    return perm
+
+
+def batch_rows(seed: bytes, shard_size: int, batch_size: int, first_step: int, n_steps: int) -> np.ndarray:
+    """Rows first_step .. first_step+n_steps-1 of the batch order (positions within the shard).
+
+    The order is an endless sequence of epochs, each a permutation of the shard, cut into
+    batches; a batch may straddle two epochs. Computing a slice touches only its epochs, so a
+    verifier pays for k steps, not for the whole shard.
+    """
+    if shard_size < 1 or batch_size < 1 or first_step < 0 or n_steps < 0:
+        raise DataError("batch order needs a non-empty shard, batch_size >= 1 and steps >= 0")
+    start, stop = first_step * batch_size, (first_step + n_steps) * batch_size
+    parts = [_epoch(seed, e, shard_size) for e in range(start // shard_size, -(-stop // shard_size))]
+    flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    offset = start - (start // shard_size) * shard_size
+    return flat[offset:offset + stop - start].reshape(n_steps, batch_size)
 
 
 def batch_order(job_id: bytes, round_: int, shard: int, shard_size: int, steps: int, batch_size: int) -> np.ndarray:
-    """(steps, batch_size) positions within the shard: epochs of permutations, fixed per
-    (job, round, shard) and different for every shard and round."""
-    rng = _rng(int.from_bytes(order_seed(job_id, round_, shard)[:8], "big"))
-    need = steps * batch_size
-    epochs = [rng.permutation(shard_size) for _ in range(-(-need // shard_size))]
-    return np.concatenate(epochs)[:need].reshape(steps, batch_size)
+    """(steps, batch_size) positions within the shard, fixed per (job, round, shard)."""
+    return batch_rows(order_seed(job_id, round_, shard), shard_size, batch_size, 0, steps)

@@ -1,121 +1,254 @@
-"""Built-in model architectures. Submitters pick one and its arguments; no submitted code runs.
+"""The registry of built-in architectures: the only models a job can train.
 
-Every argument is an integer (or a list of integers) with bounds, checked before anything
-is built, and every model is initialised from a seed alone, so the round-0 state of a job
-is the same on every machine.
+No submitter code is ever executed, so a job names a model from this registry and gives it
+a few integer or string arguments, all checked against a schema with bounds. Parameters are
+initialised from the job seed with a local generator, one derived seed per parameter name,
+using only uniform draws and exact arithmetic: the same (name, args, seed) gives the same
+bits on any machine, and nothing touches torch's global RNG.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from .args import Arg, Choice, Int, IntList, check_args
+
+MAX_PARAMS = 2_000_000  # keeps a float64 Adam checkpoint (3 copies) under the 64 MiB cap
+EMBED_BOUND = 0.035  # uniform bound for embeddings: a standard deviation of about 0.02
 
 
 class SpecError(ValueError):
-    """A model name or argument the registry does not accept."""
+    """A model name or argument that the registry does not accept."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    args: dict[str, tuple[int, int]]  # name -> (min, max); "hidden" may also be a list
-    build: Callable[[dict], nn.Module]
-    doc: str
+# -- the architectures ---------------------------------------------------------------------
 
 
 class MLP(nn.Module):
-    def __init__(self, in_dim: int, hidden: list[int], out_dim: int):
-        super().__init__()
-        dims = [in_dim, *hidden]
-        layers: list[nn.Module] = []
-        for a, b in zip(dims, dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], out_dim))
-        self.net = nn.Sequential(*layers)
+    """Fully connected classifier: Linear layers with an activation between them."""
 
-    def forward(self, x):
-        return self.net(x)
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, activation: str):
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
+        self.act = torch.relu if activation == "relu" else torch.tanh
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+        return self.layers[-1](x)
 
 
 class CNN(nn.Module):
+    """Two 3x3 conv + 2x2 max-pool stages and a linear head, for 1-channel square images."""
+
     def __init__(self, side: int, channels: int, out_dim: int):
         super().__init__()
         self.side = side
-        self.features = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1)
         self.head = nn.Linear(2 * channels * (side // 4) ** 2, out_dim)
 
-    def forward(self, x):
-        x = x.reshape(-1, 1, self.side, self.side)
-        return self.head(self.features(x).flatten(1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, 1, self.side, self.side)  # items may come as (side, side) or (1, side, side)
+        x = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.head(x.flatten(1))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; attention written out so every op is plain and visible."""
+
+    def __init__(self, d_model: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(d_model)
+        # No bias: softmax ignores a bias shared by all keys, so its gradient is pure float noise,
+        # which Adam would turn into real updates that differ between honest runs.
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, 4 * d_model)
+        self.fc2 = nn.Linear(4 * d_model, d_model)
+
+    def forward(self, x: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for z in self.qkv(self.ln1(x)).split(d, dim=2))
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // self.heads))
+        att = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(torch.relu(self.fc1(self.ln2(x))))
 
 
 class CharTransformer(nn.Module):
-    """A tiny causal transformer for next-character prediction."""
+    """Tiny causal character model: logits for the next token at every position."""
 
     def __init__(self, vocab: int, context: int, d_model: int, heads: int, layers: int):
         super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
+        self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(context, d_model)
-        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, batch_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.out = nn.Linear(d_model, vocab)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
+        self.blocks = nn.ModuleList(Block(d_model, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
 
-    def forward(self, x):
-        t = x.shape[1]
-        h = self.embed(x) + self.pos(torch.arange(t, device=x.device))
-        h = self.blocks(h, mask=self.mask[:t, :t].to(h.dtype), is_causal=True)
-        return self.out(h)
-
-
-def _mlp(a: dict) -> nn.Module:
-    hidden = a["hidden"] if isinstance(a["hidden"], list) else [a["hidden"]]
-    return MLP(a["in_dim"], hidden, a["out_dim"])
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = idx.shape[1]
+        x = self.tok(idx) + self.pos.weight[:t]
+        future = torch.ones(t, t, dtype=torch.bool, device=idx.device).triu(1)
+        for block in self.blocks:
+            x = block(x, future)
+        return self.head(self.ln_f(x))
 
 
-REGISTRY: dict[str, ModelSpec] = {
-    "mlp": ModelSpec({"in_dim": (1, 4096), "hidden": (1, 4096), "out_dim": (2, 1000)}, _mlp,
-                     "fully connected classifier; hidden is a width or a list of widths (up to 8 layers)"),
-    "cnn": ModelSpec({"side": (4, 64), "channels": (1, 64), "out_dim": (2, 1000)},
-                     lambda a: CNN(a["side"], a["channels"], a["out_dim"]),
-                     "two conv layers for 1-channel square images of side `side` (a multiple of 4)"),
-    "char_transformer": ModelSpec(
-        {"vocab": (2, 256), "context": (2, 256), "d_model": (8, 512), "heads": (1, 16), "layers": (1, 8)},
-        lambda a: CharTransformer(a["vocab"], a["context"], a["d_model"], a["heads"], a["layers"]),
-        "causal character model; d_model must be a multiple of heads"),
+# -- the registry ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a dataset must look like for a model (shapes are per item, without the batch)."""
+    x_shapes: tuple[tuple[int, ...], ...]  # accepted item shapes of x
+    x_vocab: int | None  # tokens: x holds integer ids below this; None: x holds numbers
+    y_shape: tuple[int, ...]
+    classes: int  # y holds integer labels in [0, classes)
+
+
+@dataclass(frozen=True)
+class Arch:
+    schema: dict[str, Arg]
+    make: Callable[[dict], nn.Module]
+    inputs: Callable[[dict], InputSpec]
+    rules: Callable[[dict], str | None] = lambda a: None  # cross-argument rule; message if broken
+
+
+def _cnn_rules(a: dict) -> str | None:
+    # Two 2x2 pools floor the side twice; any other side would silently drop pixels.
+    return None if a["side"] % 4 == 0 else "side must be a multiple of 4"
+
+
+def _transformer_rules(a: dict) -> str | None:
+    return None if a["d_model"] % a["heads"] == 0 else "d_model must be divisible by heads"
+
+
+REGISTRY: dict[str, Arch] = {
+    "mlp": Arch(
+        schema={"in_dim": Int(1, 65_536), "hidden": IntList(1, 8192, 8), "out_dim": Int(2, 1000),
+                "activation": Choice(("relu", "tanh"), default="relu")},
+        make=lambda a: MLP(a["in_dim"], a["hidden"], a["out_dim"], a["activation"]),
+        inputs=lambda a: InputSpec(((a["in_dim"],),), None, (), a["out_dim"])),
+    "cnn": Arch(
+        schema={"side": Int(4, 64), "channels": Int(1, 64), "out_dim": Int(2, 1000)},
+        make=lambda a: CNN(a["side"], a["channels"], a["out_dim"]),
+        inputs=lambda a: InputSpec(((1, a["side"], a["side"]), (a["side"], a["side"])), None, (), a["out_dim"]),
+        rules=_cnn_rules),
+    "char_transformer": Arch(
+        schema={"vocab": Int(2, 256), "context": Int(2, 512), "d_model": Int(8, 1024),
+                "heads": Int(1, 16), "layers": Int(1, 12)},
+        make=lambda a: CharTransformer(a["vocab"], a["context"], a["d_model"], a["heads"], a["layers"]),
+        inputs=lambda a: InputSpec(((a["context"],),), a["vocab"], (a["context"],), a["vocab"]),
+        rules=_transformer_rules),
 }
 
 
+def _arch(name: str) -> Arch:
+    if type(name) is not str or name not in REGISTRY:
+        raise SpecError(f"unknown model {name!r} (built-in models: {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def normalise_args(name: str, args: dict) -> dict:
+    """Checked arguments with defaults filled in; raises SpecError."""
+    arch = _arch(name)
+    norm = check_args(f"model {name}", args, arch.schema, SpecError)
+    broken = arch.rules(norm)
+    if broken:
+        raise SpecError(f"model {name}: {broken}")
+    return norm
+
+
+def _skeleton(name: str, norm: dict) -> nn.Module:
+    # Built on the meta device: no memory, no init work, and no draw from the global RNG.
+    with torch.device("meta"):
+        return REGISTRY[name].make(norm)
+
+
 def validate_model(name: str, args: dict) -> None:
-    if name not in REGISTRY:
-        raise SpecError(f"unknown model {name!r}: choose one of {', '.join(sorted(REGISTRY))}")
-    spec = REGISTRY[name]
-    if not isinstance(args, dict) or set(args) != set(spec.args):
-        raise SpecError(f"model {name} takes exactly the arguments: {', '.join(sorted(spec.args))}")
-    for arg, (lo, hi) in spec.args.items():
-        values = args[arg] if arg == "hidden" and isinstance(args[arg], list) else [args[arg]]
-        if arg == "hidden" and not 1 <= len(values) <= 8:
-            raise SpecError("model mlp: hidden takes 1 to 8 layer widths")
-        for value in values:
-            if type(value) is not int or not lo <= value <= hi:
-                raise SpecError(f"model {name}: {arg} must be an integer from {lo} to {hi}")
-    if name == "cnn" and args["side"] % 4:
-        raise SpecError("model cnn: side must be a multiple of 4")
-    if name == "char_transformer" and args["d_model"] % args["heads"]:
-        raise SpecError("model char_transformer: d_model must be a multiple of heads")
+    """Raise SpecError unless (name, args) is a registry model within the size cap."""
+    norm = normalise_args(name, args)
+    count = sum(p.numel() for p in _skeleton(name, norm).parameters())
+    if count > MAX_PARAMS:
+        raise SpecError(f"model {name} would have {count:,} parameters, more than the cap of {MAX_PARAMS:,}")
+
+
+def model_input_spec(name: str, args: dict) -> InputSpec:
+    """Shapes and value ranges a dataset needs for this model (used to validate datasets)."""
+    return _arch(name).inputs(normalise_args(name, args))
+
+
+# -- building and initialising ---------------------------------------------------------------
+
+
+def _param_seed(seed: int, name: str) -> int:
+    # One seed per parameter name: adding a layer never shifts another layer's initial values.
+    return int.from_bytes(hashlib.sha256(f"stepchain/init/{seed}/{name}".encode()).digest()[:8], "big")
+
+
+def _uniform(shape: torch.Size, bound: float, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(shape, generator=g, dtype=torch.float64)  # 53 random bits each: exact
+    return ((u * 2.0 - 1.0) * bound).to(dtype)
+
+
+def _initial_value(module: nn.Module, pname: str, shape: torch.Size, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """LeCun-uniform weights, zero biases, unit LayerNorm scales, small uniform embeddings."""
+    if isinstance(module, nn.LayerNorm) and pname == "weight":
+        return torch.ones(shape, dtype=dtype)
+    if pname == "bias":
+        return torch.zeros(shape, dtype=dtype)
+    if isinstance(module, nn.Embedding):
+        return _uniform(shape, EMBED_BOUND, seed, dtype)
+    fan_in = math.prod(shape[1:])
+    return _uniform(shape, math.sqrt(3.0 / fan_in), seed, dtype)
+
+
+def initial_params(name: str, args: dict, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The round-0 parameters of a model, by parameter name, on the CPU."""
+    validate_model(name, args)
+    skeleton = _skeleton(name, normalise_args(name, args))
+    out = {}
+    for mod_name, module in skeleton.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            out[full] = _initial_value(module, pname, p.shape, _param_seed(seed, full), dtype)
+    return out
+
+
+def empty_model(name: str, args: dict) -> nn.Module:
+    """A model with no parameter storage yet: load a checkpoint into it with `load_params`."""
+    return _skeleton(name, normalise_args(name, args))
+
+
+def load_params(model: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
+    """Make `params` the model's parameters (no copy); raise SpecError if names or shapes differ."""
+    own = dict(model.named_parameters())
+    if set(own) != set(params):
+        missing, extra = sorted(set(own) - set(params)), sorted(set(params) - set(own))
+        raise SpecError(f"parameters do not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, p in own.items():
+        if tuple(p.shape) != tuple(params[name].shape):
+            raise SpecError(f"parameter {name} has shape {tuple(params[name].shape)}, the model needs {tuple(p.shape)}")
+    model.load_state_dict(params, strict=True, assign=True)
+    return model
 
 
 def build_model(name: str, args: dict, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The model with parameters drawn from `seed` only (the global RNG is left untouched)."""
-    validate_model(name, args)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = REGISTRY[name].build(args)
-    return model.to(dtype)
-
-
-def is_sequence_model(name: str) -> bool:
-    return name == "char_transformer"
+    """A registry model on the CPU, deterministically initialised from `seed`."""
+    if type(seed) is not int or not 0 <= seed < 2**63:
+        raise SpecError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+    return load_params(empty_model(name, args), initial_params(name, args, seed, dtype))

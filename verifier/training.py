@@ -1,40 +1,77 @@
 """The one training step, shared by solvers, verifiers and referees.
 
 Given the same start checkpoint, spec and data, this code takes the same steps everywhere.
-In an exact profile (`cpu-f32-1thread`, `cpu-f64`) that means the same bits: one CPU
-thread, no randomness, optimizers written out here with a fixed order of operations. The
-`tolerance` profile runs anywhere (several threads, CUDA) and is judged by distance.
+A determinism profile says what "the same" means:
+
+    cpu-f32-1thread  float32 on the CPU, one thread, deterministic algorithms: equal bits
+    cpu-f64          float64 on the CPU, the same settings: equal bits, and a wider margin
+    tolerance        float32 on any device (CUDA too) and any threads: judged by distance
+
+Equal bits need the same torch build and CPU instruction set on both sides (matrix
+kernels differ between, say, AVX2 and AVX-512); mixed fleets use `tolerance`.
+
+Everything random is fixed by the job: initial weights by the job seed, the data order by
+(job, round, shard). The training loop encodes a checkpoint only every k steps, so a solver
+pays almost nothing for being verifiable (see benchmarks/solver_overhead.py).
 """
 from __future__ import annotations
 
+import hashlib
+import logging
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import TrainState, decode, encode
-from .data import Dataset, batch_order, shard_indices
-from .models import build_model, is_sequence_model
+from . import checkpoint, data, models, optim
+from .checkpoint import CheckpointError, TrainState
+from .data import Dataset
+
+log = logging.getLogger("stepchain.verifier")
 
 EXACT_PROFILES = ("cpu-f32-1thread", "cpu-f64")
 PROFILES = EXACT_PROFILES + ("tolerance",)
-BETA1, BETA2, EPS, MOMENTUM = 0.9, 0.999, 1e-8, 0.9
+PPM = 1_000_000
+MAX_LR_PPM = 10_000_000
+EVAL_BATCH = 1024
 
 
 @dataclass(frozen=True)
 class TrainSpec:
+    """A job's training settings as the chain records them: integers and names, no floats."""
     model: str
     model_args: dict
-    optimizer: str      # sgd | momentum | adam
-    lr_ppm: int
+    optimizer: str  # sgd | momentum | adam
+    lr_ppm: int  # learning rate in parts per million
     batch_size: int
-    steps: int          # per shard per round
-    k: int              # checkpoint interval
+    steps: int  # per shard per round
+    k: int  # a checkpoint (Merkle leaf) every k steps; steps % k == 0
     profile: str
     seed: int
-    tolerance_ppm: int = 1000
+    tolerance_ppm: int = 1000  # tolerance profile: max relative L2 distance, in ppm
+
+    def __post_init__(self) -> None:
+        models.validate_model(self.model, self.model_args)
+        bad = models.SpecError
+        if self.optimizer not in optim.KINDS:
+            raise bad(f"optimizer must be one of {', '.join(optim.KINDS)}, got {self.optimizer!r}")
+        if self.profile not in PROFILES:
+            raise bad(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        for name, lo, hi in (("lr_ppm", 1, MAX_LR_PPM), ("batch_size", 1, 1 << 16), ("steps", 1, 1 << 30),
+                             ("k", 1, 1 << 30), ("seed", 0, 2**63 - 1), ("tolerance_ppm", 0, 1 << 40)):
+            value = getattr(self, name)
+            if type(value) is not int or not lo <= value <= hi:
+                raise bad(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        if self.steps % self.k:
+            raise bad(f"k={self.k} must divide steps={self.steps}")
+
+    @property
+    def exact(self) -> bool:
+        return self.profile in EXACT_PROFILES
 
     @property
     def dtype(self) -> torch.dtype:
@@ -42,157 +79,271 @@ class TrainSpec:
 
     @property
     def lr(self) -> float:
-        return self.lr_ppm / 1_000_000
+        return self.lr_ppm / PPM  # one IEEE division: the same float everywhere
+
+
+# -- profiles and devices --------------------------------------------------------------------
+
+_EXACT_LOCK = threading.RLock()
 
 
 @contextmanager
-def profile_threads(spec: TrainSpec):
-    """Exact profiles run on one thread: reductions then happen in one fixed order."""
-    if spec.profile not in EXACT_PROFILES:
+def determinism(spec: TrainSpec) -> Iterator[None]:
+    """Exact profiles: one thread and deterministic algorithms while the block runs.
+
+    Both are process-wide torch settings: exact work is serialised by a lock, other threads
+    of the process also run single-threaded meanwhile, and the previous settings come back
+    afterwards.
+    """
+    if not spec.exact:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    with _EXACT_LOCK:
+        threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(strict)
+            torch.set_num_threads(threads)
 
 
 def resolve_device(spec: TrainSpec, device: str) -> torch.device:
-    if spec.profile in EXACT_PROFILES or device == "cpu" or not torch.cuda.is_available():
+    """The device to train on: exact profiles are CPU-only, and a missing GPU means the CPU."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if spec.exact:
+        log.warning("profile %s is exact only on the CPU: training on the CPU, not %s", spec.profile, device)
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("CUDA is not available here: training on the CPU")
         return torch.device("cpu")
     return torch.device(device)
 
 
-# -- state ----------------------------------------------------------------------------------
+# -- states ----------------------------------------------------------------------------------
+
+
+def next_rng(rng: bytes) -> bytes:
+    # Advanced every step, so a checkpoint's rng also says how many steps led to it. No layer
+    # draws randomness today; a future dropout would seed itself from this.
+    return hashlib.sha256(b"stepchain/rng" + rng).digest()
+
 
 def init_state(spec: TrainSpec) -> TrainState:
-    """Round 0's start: the registry model initialised from the job seed, a fresh optimizer."""
-    model = build_model(spec.model, spec.model_args, spec.seed, spec.dtype)
-    return TrainState({n: p.detach().clone() for n, p in model.named_parameters()})
+    """Round 0's start: the model initialised from the job seed and a fresh optimizer."""
+    params = models.initial_params(spec.model, spec.model_args, spec.seed, spec.dtype)
+    rng = hashlib.sha256(b"stepchain/rng-init" + spec.seed.to_bytes(8, "big")).digest()
+    return TrainState(params, optim.initial_state(spec.optimizer, params), 0, rng)
+
+
+def check_state(spec: TrainSpec, state: TrainState) -> None:
+    """Raise CheckpointError unless the state has exactly this job's tensors, shapes and dtypes."""
+    want = {n: tuple(p.shape) for n, p in models.empty_model(spec.model, spec.model_args).named_parameters()}
+    if set(state.params) != set(want):
+        raise CheckpointError(f"checkpoint parameters do not match model {spec.model}")
+    if set(state.opt) != set(optim.slot_names(spec.optimizer, list(want))):
+        raise CheckpointError(f"checkpoint optimizer state does not match optimizer {spec.optimizer}")
+    for name, t in [*state.params.items(), *state.opt.items()]:
+        shape = () if name.endswith("_power") else want[name.split("/", 1)[-1]]
+        dtype = torch.float64 if name.endswith("_power") else spec.dtype
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise CheckpointError(f"checkpoint tensor {name} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape}")
+        # Adam's second moment is a sum of squares: a negative entry can only be planted, and
+        # would turn into NaN weights at the next step (sqrt), poisoning every later round.
+        if name.startswith("v/") and bool((t < 0).any()):
+            raise CheckpointError(f"checkpoint tensor {name} has negative entries")
 
 
 def average_states(states: list[TrainState]) -> TrainState:
-    """The next round's start (DiLoCo-style): parameters averaged in shard order; the inner
-    optimizer starts fresh each round, so its state is not carried over."""
-    names = sorted(states[0].params)
-    avg = {}
-    for n in names:
-        total = states[0].params[n].detach().cpu().clone()
-        for s in states[1:]:
-            total += s.params[n].detach().cpu()
-        avg[n] = total / len(states)
-    return TrainState(avg)
+    """The next round's start (DiLoCo-style): the mean of the shards' final states.
+
+    Parameters and optimizer state are both averaged (Adam's moments stay warm across
+    rounds instead of restarting from zero), summed in float64 in list order and rounded
+    once, so the result is the same bits everywhere. The step restarts at 0.
+    """
+    if not states:
+        raise ValueError("cannot average an empty list of states")
+    first = states[0]
+    for s in states[1:]:
+        if s.step != first.step or s.params.keys() != first.params.keys() or s.opt.keys() != first.opt.keys():
+            raise ValueError("states to average differ in step or in their tensors")
+
+    def mean(pick: Callable[[TrainState], torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros(pick(first).shape, dtype=torch.float64)
+        for s in states:
+            if pick(s).shape != total.shape:
+                raise ValueError("states to average have tensors of different shapes")
+            total += pick(s).to(torch.float64)
+        return (total / len(states)).to(pick(first).dtype)
+
+    params = {n: mean(lambda s, n=n: s.params[n]) for n in sorted(first.params)}
+    opt = {n: mean(lambda s, n=n: s.opt[n]) for n in sorted(first.opt)}
+    rng = hashlib.sha256(b"stepchain/rng-average" + b"".join(s.rng for s in states)).digest()
+    return TrainState(params, opt, 0, rng)
 
 
-def _bind(spec: TrainSpec, state: TrainState, device: torch.device) -> tuple[torch.nn.Module, TrainState]:
-    """A model whose parameters are (copies of) the state's, and the state that points at them."""
-    model = build_model(spec.model, spec.model_args, spec.seed, spec.dtype).to(device)
-    params = dict(model.named_parameters())
-    if sorted(params) != sorted(state.params):
-        raise ValueError("checkpoint parameters do not match the job's model")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(state.params[n].to(device=device, dtype=spec.dtype))
-    opt = {n: {s: t.to(device=device, dtype=spec.dtype) for s, t in slots.items()} for n, slots in state.opt.items()}
-    return model, TrainState(params, opt, state.step, state.rng)
-
-
-def _update(state: TrainState, spec: TrainSpec) -> None:
-    """One optimizer update, written out so every machine does the same operations."""
-    t = state.step + 1
-    with torch.no_grad():
-        for n in sorted(state.params):
-            p = state.params[n]
-            g = p.grad
-            if spec.optimizer == "sgd":
-                p.sub_(g, alpha=spec.lr)
-            elif spec.optimizer == "momentum":
-                buf = state.opt.setdefault(n, {}).setdefault("momentum", torch.zeros_like(p))
-                buf.mul_(MOMENTUM).add_(g)
-                p.sub_(buf, alpha=spec.lr)
-            else:
-                slots = state.opt.setdefault(n, {})
-                m = slots.setdefault("m", torch.zeros_like(p))
-                v = slots.setdefault("v", torch.zeros_like(p))
-                m.mul_(BETA1).add_(g, alpha=1 - BETA1)
-                v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
-                denom = (v / (1 - BETA2 ** t)).sqrt_().add_(EPS)
-                p.addcdiv_(m, denom, value=-spec.lr / (1 - BETA1 ** t))
-
-
-def train_step(model: torch.nn.Module, state: TrainState, spec: TrainSpec, xb, yb) -> None:
-    for p in state.params.values():
-        p.grad = None
-    out = model(xb)
-    loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1))
-    loss.backward()
-    _update(state, spec)
-    state.step += 1
-
-
-# -- shards and intervals -------------------------------------------------------------------
-
-def _tensors(spec: TrainSpec, data: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.as_tensor(data.x)
-    x = x.long() if is_sequence_model(spec.model) else x.to(spec.dtype)
-    return x.to(device), torch.as_tensor(data.y).long().to(device)
-
-
-def _run(spec: TrainSpec, data: Dataset, job_id: bytes, round_: int, shard: int, shards: int, state: TrainState,
-         first: int, last: int, device: str, on_k: Callable[[TrainState], None] | None,
-         progress: Callable[[int], None] | None) -> TrainState:
-    dev = resolve_device(spec, device)
-    idx = shard_indices(len(data), shards, shard)
-    order = batch_order(job_id, round_, shard, len(idx), spec.steps, spec.batch_size)
-    x, y = _tensors(spec, data.subset(idx), dev)
-    model, live = _bind(spec, state, dev)
-    model.train()
-    with profile_threads(spec):
-        for step in range(first, last):
-            batch = torch.as_tensor(order[step], device=dev)
-            train_step(model, live, spec, x[batch], y[batch])
-            if on_k is not None and live.step % spec.k == 0:
-                on_k(live)
-            if progress is not None:
-                progress(1)
-    return live
-
-
-def train_shard(spec: TrainSpec, data: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                start: TrainState, device: str = "cpu",
-                progress: Callable[[int], None] | None = None) -> list[bytes]:
-    """Canonical checkpoints at steps 0, k, 2k, ..., steps (the first is the start state)."""
-    checkpoints = [encode(start)]
-    _run(spec, data, job_id, round_, shard, shards, start, 0, spec.steps, device,
-         lambda s: checkpoints.append(encode(s)), progress)
-    return checkpoints
-
-
-def run_interval(spec: TrainSpec, data: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                 start_ckpt: bytes, start_step: int, n_steps: int, device: str = "cpu") -> bytes:
-    """Recompute `n_steps` steps from a checkpoint taken at `start_step`."""
-    state = decode(start_ckpt)
-    state.step = start_step  # the batch order is indexed by the step, not trusted from the blob
-    return encode(_run(spec, data, job_id, round_, shard, shards, state, start_step, start_step + n_steps,
-                       device, None, None))
-
-
-def evaluate(spec: TrainSpec, state: TrainState, holdout: Dataset) -> int:
-    """Accuracy on held-out data in parts per million (next-character accuracy for text)."""
-    dev = torch.device("cpu")
-    model, _ = _bind(spec, state, dev)
-    model.eval()
-    x, y = _tensors(spec, holdout, dev)
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), 512):
-            pred = model(x[i:i + 512]).argmax(-1)
-            correct += int((pred == y[i:i + 512]).sum())
-    return correct * 1_000_000 // max(1, y.numel())
+def checkpoint_bytes(spec: TrainSpec) -> int:
+    """The exact size of every checkpoint of this job (all its tensors have fixed sizes), to
+    check against the network's blob size limit before a job is accepted."""
+    return len(checkpoint.encode(init_state(spec)))
 
 
 def state_dict(spec: TrainSpec, state: TrainState) -> dict[str, torch.Tensor]:
-    """Weights that `verifier.models.build_model(...).load_state_dict` accepts."""
-    return {n: t.detach().cpu().clone() for n, t in sorted(state.params.items())}
+    """Weights that `models.build_model(...).load_state_dict` accepts."""
+    return {n: t.detach().to("cpu", copy=True) for n, t in sorted(state.params.items())}
+
+
+# -- the step --------------------------------------------------------------------------------
+
+
+def _inputs(spec: TrainSpec, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """x as the model takes it: token ids as int64, everything else in the profile's dtype."""
+    x = torch.as_tensor(x)
+    tokens = models.model_input_spec(spec.model, spec.model_args).x_vocab is not None
+    return x.long() if tokens else x.to(spec.dtype)
+
+
+class Trainer:
+    """A model and its optimizer on one device, loaded from a TrainState.
+
+    `train_step` is the only place a training step is taken, by solvers, verifiers and
+    referees alike. Training works on copies: the TrainState it started from is unchanged.
+    """
+
+    def __init__(self, spec: TrainSpec, state: TrainState, device: torch.device = torch.device("cpu")):
+        check_state(spec, state)
+        self.spec = spec
+        params = {n: t.to(device, copy=True) for n, t in state.params.items()}
+        self.model = models.load_params(models.empty_model(spec.model, spec.model_args), params)
+        self.names = [n for n, _ in self.model.named_parameters()]
+        self.params = [p for _, p in self.model.named_parameters()]
+        opt_state = {n: t.to(device, copy=True) for n, t in state.opt.items()}
+        self.opt = optim.Optimizer(spec.optimizer, spec.lr, self.names, self.params, opt_state)
+        self.step, self.rng = state.step, state.rng
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Mean cross-entropy (over items, and positions for sequences), its gradient, one update."""
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        grads = torch.autograd.grad(loss, self.params)
+        self.opt.update(list(grads))
+        self.step += 1
+        self.rng = next_rng(self.rng)
+
+    def state(self) -> TrainState:
+        """A snapshot on the CPU (copies, so training can go on)."""
+        params = {n: p.detach().to("cpu", copy=True) for n, p in zip(self.names, self.params)}
+        return TrainState(params, self.opt.export(), self.step, self.rng)
+
+    def encode(self) -> bytes:
+        """Checkpoint bytes of the current state, read straight from the live tensors (encoding
+        copies them out anyway, so a snapshot first would be one copy too many)."""
+        params = {n: p.detach() for n, p in zip(self.names, self.params)}
+        return checkpoint.encode(TrainState(params, self.opt.export(copy=False), self.step, self.rng))
+
+
+def train_step(state: TrainState, spec: TrainSpec, batch_x, batch_y) -> TrainState:
+    """One step from `state` on one batch (numpy or torch), on the CPU: what a referee runs."""
+    with determinism(spec):
+        trainer = Trainer(spec, state)
+        trainer.train_step(_inputs(spec, batch_x), torch.as_tensor(batch_y).long())
+        return trainer.state()
+
+
+# -- shards, leaves and intervals ------------------------------------------------------------
+
+
+class ShardData:
+    """One shard's items, already on the training device, and its fixed batch order."""
+
+    def __init__(self, spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+                 device: torch.device = torch.device("cpu")):
+        data.check_compatible(dataset, spec.model, spec.model_args)
+        idx = data.shard_indices(len(dataset), shards, shard)
+        self.spec, self.size, self.device = spec, len(idx), device
+        self.x = _inputs(spec, dataset.x[idx]).to(device)
+        self.y = torch.as_tensor(dataset.y[idx]).long().to(device)
+        self.seed = data.order_seed(job_id, round_, shard)
+
+    def batches(self, first_step: int, n_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of steps first_step .. first_step + n_steps - 1."""
+        rows = data.batch_rows(self.seed, self.size, self.spec.batch_size, first_step, n_steps)
+        for row in torch.from_numpy(rows).to(self.device):
+            yield self.x.index_select(0, row), self.y.index_select(0, row)
+
+
+def train_leaves(spec: TrainSpec, shard_data: ShardData, start_state: TrainState, device: torch.device,
+                 on_checkpoint: Callable[[int, bytes], None] | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[bytes]:
+    """Checkpoints from start_state (a multiple of k) to the end of the round, every k steps."""
+    if start_state.step % spec.k or start_state.step > spec.steps:
+        raise CheckpointError(f"a shard resumes at a multiple of k={spec.k} up to {spec.steps}, "
+                              f"not at step {start_state.step}")
+    first_leaf = start_state.step // spec.k
+    leaves = [checkpoint.encode(start_state)]
+    if on_checkpoint:
+        on_checkpoint(first_leaf, leaves[0])
+    with determinism(spec):
+        trainer = Trainer(spec, start_state, device)
+        for leaf in range(first_leaf + 1, spec.steps // spec.k + 1):
+            for x, y in shard_data.batches(trainer.step, spec.k):
+                trainer.train_step(x, y)
+            leaves.append(trainer.encode())  # the only encoding: once per k steps
+            if on_checkpoint:
+                on_checkpoint(leaf, leaves[-1])
+            if progress:
+                progress(spec.k)
+    return leaves
+
+
+def train_shard(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+                start_state: TrainState, device: str = "cpu",
+                on_checkpoint: Callable[[int, bytes], None] | None = None,
+                progress: Callable[[int], None] | None = None) -> list[bytes]:
+    """A solver's work: canonical checkpoints at steps 0, k, 2k, ..., steps (leaf 0 = start).
+
+    `on_checkpoint(leaf_index, bytes)` sees each leaf as it is made (to store it early);
+    `progress(n)` is told every k steps that n more steps are done.
+    """
+    if start_state.step != 0:
+        raise CheckpointError(f"a round starts at step 0, not {start_state.step}")
+    dev = resolve_device(spec, device)
+    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
+    return train_leaves(spec, shard_data, start_state, dev, on_checkpoint, progress)
+
+
+def run_interval(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
+                 start_ckpt: bytes, start_step: int, n_steps: int, device: str = "cpu") -> bytes:
+    """Recompute n_steps steps from a checkpoint taken at start_step; the result's bytes.
+
+    Raises CheckpointError when the start checkpoint is malformed, is not at start_step, or
+    does not fit the job: a solver who published it is at fault.
+    """
+    if not (0 <= start_step and 0 <= n_steps and start_step + n_steps <= spec.steps):
+        raise ValueError(f"steps {start_step}..{start_step + n_steps} are outside the round's {spec.steps}")
+    state = checkpoint.decode(start_ckpt)
+    if state.step != start_step:
+        raise CheckpointError(f"start checkpoint is at step {state.step}, not {start_step}")
+    dev = resolve_device(spec, device)
+    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
+    with determinism(spec):
+        trainer = Trainer(spec, state, dev)
+        for x, y in shard_data.batches(start_step, n_steps):
+            trainer.train_step(x, y)
+        return trainer.encode()
+
+
+@torch.no_grad()
+def evaluate(spec: TrainSpec, state: TrainState, holdout: Dataset) -> int:
+    """Accuracy on held-out data in ppm (for the char transformer: next-character accuracy)."""
+    if len(holdout) == 0:
+        return 0
+    check_state(spec, state)
+    model = models.load_params(models.empty_model(spec.model, spec.model_args), dict(state.params))
+    x, y = _inputs(spec, holdout.x), torch.as_tensor(holdout.y).long()
+    correct = 0
+    for i in range(0, len(x), EVAL_BATCH):
+        correct += int((model(x[i:i + EVAL_BATCH]).argmax(-1) == y[i:i + EVAL_BATCH]).sum())
+    return correct * PPM // y.numel()

@@ -1,0 +1,177 @@
+"""How often sampled verification catches each cheat, and what it costs the verifier.
+
+For every cheat in verifier.adversary.STRATEGIES except "withhold" (which publishes honest
+checkpoints and is caught by availability, not by replay), plus three controls (an honest
+solver; the protocol's forced error: exactly one interval corrupted; and "frozen-optimizer",
+a lazy solver not in adversary.py that trains interval 0 honestly, publishes its end with
+Adam's m = 0 and v = 1e30, then republishes those weights with bumped steps), and for several
+sampling rates s (intervals re-run out of the shard's 10):
+
+  1. a solver with a fresh job id trains shard 1 of 2 following the strategy and commits
+     the Merkle root of its leaves;
+  2. a random beacon chooses s intervals with consensus.sampling.sample_intervals, labelled
+     as the chain labels them (job, round, shard, root, "intervals");
+  3. the verifier re-runs each chosen interval with verifier.replay.verify_interval;
+     the cheat is detected when any chosen interval fails.
+
+detection_rate[strategy][s] is the fraction of trials detected (with a 95% Wilson interval
+and the analytic value: 1 when every interval is bad, s/10 when one is). verify_cost_fraction[s]
+is the verifier's measured compute (the verify_interval calls for the s chosen intervals,
+decoding and data set-up included) over the honest solver's (train_shard plus hashing the
+leaves and the root), next to the analytic s/10.
+
+Progress goes to stderr; the last line of stdout is one JSON object.
+
+    .venv/bin/python benchmarks/verification.py [--trials 40] [--rates 1 2 4] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from consensus import merkle  # noqa: E402
+from consensus.crypto import sha256  # noqa: E402
+from consensus.sampling import sample_intervals  # noqa: E402
+from verifier import adversary, checkpoint, data, replay, training  # noqa: E402
+
+ROUND, SHARD, SHARDS = 0, 1, 2
+INTERVALS = 10
+CHEATS = [s for s in adversary.STRATEGIES if s != "withhold"]
+# intervals each strategy makes bad, per adversary.py's own description
+BAD = {"skip-steps": "all", "forge-final": "one", "wrong-order": "all", "wrong-lr": "all", "stale": "all",
+       "forced-error": "one", "honest": "none", "frozen-optimizer": "all"}
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
+    if n == 0:
+        return [0.0, 1.0]
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]
+
+
+def analytic(strategy: str, s: int) -> float:
+    return {"all": 1.0, "one": s / INTERVALS, "none": 0.0}[BAD[strategy]]
+
+
+def frozen_optimizer(spec: training.TrainSpec, honest: list[bytes]) -> list[bytes]:
+    """Interval 0 honest, then the weights frozen by a forged Adam state (m = 0, v = 1e30)."""
+    first = checkpoint.decode(honest[1])
+    opt = {n: torch.full_like(t, 1e30) if n.startswith("v/") else torch.zeros_like(t) if n.startswith("m/") else t
+           for n, t in first.opt.items()}
+    return [honest[0]] + [checkpoint.encode(dataclasses.replace(adversary._bumped(first, i * spec.k), opt=opt))
+                          for i in range(1, INTERVALS + 1)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=40, help="job ids per strategy (>= 20)")
+    ap.add_argument("--rates", type=int, nargs="+", default=[1, 2, 4], help="intervals sampled out of 10")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the random beacons")
+    ap.add_argument("--profile", default="cpu-f32-1thread", choices=training.PROFILES)
+    ap.add_argument("--k", type=int, default=10, help="steps per interval (the shard has 10 intervals)")
+    args = ap.parse_args()
+    if args.trials < 20:
+        ap.error("--trials must be at least 20")
+    if not all(1 <= s <= INTERVALS for s in args.rates):
+        ap.error(f"rates must be between 1 and {INTERVALS}")
+
+    spec = training.TrainSpec("mlp", {"in_dim": 8, "hidden": [32], "out_dim": 4}, "adam", 10_000, 16,
+                              INTERVALS * args.k, args.k, args.profile, seed=1)
+    dataset = data.generate("blobs", {"n": 2000, "dim": 8, "classes": 4}, seed=3)
+    start = training.init_state(spec)
+    rng = random.Random(args.seed)
+    controls = ["forced-error", "frozen-optimizer", "honest"]
+    strategies = CHEATS + controls
+    hits = {st: {s: 0 for s in args.rates} for st in strategies}
+    bad_intervals: dict[str, list[int]] = {st: [0] * INTERVALS for st in strategies}  # sampled and failed, by index
+    solver_s: list[float] = []
+    verify_s = {s: [] for s in args.rates}  # verifier seconds per shard, over every (trial, strategy)
+    interval_s: list[float] = []
+    started = time.perf_counter()
+    say(f"{len(strategies)} strategies x {args.trials} trials x rates {args.rates}; {spec.profile}, "
+        f"{spec.steps} steps, k={spec.k}")
+
+    # warm-up (first-call costs of torch kernels and allocators), so no trial pays them
+    warm = training.train_shard(spec, dataset, b"warm-up", ROUND, SHARD, SHARDS, start)
+    replay.verify_interval(spec, dataset, b"warm-up", ROUND, SHARD, SHARDS, warm[0], 0, warm[1], spec.k)
+
+    for trial in range(args.trials):
+        job_id = sha256(b"benchmark/verification/job" + trial.to_bytes(4, "big"))
+        t0 = time.perf_counter()
+        honest = training.train_shard(spec, dataset, job_id, ROUND, SHARD, SHARDS, start)
+        merkle.root([checkpoint.checkpoint_hash(leaf) for leaf in honest])
+        solver_s.append(time.perf_counter() - t0)
+        for strategy in strategies:
+            if strategy == "honest":
+                leaves = honest
+            elif strategy == "frozen-optimizer":
+                leaves = frozen_optimizer(spec, honest)
+            elif strategy == "forced-error":
+                leaves = adversary.corrupt_interval(honest, rng.randrange(INTERVALS), spec, dataset, job_id,
+                                                    ROUND, SHARD, SHARDS)
+            else:
+                leaves = adversary.cheat(strategy, spec, dataset, job_id, ROUND, SHARD, SHARDS, start)
+            root = merkle.root([checkpoint.checkpoint_hash(leaf) for leaf in leaves])
+            verdicts: dict[int, tuple[bool, float]] = {}  # interval -> (ok, seconds), each re-run once
+
+            def check(i: int) -> tuple[bool, float]:
+                if i not in verdicts:
+                    t = time.perf_counter()
+                    ok, _ = replay.verify_interval(spec, dataset, job_id, ROUND, SHARD, SHARDS, leaves[i],
+                                                   i * spec.k, leaves[i + 1], spec.k)
+                    verdicts[i] = (ok, time.perf_counter() - t)
+                    interval_s.append(verdicts[i][1])
+                    if not ok:
+                        bad_intervals[strategy][i] += 1
+                return verdicts[i]
+
+            beacon = rng.randbytes(32)
+            for s in args.rates:
+                chosen = sample_intervals(INTERVALS, s, beacon, job_id, ROUND, SHARD, root, "intervals")
+                results = [check(i) for i in chosen]
+                hits[strategy][s] += any(not ok for ok, _ in results)
+                verify_s[s].append(sum(sec for _, sec in results))
+        say(f"trial {trial + 1}/{args.trials} done ({time.perf_counter() - started:.1f}s)")
+
+    n = args.trials
+    solver = statistics.mean(solver_s)
+    detection = {st: {str(s): hits[st][s] / n for s in args.rates} for st in CHEATS}
+    report = {
+        "benchmark": "verification", "profile": spec.profile, "model": spec.model, "model_args": spec.model_args,
+        "steps": spec.steps, "k": spec.k, "intervals": INTERVALS, "trials": n, "rates": args.rates,
+        "detection_rate": detection,
+        "detection_rate_ci95": {st: {str(s): wilson(hits[st][s], n) for s in args.rates} for st in CHEATS},
+        "detection_rate_analytic": {st: {str(s): analytic(st, s) for s in args.rates} for st in CHEATS},
+        "controls": {st: {str(s): hits[st][s] / n for s in args.rates} for st in controls},
+        "sampled_and_failed_by_interval": {st: bad_intervals[st] for st in strategies},
+        "verify_cost_fraction": {str(s): round(statistics.mean(verify_s[s]) / solver, 4) for s in args.rates},
+        "verify_cost_fraction_analytic": {str(s): s / INTERVALS for s in args.rates},
+        "solver_s_per_shard": round(solver, 5),
+        "verify_s_per_interval": round(statistics.mean(interval_s), 5),
+        "solver_s_per_interval": round(solver / INTERVALS, 5),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    for st in strategies:
+        say(f"{st:13s} " + "  ".join(f"s={s}: {hits[st][s] / n:.2f}" for s in args.rates))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

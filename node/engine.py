@@ -189,15 +189,21 @@ class Engine:
                 return
         self.chain.store.set_last_signed(record)
 
-    def _sign_vote(self, a: bft.SignVote) -> None:
-        vote = Vote(a.kind, a.height, a.round, a.block_hash, self.key.address)
-        sign_bytes = vote.sign_bytes(self.chain.chain_id)
+    def _sign(self, height: int, round_: int, step: str, sign_bytes: bytes) -> bytes | None:
+        """Our signature, or None (logged) when signing would conflict with what we signed."""
         try:
-            self._guard(a.height, a.round, a.kind, sign_bytes)
+            self._guard(height, round_, step, sign_bytes)
         except DoubleSignRefused as exc:
             log.error("%s", exc)
+            return None
+        return self.key.sign(sign_bytes)
+
+    def _sign_vote(self, a: bft.SignVote) -> None:
+        vote = Vote(a.kind, a.height, a.round, a.block_hash, self.key.address)
+        signature = self._sign(a.height, a.round, a.kind, vote.sign_bytes(self.chain.chain_id))
+        if signature is None:
             return
-        vote = Vote(a.kind, a.height, a.round, a.block_hash, self.key.address, self.key.sign(sign_bytes))
+        vote = Vote(a.kind, a.height, a.round, a.block_hash, self.key.address, signature)
         self._send("vote", vote)
         if self.misbehave == "double-prevote" and a.kind == PREVOTE:
             self._equivocate(a)
@@ -219,13 +225,10 @@ class Engine:
                 return  # the round moved on while we waited
             block = self.chain.build_block(self.key)
         proposal = Proposal(a.height, a.round, a.pol_round, block)
-        sign_bytes = proposal.sign_bytes(self.chain.chain_id)
-        try:
-            self._guard(a.height, a.round, bft.PROPOSE, sign_bytes)
-        except DoubleSignRefused as exc:
-            log.error("%s", exc)
+        signature = self._sign(a.height, a.round, bft.PROPOSE, proposal.sign_bytes(self.chain.chain_id))
+        if signature is None:
             return
-        proposal = Proposal(a.height, a.round, a.pol_round, block, self.key.sign(sign_bytes))
+        proposal = Proposal(a.height, a.round, a.pol_round, block, signature)
         self._send("proposal", proposal)
         self.submit(bft.ProposalReceived(proposal, True))
 

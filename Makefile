@@ -30,6 +30,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tx_throughput.py
+	$(BIN)/python benchmarks/network_throughput.py
+	$(BIN)/python benchmarks/solver_overhead.py
+	$(BIN)/python benchmarks/verification.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

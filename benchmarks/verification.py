@@ -48,6 +48,8 @@ from verifier import adversary, checkpoint, data, replay, training  # noqa: E402
 ROUND, SHARD, SHARDS = 0, 1, 2
 INTERVALS = 10
 CHEATS = [s for s in adversary.STRATEGIES if s != "withhold"]
+CONTROLS = ["forced-error", "frozen-optimizer", "honest"]
+ALL_STRATEGIES = CHEATS + CONTROLS  # every strategy a trial runs, controls included
 # intervals each strategy makes bad, per adversary.py's own description
 BAD = {"skip-steps": "all", "forge-final": "one", "wrong-order": "all", "wrong-lr": "all", "stale": "all",
        "forced-error": "one", "honest": "none", "frozen-optimizer": "all"}
@@ -79,7 +81,7 @@ def frozen_optimizer(spec: training.TrainSpec, honest: list[bytes]) -> list[byte
                           for i in range(1, INTERVALS + 1)]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=40, help="job ids per strategy (>= 20)")
     ap.add_argument("--rates", type=int, nargs="+", default=[1, 2, 4], help="intervals sampled out of 10")
@@ -91,85 +93,123 @@ def main() -> None:
         ap.error("--trials must be at least 20")
     if not all(1 <= s <= INTERVALS for s in args.rates):
         ap.error(f"rates must be between 1 and {INTERVALS}")
+    return args
 
-    spec = training.TrainSpec("mlp", {"in_dim": 8, "hidden": [32], "out_dim": 4}, "adam", 10_000, 16,
-                              INTERVALS * args.k, args.k, args.profile, seed=1)
-    dataset = data.generate("blobs", {"n": 2000, "dim": 8, "classes": 4}, seed=3)
-    start = training.init_state(spec)
-    rng = random.Random(args.seed)
-    controls = ["forced-error", "frozen-optimizer", "honest"]
-    strategies = CHEATS + controls
-    hits = {st: {s: 0 for s in args.rates} for st in strategies}
-    bad_intervals: dict[str, list[int]] = {st: [0] * INTERVALS for st in strategies}  # sampled and failed, by index
-    solver_s: list[float] = []
-    verify_s = {s: [] for s in args.rates}  # verifier seconds per shard, over every (trial, strategy)
-    interval_s: list[float] = []
-    started = time.perf_counter()
-    say(f"{len(strategies)} strategies x {args.trials} trials x rates {args.rates}; {spec.profile}, "
-        f"{spec.steps} steps, k={spec.k}")
 
-    # warm-up (first-call costs of torch kernels and allocators), so no trial pays them
-    warm = training.train_shard(spec, dataset, b"warm-up", ROUND, SHARD, SHARDS, start)
-    replay.verify_interval(spec, dataset, b"warm-up", ROUND, SHARD, SHARDS, warm[0], 0, warm[1], spec.k)
+@dataclasses.dataclass
+class Bench:
+    """The job every trial trains (a fresh job id each time), the beacons' RNG, and what the
+    trials add up, by strategy and sampling rate."""
+    spec: training.TrainSpec
+    dataset: data.Dataset
+    start: checkpoint.TrainState
+    rates: list[int]
+    rng: random.Random
+    hits: dict[str, dict[int, int]] = dataclasses.field(init=False)
+    bad_intervals: dict[str, list[int]] = dataclasses.field(init=False)
+    solver_s: list[float] = dataclasses.field(init=False)
+    verify_s: dict[int, list[float]] = dataclasses.field(init=False)
+    interval_s: list[float] = dataclasses.field(init=False)
 
-    for trial in range(args.trials):
+    def __post_init__(self) -> None:
+        self.hits = {st: {s: 0 for s in self.rates} for st in ALL_STRATEGIES}
+        self.bad_intervals = {st: [0] * INTERVALS for st in ALL_STRATEGIES}  # sampled and failed, by index
+        self.solver_s = []
+        self.verify_s = {s: [] for s in self.rates}  # verifier seconds per shard, over every (trial, strategy)
+        self.interval_s = []
+
+    def warm_up(self) -> None:
+        """First-call costs of torch kernels and allocators, paid here so that no trial pays them."""
+        warm = training.train_shard(self.spec, self.dataset, b"warm-up", ROUND, SHARD, SHARDS, self.start)
+        replay.verify_interval(self.spec, self.dataset, b"warm-up", ROUND, SHARD, SHARDS, warm[0], 0, warm[1],
+                               self.spec.k)
+
+    def run_trial(self, trial: int) -> None:
+        """The honest solver's timed shard, then every strategy's leaves verified at every rate."""
         job_id = sha256(b"benchmark/verification/job" + trial.to_bytes(4, "big"))
         t0 = time.perf_counter()
-        honest = training.train_shard(spec, dataset, job_id, ROUND, SHARD, SHARDS, start)
+        honest = training.train_shard(self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS, self.start)
         merkle.root([checkpoint.checkpoint_hash(leaf) for leaf in honest])
-        solver_s.append(time.perf_counter() - t0)
-        for strategy in strategies:
-            if strategy == "honest":
-                leaves = honest
-            elif strategy == "frozen-optimizer":
-                leaves = frozen_optimizer(spec, honest)
-            elif strategy == "forced-error":
-                leaves = adversary.corrupt_interval(honest, rng.randrange(INTERVALS), spec, dataset, job_id,
-                                                    ROUND, SHARD, SHARDS)
-            else:
-                leaves = adversary.cheat(strategy, spec, dataset, job_id, ROUND, SHARD, SHARDS, start)
+        self.solver_s.append(time.perf_counter() - t0)
+        for strategy in ALL_STRATEGIES:
+            leaves = self.leaves_for(strategy, job_id, honest)
             root = merkle.root([checkpoint.checkpoint_hash(leaf) for leaf in leaves])
-            verdicts: dict[int, tuple[bool, float]] = {}  # interval -> (ok, seconds), each re-run once
+            self.verify_sampled(strategy, job_id, leaves, root, self.rng.randbytes(32))
 
-            def check(i: int) -> tuple[bool, float]:
-                if i not in verdicts:
-                    t = time.perf_counter()
-                    ok, _ = replay.verify_interval(spec, dataset, job_id, ROUND, SHARD, SHARDS, leaves[i],
-                                                   i * spec.k, leaves[i + 1], spec.k)
-                    verdicts[i] = (ok, time.perf_counter() - t)
-                    interval_s.append(verdicts[i][1])
-                    if not ok:
-                        bad_intervals[strategy][i] += 1
-                return verdicts[i]
+    def leaves_for(self, strategy: str, job_id: bytes, honest: list[bytes]) -> list[bytes]:
+        """The leaves a solver following `strategy` commits for this trial's shard."""
+        if strategy == "honest":
+            return honest
+        if strategy == "frozen-optimizer":
+            return frozen_optimizer(self.spec, honest)
+        if strategy == "forced-error":
+            bad = self.rng.randrange(INTERVALS)
+            return adversary.corrupt_interval(honest, bad, self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS)
+        return adversary.cheat(strategy, self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS, self.start)
 
-            beacon = rng.randbytes(32)
-            for s in args.rates:
-                chosen = sample_intervals(INTERVALS, s, beacon, job_id, ROUND, SHARD, root, "intervals")
-                results = [check(i) for i in chosen]
-                hits[strategy][s] += any(not ok for ok, _ in results)
-                verify_s[s].append(sum(sec for _, sec in results))
-        say(f"trial {trial + 1}/{args.trials} done ({time.perf_counter() - started:.1f}s)")
+    def verify_sampled(self, strategy: str, job_id: bytes, leaves: list[bytes], root: bytes,
+                       beacon: bytes) -> None:
+        """For each rate s, re-run the s intervals that the beacon picks (each interval at most once
+        over all the rates); detected when any of them fails."""
+        verdicts: dict[int, tuple[bool, float]] = {}  # interval -> (ok, seconds), each re-run once
 
-    n = args.trials
-    solver = statistics.mean(solver_s)
-    detection = {st: {str(s): hits[st][s] / n for s in args.rates} for st in CHEATS}
-    report = {
+        def check(i: int) -> tuple[bool, float]:
+            if i not in verdicts:
+                t = time.perf_counter()
+                ok, _ = replay.verify_interval(self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS, leaves[i],
+                                               i * self.spec.k, leaves[i + 1], self.spec.k)
+                verdicts[i] = (ok, time.perf_counter() - t)
+                self.interval_s.append(verdicts[i][1])
+                if not ok:
+                    self.bad_intervals[strategy][i] += 1
+            return verdicts[i]
+
+        for s in self.rates:
+            chosen = sample_intervals(INTERVALS, s, beacon, job_id, ROUND, SHARD, root, "intervals")
+            results = [check(i) for i in chosen]
+            self.hits[strategy][s] += any(not ok for ok, _ in results)
+            self.verify_s[s].append(sum(sec for _, sec in results))
+
+
+def build_report(bench: Bench, n: int, started: float) -> dict:
+    """The JSON object: detection rates with their intervals and analytic values, the controls,
+    and the verifier's cost next to the solver's."""
+    spec, hits, rates = bench.spec, bench.hits, bench.rates
+    solver = statistics.mean(bench.solver_s)
+    detection = {st: {str(s): hits[st][s] / n for s in rates} for st in CHEATS}
+    return {
         "benchmark": "verification", "profile": spec.profile, "model": spec.model, "model_args": spec.model_args,
-        "steps": spec.steps, "k": spec.k, "intervals": INTERVALS, "trials": n, "rates": args.rates,
+        "steps": spec.steps, "k": spec.k, "intervals": INTERVALS, "trials": n, "rates": rates,
         "detection_rate": detection,
-        "detection_rate_ci95": {st: {str(s): wilson(hits[st][s], n) for s in args.rates} for st in CHEATS},
-        "detection_rate_analytic": {st: {str(s): analytic(st, s) for s in args.rates} for st in CHEATS},
-        "controls": {st: {str(s): hits[st][s] / n for s in args.rates} for st in controls},
-        "sampled_and_failed_by_interval": {st: bad_intervals[st] for st in strategies},
-        "verify_cost_fraction": {str(s): round(statistics.mean(verify_s[s]) / solver, 4) for s in args.rates},
-        "verify_cost_fraction_analytic": {str(s): s / INTERVALS for s in args.rates},
+        "detection_rate_ci95": {st: {str(s): wilson(hits[st][s], n) for s in rates} for st in CHEATS},
+        "detection_rate_analytic": {st: {str(s): analytic(st, s) for s in rates} for st in CHEATS},
+        "controls": {st: {str(s): hits[st][s] / n for s in rates} for st in CONTROLS},
+        "sampled_and_failed_by_interval": {st: bench.bad_intervals[st] for st in ALL_STRATEGIES},
+        "verify_cost_fraction": {str(s): round(statistics.mean(bench.verify_s[s]) / solver, 4) for s in rates},
+        "verify_cost_fraction_analytic": {str(s): s / INTERVALS for s in rates},
         "solver_s_per_shard": round(solver, 5),
-        "verify_s_per_interval": round(statistics.mean(interval_s), 5),
+        "verify_s_per_interval": round(statistics.mean(bench.interval_s), 5),
         "solver_s_per_interval": round(solver / INTERVALS, 5),
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    for st in strategies:
-        say(f"{st:13s} " + "  ".join(f"s={s}: {hits[st][s] / n:.2f}" for s in args.rates))
+
+
+def main() -> None:
+    args = parse_args()
+    spec = training.TrainSpec("mlp", {"in_dim": 8, "hidden": [32], "out_dim": 4}, "adam", 10_000, 16,
+                              INTERVALS * args.k, args.k, args.profile, seed=1)
+    dataset = data.generate("blobs", {"n": 2000, "dim": 8, "classes": 4}, seed=3)
+    bench = Bench(spec, dataset, training.init_state(spec), args.rates, random.Random(args.seed))
+    started = time.perf_counter()
+    say(f"{len(ALL_STRATEGIES)} strategies x {args.trials} trials x rates {args.rates}; {spec.profile}, "
+        f"{spec.steps} steps, k={spec.k}")
+    bench.warm_up()
+    for trial in range(args.trials):
+        bench.run_trial(trial)
+        say(f"trial {trial + 1}/{args.trials} done ({time.perf_counter() - started:.1f}s)")
+    report = build_report(bench, args.trials, started)
+    for st in ALL_STRATEGIES:
+        say(f"{st:13s} " + "  ".join(f"s={s}: {bench.hits[st][s] / args.trials:.2f}" for s in args.rates))
     print(json.dumps(report))
 
 

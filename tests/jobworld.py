@@ -1,0 +1,184 @@
+"""The world the consensus.jobs tests run in, and the moves its people make.
+
+Four validators (VAL proposes), three solvers, three verifiers, ALICE who pays for jobs and a
+NEWCOMER who stakes nothing until a test says so, on an in-memory chain driven block by block
+with real signed txs. The chain never sees a checkpoint here: leaves are fake 32-byte hashes in
+a real Merkle tree.
+
+`block` checks the token supply after every block: balances + stakes + unbonding + escrow +
+burned always equals the genesis supply.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from consensus import jobs
+from consensus.ledger import K_BURNED
+from consensus.state import BlockError
+from tests.chainfactory import ALICE, VAL, Chain, commit_body, fake_leaves, job_spec, key, make_tx
+
+V2, V3, V4 = key(5), key(6), key(7)           # more validators, so that disputes need several votes
+S1, S2, S3 = key(20), key(21), key(22)        # solvers
+R1, R2, R3 = key(30), key(31), key(32)        # verifiers
+NEWCOMER = key(50)                            # funded, stakes nothing until a test says so
+
+VALIDATORS = ((VAL, 4_000), (V2, 3_000), (V3, 1_500), (V4, 1_500))  # total 10_000: 2/3+ is > 6_666
+SOLVERS = (S1, S2, S3)
+VERIFIERS = (R1, R2, R3)
+STAKE = 10_000
+EVERYONE = (VAL, V2, V3, V4, ALICE, S1, S2, S3, R1, R2, R3, NEWCOMER)
+KEYS = {k.address: k for k in EVERYONE}
+NAMES = {VAL.address: "VAL", V2.address: "V2", V3.address: "V3", V4.address: "V4", ALICE.address: "ALICE",
+         S1.address: "S1", S2.address: "S2", S3.address: "S3", R1.address: "R1", R2.address: "R2",
+         R3.address: "R3", NEWCOMER.address: "NEWCOMER"}
+
+
+# -- a small world and the moves its people make ----------------------------------------------
+
+def _with_amounts(items) -> list:
+    return [(x, STAKE) if not isinstance(x, tuple) else x for x in items]
+
+
+def world(solvers=SOLVERS, verifiers=VERIFIERS, validators=VALIDATORS, **params) -> Chain:
+    """Four validators (VAL proposes), ALICE with 1_000_000 to pay for jobs, everyone else 1_000
+    for fees; `solvers` and `verifiers` (keys, or (key, amount)) bonded in genesis."""
+    accounts = [(ALICE, 1_000_000)] + [(k, 1_000) for k in EVERYONE if k is not ALICE]
+    extra = [(k, "solver", a) for k, a in _with_amounts(solvers)] \
+        + [(k, "verifier", a) for k, a in _with_amounts(verifiers)]
+    return Chain.create(accounts=accounts, validators=validators, params=params or None, extra_stakes=extra)
+
+
+def tx(c: Chain, k, kind: str, body: dict, nonce: int | None = None):
+    return make_tx(k, kind, body, c.nonce(k) if nonce is None else nonce)
+
+
+def block(c: Chain, *txs):
+    """Apply a block in which every tx must be valid; the supply must be conserved after it."""
+    res = c.block(list(txs))
+    assert c.supply_ok(), f"token supply not conserved after block {c.height}"
+    return res
+
+
+def blocks(c: Chain, n: int) -> None:
+    for _ in range(n):
+        block(c)
+
+
+def refused(c: Chain, k, kind: str, body: dict) -> str:
+    """The reason the tx is refused; a refused tx leaves no trace (not even its fee) and makes a
+    block that carries it invalid."""
+    t = tx(c, k, kind, body)
+    res = c.execute([t], skip_invalid=True)
+    assert res.included == [] and len(res.rejected) == 1, "expected the tx to be refused"
+    assert res.writes == c.execute([]).writes, "a refused tx must write nothing"
+    with pytest.raises(BlockError):
+        c.execute([t])
+    return res.rejected[0][1]
+
+
+def fork(c: Chain) -> Chain:
+    """An independent copy of the chain (blocks applied to one do not reach the other)."""
+    return dataclasses.replace(c, results=list(c.results))
+
+
+def until(c: Chain, done, limit: int = 60) -> None:
+    for _ in range(limit):
+        if done():
+            return
+        block(c)
+    assert done(), f"condition not reached within {limit} blocks"
+
+
+def job(c: Chain, jid: bytes) -> dict:
+    return c.view().read(jobs.k_job(jid))
+
+
+def shard(c: Chain, jid: bytes, i: int = 0) -> dict:
+    return job(c, jid)["shards"][i]
+
+
+def escrow(c: Chain, jid: bytes):
+    return c.view().read(jobs.k_escrow(jid))
+
+
+def load(c: Chain, k) -> int:
+    return c.view().read(jobs.k_load(k.address), 0)
+
+
+def burned(c: Chain) -> int:
+    return c.view().read(K_BURNED)
+
+
+def solver_of(c: Chain, jid: bytes, i: int = 0):
+    return KEYS[shard(c, jid, i)["solver"]]
+
+
+def verifiers_of(c: Chain, jid: bytes, i: int = 0) -> list:
+    return [KEYS[a] for a in shard(c, jid, i)["verifiers"]]
+
+
+def submit(c: Chain, **spec) -> bytes:
+    t = tx(c, ALICE, "submit_job", {"spec": job_spec(**spec)})
+    block(c, t)
+    return t.hash
+
+
+def leaves_for(c: Chain, jid: bytes, i: int = 0) -> list[bytes]:
+    j = job(c, jid)
+    tag = jid + bytes([j["round"], i]) + (j["shards"][i]["solver"] or b"")
+    return fake_leaves(jobs.n_intervals(j["spec"]) + 1, tag)
+
+
+def commit(c: Chain, jid: bytes, *indexes: int) -> dict[int, list[bytes]]:
+    """The assigned solvers of `indexes` (default: every shard) commit in one block."""
+    j = job(c, jid)
+    indexes = indexes or tuple(range(len(j["shards"])))
+    nonces, txs, leaves = {}, [], {}
+    for i in indexes:
+        solver = solver_of(c, jid, i)
+        nonce = nonces.get(solver.address, c.nonce(solver))
+        nonces[solver.address] = nonce + 1
+        leaves[i] = leaves_for(c, jid, i)
+        txs.append(tx(c, solver, "commit_shard", commit_body(jid, j["round"], i, leaves[i]), nonce))
+    block(c, *txs)
+    return leaves
+
+
+def attest(c: Chain, jid: bytes, i: int, *who) -> None:
+    """`who` (default: every selected verifier) attest shard i in one block."""
+    rnd = job(c, jid)["round"]
+    who = who or tuple(verifiers_of(c, jid, i))
+    block(c, *(tx(c, k, "attest", {"job": jid, "round": rnd, "shard": i}) for k in who))
+
+
+def pass_round(c: Chain, jid: bytes) -> dict[int, list[bytes]]:
+    """An honest round: every shard committed, attested by all its verifiers, and settled."""
+    rnd = job(c, jid)["round"]
+    until(c, lambda: all(s["status"] == "assigned" for s in job(c, jid)["shards"]))
+    leaves = commit(c, jid)
+    block(c)  # the beacon of this block draws the verifiers
+    for i in leaves:
+        attest(c, jid, i)
+    until(c, lambda: job(c, jid)["round"] != rnd or job(c, jid)["status"] == "done")
+    return leaves
+
+
+def events(c: Chain, jid: bytes, kind: str) -> list:
+    return [e for e in job(c, jid)["events"] if e[1] == kind]
+
+
+# -- a shard under verification, for the challenge and dispute tests --------------------------
+
+def verifying_world(**params):
+    """One shard committed by its solver and drawn for verification; returns (chain, job id,
+    leaves, solver, selected verifier, an unselected verifier who will challenge)."""
+    c = world(**params)
+    jid = submit(c, shards=1, verify_blocks=3)
+    leaves = commit(c, jid)[0]
+    block(c)
+    selected = verifiers_of(c, jid)[0]
+    challenger = next(k for k in VERIFIERS if k is not selected)
+    return c, jid, leaves, solver_of(c, jid), selected, challenger
+

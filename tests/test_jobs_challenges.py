@@ -1,0 +1,103 @@
+"""consensus.jobs, challenges: who may challenge a committed shard, which interval, what the
+challenge must prove under the commit's root, and the dispute that it opens.
+
+The world and its moves (verifying_world among them) are in tests/jobworld.py.
+"""
+from __future__ import annotations
+
+from consensus import merkle
+from tests.chainfactory import VAL, challenge_body, fake_leaves
+from tests.jobworld import (NEWCOMER, R1, R2, S1, S2, S3, STAKE, block, commit, events, fork, job, refused, shard,
+                            solver_of, submit, tx, until, verifying_world, world)
+
+
+# -- challenges ---------------------------------------------------------------------------------
+
+def test_challenge_needs_a_verifier_stake_and_not_the_solvers_own_key():
+    c = world(verifiers=(R1, R2, (S1, STAKE), (S2, STAKE), (S3, STAKE)))
+    jid = submit(c, shards=1)
+    commit(c, jid)
+    body = challenge_body(jid, 0, 0, -1)
+    assert "needs a verifier stake" in refused(c, NEWCOMER, "challenge", body)
+    assert "needs a verifier stake" in refused(c, VAL, "challenge", body)
+    assert "cannot challenge itself" in refused(c, solver_of(c, jid), "challenge", body)
+
+
+def test_challenge_interval_ranges_from_the_start_checkpoint_to_the_last_interval():
+    c, jid, leaves, solver, selected, challenger = verifying_world()
+    for interval in (-2, 4, 5):
+        assert "interval must be between -1" in refused(c, challenger, "challenge",
+                                                        challenge_body(jid, 0, 0, interval, leaves[:5] + leaves[:2]))
+    assert "interval must be between" in refused(c, challenger, "challenge",
+                                                 {"job": jid, "round": 0, "shard": 0, "interval": True})
+    for interval in (-1, 0, 3):
+        f = fork(c)
+        block(f, tx(f, challenger, "challenge", challenge_body(jid, 0, 0, interval, leaves)))
+        assert shard(f, jid)["challenge"]["interval"] == interval
+
+
+def test_challenge_of_an_interval_must_prove_both_of_its_ends():
+    c, jid, leaves, solver, selected, challenger = verifying_world()
+    cases = [
+        (dict(start_leaf=leaves[2]), "start_leaf is not leaf 1"),
+        (dict(end_leaf=leaves[1]), "end_leaf is not leaf 2"),
+        (dict(end_proof=merkle.proof(leaves, 3)), "end_leaf is not leaf 2"),
+        (dict(start_leaf=b"\x07" * 32), "start_leaf is not leaf 1"),
+        (dict(start_proof=None), "start_proof a list"),
+        (dict(end_leaf="aa" * 32), "end_leaf must be bytes"),
+    ]
+    for change, reason in cases:
+        body = challenge_body(jid, 0, 0, 1, leaves, **change)
+        body = {k: v for k, v in body.items() if v is not None}
+        assert reason in refused(c, challenger, "challenge", body)
+    # a different tree's leaves do not prove anything about this commit
+    other = fake_leaves(5, b"another solver")
+    assert "is not leaf" in refused(c, challenger, "challenge", challenge_body(jid, 0, 0, 1, other))
+
+
+def test_a_challenge_opens_a_dispute_that_freezes_the_shard():
+    c, jid, leaves, solver, selected, challenger = verifying_world(dispute_blocks=7)
+    block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, 2, leaves)))
+    s = shard(c, jid)
+    assert s["status"] == "disputed"
+    assert s["challenge"] == {"challenger": challenger.address, "interval": 2, "start_leaf": leaves[2],
+                              "end_leaf": leaves[3], "opened": c.height, "deadline": c.height + 7, "votes": []}
+    body = {"job": jid, "round": 0, "shard": 0}
+    assert "shard is disputed" in refused(c, selected, "attest", body)
+    assert "shard is disputed" in refused(c, selected, "challenge", dict(body, interval=-1))
+    assert events(c, jid, "challenge")[0][2] == challenger.address
+
+
+def test_a_start_challenge_names_the_committed_first_checkpoint():
+    c, jid, leaves, solver, selected, challenger = verifying_world()
+    block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, -1)))
+    ch = shard(c, jid)["challenge"]
+    assert ch["interval"] == -1 and ch["start_leaf"] == ch["end_leaf"] == leaves[0]
+
+
+def test_a_selected_verifier_may_challenge_instead_of_attesting():
+    c, jid, leaves, solver, selected, challenger = verifying_world()
+    block(c, tx(c, selected, "challenge", challenge_body(jid, 0, 0, 0, leaves)))
+    assert shard(c, jid)["status"] == "disputed"
+
+
+def test_challenges_close_with_the_verification_window():
+    c, jid, leaves, solver, selected, challenger = verifying_world()
+    window_end = shard(c, jid)["window_end"]
+    until(c, lambda: c.height == window_end - 1)
+    last_chance = fork(c)
+    block(last_chance, tx(last_chance, challenger, "challenge", challenge_body(jid, 0, 0, -1)))
+    assert shard(last_chance, jid)["status"] == "disputed"
+    block(c)
+    assert "window has closed" in refused(c, challenger, "challenge", challenge_body(jid, 0, 0, -1))
+    block(c)
+    assert shard(c, jid)["status"] == "passed" or job(c, jid)["status"] == "done"
+    assert "round is not open" in refused(c, challenger, "challenge", challenge_body(jid, 0, 0, -1))
+
+
+def test_a_shard_can_be_challenged_as_soon_as_it_is_committed():
+    c = world()
+    jid = submit(c, shards=1)
+    commit(c, jid)
+    block(c, tx(c, R1, "challenge", challenge_body(jid, 0, 0, -1)))
+    assert shard(c, jid)["status"] == "disputed"

@@ -8,6 +8,8 @@ moves tokens: escrow to solvers and verifiers, slashes to winners and the burn.
 Shard status: unassigned → assigned → committed → verifying → passed, with
 verifying → disputed → (fault: unassigned again | no fault: verifying) and
 assigned → unassigned when the solver misses its deadline.
+Job status: active → done (last round passed) or active → cancelled (by its submitter,
+only while no shard has a solver at work or a result pending).
 """
 from __future__ import annotations
 
@@ -101,6 +103,20 @@ def log_event(job: dict, height: int, kind: str, who: bytes | None, amount: int,
     job["events"] = (job["events"] + [[height, kind, who, amount, note]])[-MAX_EVENTS:]
 
 
+SHARD_FIELDS = ("job", "round", "shard")
+COMMIT_FIELDS = SHARD_FIELDS + ("root", "leaves", "manifest", "start", "start_proof", "final", "final_proof")
+CHALLENGE_FIELDS = SHARD_FIELDS + ("interval", "start_leaf", "start_proof", "end_leaf", "end_proof")
+
+
+def _fields(kind: str, body: dict, names: tuple) -> None:
+    """A job tx carries only fields its kind reads: nothing unread rides on chain. (A missing
+    field fails the check of that field, with a message naming it.)"""
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        raise JobError(f"{kind} has unknown field(s) {', '.join(map(str, unknown))}; "
+                       f"it takes {', '.join(sorted(names))}")
+
+
 def _shard(v: View, body: dict, status: str | tuple) -> tuple[dict, dict]:
     """The job and shard a tx names, checked to be current and in the expected status."""
     for name, kind in (("job", bytes), ("round", int), ("shard", int)):
@@ -130,6 +146,7 @@ def _proof(body: dict, leaf: str, proof: str, index: int, commit: dict) -> bytes
 # -- transactions ----------------------------------------------------------------------------
 
 def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
+    _fields("submit_job", tx.body, ("spec",))
     spec = tx.body.get("spec")
     check_spec(spec)
     params = get_params(v)
@@ -151,6 +168,7 @@ def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
 
 def process_commit_shard(v: View, tx, sender: bytes, height: int) -> None:
     body = tx.body
+    _fields("commit_shard", body, COMMIT_FIELDS)
     job, shard = _shard(v, body, "assigned")
     if shard["solver"] != sender:
         raise JobError("this shard is not assigned to you")
@@ -172,6 +190,7 @@ def process_commit_shard(v: View, tx, sender: bytes, height: int) -> None:
 
 
 def process_attest(v: View, tx, sender: bytes, height: int) -> None:
+    _fields("attest", tx.body, SHARD_FIELDS)
     job, shard = _shard(v, tx.body, "verifying")
     if sender not in shard["verifiers"]:
         raise JobError("you were not selected to verify this shard")
@@ -183,6 +202,8 @@ def process_attest(v: View, tx, sender: bytes, height: int) -> None:
 
 def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
     body = tx.body
+    # interval -1 disputes the start checkpoint, which the commit itself proved: no leaves
+    _fields("challenge", body, SHARD_FIELDS + ("interval",) if body.get("interval") == START else CHALLENGE_FIELDS)
     job, shard = _shard(v, body, ("committed", "verifying"))
     params = get_params(v)
     if sender == shard["solver"]:
@@ -207,6 +228,7 @@ def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
 
 
 def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
+    _fields("dispute_vote", tx.body, SHARD_FIELDS + ("fault",))
     job, shard = _shard(v, tx.body, "disputed")
     if type(tx.body.get("fault")) is not bool:
         raise JobError("fault must be true or false")
@@ -230,8 +252,28 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
     put_job(v, job)
 
 
+def process_cancel_job(v: View, tx, sender: bytes, height: int) -> None:
+    """A submitter whose job cannot make progress (no solver will take it) gets its escrow
+    back. Never while a solver is at work or a result is pending: that work is owed its pay."""
+    _fields("cancel_job", tx.body, ("job",))
+    if type(tx.body.get("job")) is not bytes:
+        raise JobError("job must be bytes")
+    job = get_job(v, tx.body["job"])
+    if job["submitter"] != sender:
+        raise JobError("only the job's submitter can cancel it")
+    if job["status"] != "active":
+        raise JobError(f"the job is already {job['status']}")
+    busy = [i for i, s in enumerate(job["shards"]) if s["status"] not in ("unassigned", "passed")]
+    if busy:
+        raise JobError(f"shard(s) {', '.join(map(str, busy))} have a solver at work or a result pending; "
+                       "cancel once none do")
+    close_job(v, job, height, "cancelled", "job cancelled by its submitter; unused escrow refunded")
+    put_job(v, job)
+
+
 TX_HANDLERS = {
     "submit_job": process_submit_job,
+    "cancel_job": process_cancel_job,
     "commit_shard": process_commit_shard,
     "attest": process_attest,
     "challenge": process_challenge,
@@ -311,11 +353,16 @@ def finish_round(v: View, job: dict, height: int) -> None:
         job["shards"] = [new_shard() for _ in job["shards"]]
         log_event(job, height, "round", None, 0, f"round {job['round']} opens")
         return
-    job["status"] = "done"
+    close_job(v, job, height, "done", "job complete; unused escrow refunded")
+
+
+def close_job(v: View, job: dict, height: int, status: str, note: str) -> None:
+    """The job leaves the active list and what is left of its escrow goes back to the submitter."""
+    job["status"] = status
     refund = v.read(k_escrow(job["id"]), 0)
     v.write(k_escrow(job["id"]), None)
     add_balance(v, job["submitter"], refund)
-    log_event(job, height, "done", job["submitter"], refund, "job complete; unused escrow refunded")
+    log_event(job, height, status, job["submitter"], refund, note)
     v.write(K_ACTIVE_JOBS, [j for j in v.read(K_ACTIVE_JOBS, []) if j != job["id"]] or None)
 
 

@@ -144,6 +144,9 @@ def cmd_job(args) -> None:
         job_cmds.cmd_job_submit(args, client, unlock, emit)
     elif args.job_command == "status":
         job_cmds.cmd_job_status(args, client, emit)
+    elif args.job_command == "cancel":
+        send(args, unlock(args, args.sender), "cancel_job", {"job": job_cmds.job_id(args.job)},
+             f"cancelled job {args.job[:16]}")
     else:
         job_cmds.cmd_job_fetch(args, client, emit)
 
@@ -215,7 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="stepchain", description="stepchain: verifiable ML training on a PoS chain")
     sub = p.add_subparsers(dest="command", required=True)
+    _node_commands(sub, common)
+    _wallet_commands(sub, common, txopts)
+    _job_commands(sub, common, txopts)
+    _worker_commands(sub, common)
+    sub.add_parser("status", parents=[common], help="node and chain status").set_defaults(func=cmd_status)
+    s = sub.add_parser("block", parents=[common], help="show a block")
+    s.add_argument("height", nargs="?", default="latest")
+    s.set_defaults(func=cmd_block)
+    s = sub.add_parser("tx", parents=[common], help="show a tx")
+    s.add_argument("hash")
+    s.set_defaults(func=cmd_tx)
+    return p
 
+
+def _node_commands(sub, common) -> None:
     s = sub.add_parser("init", parents=[common], help="create a node home")
     s.add_argument("--genesis", help="genesis file to join (default: the repo template)")
     s.add_argument("--dev", action="store_true", help="single-validator dev chain with a funded key 'dev'")
@@ -230,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_parser("verify", parents=[common],
                     help="re-execute the stored chain from genesis (node stopped)").set_defaults(func=cmd_node_verify)
 
+    s = sub.add_parser("devnet", help="run a local network of node processes")
+    s.add_argument("--home", dest="home", default=None, help="devnet directory (default: a new temp dir)")
+    s.add_argument("--validators", type=int, default=1)
+    s.add_argument("--demo", action="store_true", help="run the scripted demo, then stop")
+    s.set_defaults(func=cmd_devnet, home_given=True)
+
+
+def _wallet_commands(sub, common, txopts) -> None:
     w = sub.add_parser("wallet", help="manage keys").add_subparsers(dest="wallet_command", required=True)
     w.add_parser("new", parents=[common]).add_argument("name")
     w.add_parser("list", parents=[common])
@@ -264,12 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="sender", required=True)
     s.set_defaults(func=cmd_unjail)
 
-    s = sub.add_parser("devnet", help="run a local network of node processes")
-    s.add_argument("--home", dest="home", default=None, help="devnet directory (default: a new temp dir)")
-    s.add_argument("--validators", type=int, default=1)
-    s.add_argument("--demo", action="store_true", help="run the scripted demo, then stop")
-    s.set_defaults(func=cmd_devnet, home_given=True)
 
+def _job_commands(sub, common, txopts) -> None:
     job = sub.add_parser("job", help="training jobs").add_subparsers(dest="job_command", required=True)
     s = job.add_parser("submit", parents=[common], help="validate a job spec (TOML), escrow its budget, submit")
     s.add_argument("--from", dest="sender", required=True, help="key name")
@@ -279,9 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = job.add_parser("fetch", parents=[common], help="download and check the final model, print its metric")
     s.add_argument("job", help="job id (hex)")
     s.add_argument("--out", default="model.pt")
-    for name in ("submit", "status", "fetch"):
+    s = job.add_parser("cancel", parents=[common, txopts],
+                       help="refund the escrow of a job no solver is working on")
+    s.add_argument("--from", dest="sender", required=True, help="the submitter's key name")
+    s.add_argument("job", help="job id (hex)")
+    for name in ("submit", "status", "fetch", "cancel"):
         job.choices[name].set_defaults(func=cmd_job)
 
+
+def _worker_commands(sub, common) -> None:
     s = sub.add_parser("solver", help="train assigned shards").add_subparsers(dest="solver_command", required=True)
     s = s.add_parser("run", parents=[common], help="run a solver for a staked key")
     s.add_argument("--key", required=True, help="key name")
@@ -295,15 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--whistleblower", action="store_true", help="also check shards this key was not picked for")
     s.add_argument("--lazy", action="store_true", help="tests only: attest without checking")
     s.set_defaults(func=cmd_verifier)
-
-    sub.add_parser("status", parents=[common], help="node and chain status").set_defaults(func=cmd_status)
-    s = sub.add_parser("block", parents=[common], help="show a block")
-    s.add_argument("height", nargs="?", default="latest")
-    s.set_defaults(func=cmd_block)
-    s = sub.add_parser("tx", parents=[common], help="show a tx")
-    s.add_argument("hash")
-    s.set_defaults(func=cmd_tx)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

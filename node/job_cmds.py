@@ -1,4 +1,4 @@
-"""`stepchain job submit|status|fetch`, `stepchain solver run`, `stepchain verifier run`."""
+"""`stepchain job submit|status|fetch|cancel`, `stepchain solver run`, `stepchain verifier run`."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +11,16 @@ from consensus.jobs import budget
 from .client import RpcError, make_tx
 from .jobspec import SpecError, load as load_spec
 from .workers.common import train_spec
+
+
+def job_id(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise SpecError(f"{text!r} is not a job id: expected 64 hex digits (as `job submit` printed)")
+    return raw
 
 
 def cmd_job_submit(args, client, unlock, emit) -> None:

@@ -221,3 +221,31 @@ def test_job_submit_rejects_bad_specs_before_signing(net, tmp_path):
                                               f'file = "{bad.name}"'), "nan")
     assert n0.cli("balance", "dev")["balance"] == balance  # nothing was signed or spent
     wait_all(nodes, n0.rpc.status()["height"] + 1)
+
+
+def test_a_job_no_solver_takes_can_be_cancelled(net, tmp_path):
+    """With no solver staked the shards stay unassigned: the submitter cancels and gets the
+    whole budget back (only the two fees are spent); nobody else can cancel it, and it cannot be cancelled twice."""
+    nodes, _, _ = net
+    n0 = nodes[0]
+    before = n0.cli("balance", "dev")["balance"]
+    job_id = submit(n0, tmp_path, "lonely", shards=2, commit_blocks=10, verify_blocks=5)
+    job = wait_job(n0, job_id, lambda j: j["escrow"] > 0)
+    assert [s["status"] for s in job["shards"]] == ["unassigned", "unassigned"]
+    assert n0.cli("balance", "dev")["balance"] == before - job["escrow"] - 1
+
+    new_funded_key(n0, "stranger", 1_000)
+    for who, job_arg, reason in (("stranger", job_id, "only the job's submitter"),
+                                 ("dev", "abc", "not a job id")):
+        proc = n0.cli("job", "cancel", "--from", who, job_arg, check=False, json_out=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert reason in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+    assert n0.cli("job", "cancel", "--from", "dev", job_id)["status"] == "committed"
+    job = n0.cli("job", "status", job_id)
+    assert job["status"] == "cancelled" and job["escrow"] == 0
+    assert events_of(job, "cancelled")[0][3] == job["events"][0][3]  # the whole budget came back
+    assert n0.cli("balance", "dev")["balance"] == before - 2 - (1_000 + 1)  # two fees; funding the stranger
+    proc = n0.cli("job", "cancel", "--from", "dev", job_id, check=False, json_out=False)
+    assert proc.returncode == 1 and "already cancelled" in proc.stderr, proc.stderr
+    assert job_id not in n0.rpc.get("/jobs")["active"]

@@ -5,7 +5,7 @@ checkpoints and is caught by availability, not by replay), plus three controls (
 solver; the protocol's forced error: exactly one interval corrupted; and "frozen-optimizer",
 a lazy solver not in adversary.py that trains interval 0 honestly, publishes its end with
 Adam's m = 0 and v = 1e30, then republishes those weights with bumped steps), and for several
-sampling rates s (intervals re-run out of the shard's 10):
+sampling rates s (intervals re-run out of the shard's n, 10 by default):
 
   1. a solver with a fresh job id trains shard 1 of 2 following the strategy and commits
      the Merkle root of its leaves;
@@ -15,14 +15,14 @@ sampling rates s (intervals re-run out of the shard's 10):
      the cheat is detected when any chosen interval fails.
 
 detection_rate[strategy][s] is the fraction of trials detected (with a 95% Wilson interval
-and the analytic value: 1 when every interval is bad, s/10 when one is). verify_cost_fraction[s]
+and the analytic value: 1 when every interval is bad, s/n when one is). verify_cost_fraction[s]
 is the verifier's measured compute (the verify_interval calls for the s chosen intervals,
 decoding and data set-up included) over the honest solver's (train_shard plus hashing the
-leaves and the root), next to the analytic s/10.
+leaves and the root), next to the analytic s/n.
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 
-    .venv/bin/python benchmarks/verification.py [--trials 40] [--rates 1 2 4] [--seed 0]
+    .venv/bin/python benchmarks/verification.py [--trials 40] [--rates 1 2 4] [--seed 0] [--intervals 10]
 """
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ from consensus.sampling import sample_intervals  # noqa: E402
 from verifier import adversary, checkpoint, data, replay, training  # noqa: E402
 
 ROUND, SHARD, SHARDS = 0, 1, 2
-INTERVALS = 10
 CHEATS = [s for s in adversary.STRATEGIES if s != "withhold"]
 CONTROLS = ["forced-error", "frozen-optimizer", "honest"]
 ALL_STRATEGIES = CHEATS + CONTROLS  # every strategy a trial runs, controls included
@@ -68,8 +67,8 @@ def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
     return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]
 
 
-def analytic(strategy: str, s: int) -> float:
-    return {"all": 1.0, "one": s / INTERVALS, "none": 0.0}[BAD[strategy]]
+def analytic(strategy: str, s: int, intervals: int) -> float:
+    return {"all": 1.0, "one": s / intervals, "none": 0.0}[BAD[strategy]]
 
 
 def frozen_optimizer(spec: training.TrainSpec, honest: list[bytes]) -> list[bytes]:
@@ -78,21 +77,22 @@ def frozen_optimizer(spec: training.TrainSpec, honest: list[bytes]) -> list[byte
     opt = {n: torch.full_like(t, 1e30) if n.startswith("v/") else torch.zeros_like(t) if n.startswith("m/") else t
            for n, t in first.opt.items()}
     return [honest[0]] + [checkpoint.encode(dataclasses.replace(adversary._bumped(first, i * spec.k), opt=opt))
-                          for i in range(1, INTERVALS + 1)]
+                          for i in range(1, spec.steps // spec.k + 1)]
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=40, help="job ids per strategy (>= 20)")
-    ap.add_argument("--rates", type=int, nargs="+", default=[1, 2, 4], help="intervals sampled out of 10")
+    ap.add_argument("--rates", type=int, nargs="+", default=[1, 2, 4], help="intervals re-run per shard")
+    ap.add_argument("--intervals", type=int, default=10, help="checkpoint intervals in the shard")
     ap.add_argument("--seed", type=int, default=0, help="seeds the random beacons")
     ap.add_argument("--profile", default="cpu-f32-1thread", choices=training.PROFILES)
-    ap.add_argument("--k", type=int, default=10, help="steps per interval (the shard has 10 intervals)")
+    ap.add_argument("--k", type=int, default=10, help="steps per interval")
     args = ap.parse_args()
     if args.trials < 20:
         ap.error("--trials must be at least 20")
-    if not all(1 <= s <= INTERVALS for s in args.rates):
-        ap.error(f"rates must be between 1 and {INTERVALS}")
+    if not all(1 <= s <= args.intervals for s in args.rates):
+        ap.error(f"rates must be between 1 and --intervals ({args.intervals})")
     return args
 
 
@@ -111,9 +111,13 @@ class Bench:
     verify_s: dict[int, list[float]] = dataclasses.field(init=False)
     interval_s: list[float] = dataclasses.field(init=False)
 
+    @property
+    def intervals(self) -> int:
+        return self.spec.steps // self.spec.k
+
     def __post_init__(self) -> None:
         self.hits = {st: {s: 0 for s in self.rates} for st in ALL_STRATEGIES}
-        self.bad_intervals = {st: [0] * INTERVALS for st in ALL_STRATEGIES}  # sampled and failed, by index
+        self.bad_intervals = {st: [0] * self.intervals for st in ALL_STRATEGIES}  # sampled and failed, by index
         self.solver_s = []
         self.verify_s = {s: [] for s in self.rates}  # verifier seconds per shard, over every (trial, strategy)
         self.interval_s = []
@@ -143,7 +147,7 @@ class Bench:
         if strategy == "frozen-optimizer":
             return frozen_optimizer(self.spec, honest)
         if strategy == "forced-error":
-            bad = self.rng.randrange(INTERVALS)
+            bad = self.rng.randrange(self.intervals)
             return adversary.corrupt_interval(honest, bad, self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS)
         return adversary.cheat(strategy, self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS, self.start)
 
@@ -165,7 +169,7 @@ class Bench:
             return verdicts[i]
 
         for s in self.rates:
-            chosen = sample_intervals(INTERVALS, s, beacon, job_id, ROUND, SHARD, root, "intervals")
+            chosen = sample_intervals(self.intervals, s, beacon, job_id, ROUND, SHARD, root, "intervals")
             results = [check(i) for i in chosen]
             self.hits[strategy][s] += any(not ok for ok, _ in results)
             self.verify_s[s].append(sum(sec for _, sec in results))
@@ -174,22 +178,22 @@ class Bench:
 def build_report(bench: Bench, n: int, started: float) -> dict:
     """The JSON object: detection rates with their intervals and analytic values, the controls,
     and the verifier's cost next to the solver's."""
-    spec, hits, rates = bench.spec, bench.hits, bench.rates
+    spec, hits, rates, intervals = bench.spec, bench.hits, bench.rates, bench.intervals
     solver = statistics.mean(bench.solver_s)
     detection = {st: {str(s): hits[st][s] / n for s in rates} for st in CHEATS}
     return {
         "benchmark": "verification", "profile": spec.profile, "model": spec.model, "model_args": spec.model_args,
-        "steps": spec.steps, "k": spec.k, "intervals": INTERVALS, "trials": n, "rates": rates,
+        "steps": spec.steps, "k": spec.k, "intervals": intervals, "trials": n, "rates": rates,
         "detection_rate": detection,
         "detection_rate_ci95": {st: {str(s): wilson(hits[st][s], n) for s in rates} for st in CHEATS},
-        "detection_rate_analytic": {st: {str(s): analytic(st, s) for s in rates} for st in CHEATS},
+        "detection_rate_analytic": {st: {str(s): analytic(st, s, intervals) for s in rates} for st in CHEATS},
         "controls": {st: {str(s): hits[st][s] / n for s in rates} for st in CONTROLS},
         "sampled_and_failed_by_interval": {st: bench.bad_intervals[st] for st in ALL_STRATEGIES},
         "verify_cost_fraction": {str(s): round(statistics.mean(bench.verify_s[s]) / solver, 4) for s in rates},
-        "verify_cost_fraction_analytic": {str(s): s / INTERVALS for s in rates},
+        "verify_cost_fraction_analytic": {str(s): s / intervals for s in rates},
         "solver_s_per_shard": round(solver, 5),
         "verify_s_per_interval": round(statistics.mean(bench.interval_s), 5),
-        "solver_s_per_interval": round(solver / INTERVALS, 5),
+        "solver_s_per_interval": round(solver / intervals, 5),
         "wall_s": round(time.perf_counter() - started, 1),
     }
 
@@ -197,7 +201,7 @@ def build_report(bench: Bench, n: int, started: float) -> dict:
 def main() -> None:
     args = parse_args()
     spec = training.TrainSpec("mlp", {"in_dim": 8, "hidden": [32], "out_dim": 4}, "adam", 10_000, 16,
-                              INTERVALS * args.k, args.k, args.profile, seed=1)
+                              args.intervals * args.k, args.k, args.profile, seed=1)
     dataset = data.generate("blobs", {"n": 2000, "dim": 8, "classes": 4}, seed=3)
     bench = Bench(spec, dataset, training.init_state(spec), args.rates, random.Random(args.seed))
     started = time.perf_counter()

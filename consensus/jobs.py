@@ -252,9 +252,16 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
     put_job(v, job)
 
 
+def awaits_verifiers(shard: dict, height: int) -> bool:
+    """Committed, and at least one draw of verifiers has already found none staked."""
+    return shard["status"] == "committed" and height > shard["commit"]["height"] + 1
+
+
 def process_cancel_job(v: View, tx, sender: bytes, height: int) -> None:
-    """A submitter whose job cannot make progress (no solver will take it) gets its escrow
-    back. Never while a solver is at work or a result is pending: that work is owed its pay."""
+    """A submitter whose job cannot make progress (no solver takes it, or no verifier is staked
+    to check a commitment) gets its escrow back. Never while a solver is at work or a result is
+    being checked. A commitment nobody could verify is paid for: the solver did the work, and
+    otherwise a submitter could cancel to get a trained model for free."""
     _fields("cancel_job", tx.body, ("job",))
     if type(tx.body.get("job")) is not bytes:
         raise JobError("job must be bytes")
@@ -263,10 +270,16 @@ def process_cancel_job(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("only the job's submitter can cancel it")
     if job["status"] != "active":
         raise JobError(f"the job is already {job['status']}")
-    busy = [i for i, s in enumerate(job["shards"]) if s["status"] not in ("unassigned", "passed")]
+    busy = [i for i, s in enumerate(job["shards"])
+            if s["status"] not in ("unassigned", "passed") and not awaits_verifiers(s, height)]
     if busy:
         raise JobError(f"shard(s) {', '.join(map(str, busy))} have a solver at work or a result pending; "
                        "cancel once none do")
+    for index, shard in enumerate(job["shards"]):
+        if awaits_verifiers(shard, height):
+            pay(v, job, shard["solver"], job["spec"]["reward_per_shard"], height,
+                f"solver, shard {index} committed but no verifier was staked to check it")
+            release_solver(v, shard)
     close_job(v, job, height, "cancelled", "job cancelled by its submitter; unused escrow refunded")
     put_job(v, job)
 

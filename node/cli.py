@@ -301,7 +301,7 @@ def _job_commands(sub, common, txopts) -> None:
     s.add_argument("job", help="job id (hex)")
     s.add_argument("--out", default="model.pt")
     s = job.add_parser("cancel", parents=[common, txopts],
-                       help="refund the escrow of a job no solver is working on")
+                       help="refund the escrow of a job that no solver is working on or no verifier can check")
     s.add_argument("--from", dest="sender", required=True, help="the submitter's key name")
     s.add_argument("job", help="job id (hex)")
     for name in ("submit", "status", "fetch", "cancel"):

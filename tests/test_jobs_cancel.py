@@ -49,6 +49,27 @@ def test_when_the_only_solver_vanishes_mid_job_cancelling_refunds_what_was_not_p
     assert job(c, jid)["status"] == "cancelled" and len(job(c, jid)["finals"]) == 1
 
 
+def test_a_commitment_no_verifier_can_check_is_paid_when_the_job_is_cancelled():
+    c = world(solvers=(S1,), verifiers=())
+    before = c.balance(ALICE)
+    jid = submit(c, shards=1)
+    until(c, lambda: shard(c, jid)["status"] == "assigned")
+    commit(c, jid)
+    solver = solver_of(c, jid)
+    # the verifier draw has not run yet: the result is still pending
+    assert "have a solver at work or a result pending" in refused(c, ALICE, "cancel_job", {"job": jid})
+    block(c)  # the draw finds no verifier staked
+    assert shard(c, jid)["status"] == "committed"
+    earned, budget = c.balance(solver), escrow(c, jid)
+    cancel(c, jid)
+    reward = job(c, jid)["spec"]["reward_per_shard"]
+    assert c.balance(solver) == earned + reward
+    assert events(c, jid, "paid")[0][2:4] == [solver.address, reward]
+    assert events(c, jid, "cancelled")[0][3] == budget - reward
+    assert c.balance(ALICE) == before - reward - 2  # two fees: the refused cancel was never included
+    assert c.view().read(jobs.k_load(solver.address)) is None  # the solver is free for other jobs
+
+
 @pytest.mark.parametrize("status", ["assigned", "committed", "verifying", "disputed"])
 def test_no_cancel_while_a_solver_is_at_work_or_a_result_is_pending(status):
     c, jid, leaves, solver, selected, challenger = verifying_world()

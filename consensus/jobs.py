@@ -9,7 +9,7 @@ Shard status: unassigned → assigned → committed → verifying → passed, wi
 verifying → disputed → (fault: unassigned again | no fault: verifying) and
 assigned → unassigned when the solver misses its deadline.
 Job status: active → done (last round passed) or active → cancelled (by its submitter,
-only while no shard has a solver at work or a result pending).
+only while no shard has a solver at work or a result being checked).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """consensus.jobs, cancelling a job and the fields a job tx may carry.
 
 A submitter gets the rest of its escrow back when no solver is at work and no result is
-pending; never otherwise, and never someone else. The world is in tests/jobworld.py.
+being checked (a commitment no verifier can check is paid, then the job closes); never
+otherwise, and never someone else. The world is in tests/jobworld.py.
 """
 from __future__ import annotations
 

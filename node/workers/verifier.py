@@ -18,6 +18,19 @@ from .common import check_interval, check_start, fetch_checked, manifest_ok, pol
 log = logging.getLogger("stepchain.verifier")
 
 
+def check_task(job: dict, index: int, shard: dict, me: str, whistleblower: bool) -> tuple | None:
+    """What this verifier owes a shard now, as a key to do it once: (job, round, shard, root,
+    selected). `selected` is part of the key because a whistleblower may check a commitment
+    before the chain draws its verifiers; if it is then drawn, only an attestation (or a
+    challenge) sent as a drawn verifier counts, so that check is a different task."""
+    if shard["status"] not in ("committed", "verifying"):
+        return None
+    selected = me in shard["verifiers"] and shard["status"] == "verifying"
+    if not selected and not (whistleblower and shard["solver"] != me):
+        return None
+    return job["id"], job["round"], index, shard["commit"]["root"], selected
+
+
 class Verifier:
     def __init__(self, client: Client, key: PrivateKey, whistleblower: bool = False, lazy: bool = False):
         self.client, self.key = client, key
@@ -38,13 +51,10 @@ class Verifier:
         for job_id in self.client.get("/jobs")["active"]:
             job = self.client.get(f"/job/{job_id}")
             for i, shard in enumerate(job["shards"]):
-                key = (job["id"], job["round"], i, (shard["commit"] or {}).get("root"))
-                if key in self.done or shard["status"] not in ("committed", "verifying"):
-                    continue
-                selected = self.me in shard["verifiers"] and shard["status"] == "verifying"
-                if selected or (self.whistleblower and shard["solver"] != self.me):
-                    self.done.add(key)
-                    self.check_shard(job, i, shard, selected)
+                task = check_task(job, i, shard, self.me, self.whistleblower)
+                if task is not None and task not in self.done:
+                    self.done.add(task)
+                    self.check_shard(job, i, shard, selected=task[-1])
 
     def _intervals(self, shard: dict, selected: bool) -> list[int]:
         if selected:

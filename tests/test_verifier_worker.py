@@ -1,0 +1,65 @@
+"""node.workers.verifier: which shards a verifier checks, and as what, given the job as the
+RPC renders it. The jobs come from a real chain (tests/jobworld.py), rendered by the RPC's own
+`jsonable`, so the worker sees exactly what `GET /job/ID` returns."""
+from __future__ import annotations
+
+from consensus.crypto import format_address
+from node.rpc import jsonable
+from node.workers.verifier import check_task
+from tests.jobworld import VERIFIERS, block, commit, job, solver_of, submit, verifiers_of, world
+
+
+def rpc_job(c, jid: bytes) -> dict:
+    return jsonable(job(c, jid))
+
+
+def task(j: dict, k, whistleblower: bool) -> tuple | None:
+    return check_task(j, 0, j["shards"][0], format_address(k.address), whistleblower)
+
+
+def test_a_whistleblower_drawn_after_an_early_check_checks_again_as_a_drawn_verifier():
+    """Only a drawn verifier's attestation is paid: a whistleblower that checked the commitment
+    before the draw must not count that early check as done once it is drawn."""
+    c = world()
+    jid = submit(c, shards=1, verify_blocks=3)
+    commit(c, jid)
+    early = rpc_job(c, jid)
+    assert early["shards"][0]["status"] == "committed"  # verifiers not drawn yet
+    before_draw = {k: task(early, k, whistleblower=True) for k in VERIFIERS}
+    assert all(t is not None and t[-1] is False for t in before_draw.values())
+
+    block(c)  # the draw
+    late = rpc_job(c, jid)
+    assert late["shards"][0]["status"] == "verifying"
+    drawn = verifiers_of(c, jid)
+    for k in VERIFIERS:
+        after_draw = task(late, k, whistleblower=True)
+        if k in drawn:
+            assert after_draw[-1] is True and after_draw != before_draw[k]  # a new task: check and attest
+        else:
+            assert after_draw == before_draw[k]  # already checked: not again
+
+
+def test_a_plain_verifier_checks_only_what_it_was_drawn_for():
+    c = world()
+    jid = submit(c, shards=1, verify_blocks=3)
+    commit(c, jid)
+    assert all(task(rpc_job(c, jid), k, whistleblower=False) is None for k in VERIFIERS)
+    block(c)
+    j = rpc_job(c, jid)
+    drawn = verifiers_of(c, jid)
+    for k in VERIFIERS:
+        t = task(j, k, whistleblower=False)
+        assert (t is not None) == (k in drawn)
+    root = j["shards"][0]["commit"]["root"]
+    assert task(j, drawn[0], whistleblower=False) == (jid.hex(), 0, 0, root, True)
+
+
+def test_nobody_checks_a_shard_with_nothing_committed_and_a_solver_never_checks_its_own():
+    c = world()
+    jid = submit(c, shards=1, verify_blocks=3)
+    j = rpc_job(c, jid)
+    assert j["shards"][0]["status"] == "assigned"
+    assert all(task(j, k, whistleblower=True) is None for k in VERIFIERS)
+    commit(c, jid)
+    assert task(rpc_job(c, jid), solver_of(c, jid), whistleblower=True) is None

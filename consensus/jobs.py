@@ -16,9 +16,11 @@ from __future__ import annotations
 from . import codec, merkle, staking
 from .ledger import (Account, View, add_balance, add_burned, get_account, get_params, get_stake,
                      get_valset, set_account)
+from .args import check_args
+from .registry import GENERATOR_SCHEMAS, GENERATORS, MODEL_SCHEMAS, MODELS
 from .sampling import sample_intervals, weighted_sample
 
-MODELS = ("mlp", "cnn", "char_transformer")  # must match verifier.models.REGISTRY
+METRICS = ("accuracy",)
 PROFILES = ("cpu-f32-1thread", "cpu-f64", "tolerance")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 START = -1  # the challenge 'interval' that disputes a shard's first checkpoint
@@ -46,18 +48,22 @@ SPEC_INTS = ("batch_size", "shards", "rounds", "steps", "k", "lr_ppm", "seed", "
 
 
 def check_spec(spec: dict) -> None:
-    """Structural rules the chain can check without torch (the CLI checks the rest first)."""
+    """Structural rules the chain can check without torch (the CLI checks the rest first).
+
+    Model and generator arguments are checked against the shared registry's schemas: a spec
+    holds exactly what some built-in model and dataset take, nothing free-form."""
     want = set(SPEC_INTS) | {"model", "model_args", "data", "optimizer", "profile", "metric"}
     if type(spec) is not dict or set(spec) != want:
         raise JobError(f"job spec must have exactly the fields: {', '.join(sorted(want))}")
     for name in SPEC_INTS:
-        if type(spec[name]) is not int or spec[name] < 0:
-            raise JobError(f"spec.{name} must be a non-negative integer")
-    for name, allowed in (("model", MODELS), ("profile", PROFILES), ("optimizer", OPTIMIZERS)):
+        if type(spec[name]) is not int or not 0 <= spec[name] < 2**63:
+            raise JobError(f"spec.{name} must be a non-negative integer below 2^63")
+    for name, allowed in (("model", MODELS), ("profile", PROFILES), ("optimizer", OPTIMIZERS),
+                          ("metric", METRICS)):
         if spec[name] not in allowed:
             raise JobError(f"spec.{name} must be one of {', '.join(allowed)}")
-    if type(spec["model_args"]) is not dict or type(spec["data"]) is not dict or type(spec["metric"]) is not str:
-        raise JobError("spec.model_args and spec.data must be maps, spec.metric a string")
+    check_args(f"spec.model_args of {spec['model']}", spec["model_args"], MODEL_SCHEMAS[spec["model"]], JobError)
+    _check_data(spec["data"])
     for name in ("shards", "rounds", "steps", "batch_size"):
         if not 1 <= spec[name] <= LIMITS[name]:
             raise JobError(f"spec.{name} must be between 1 and {LIMITS[name]}")
@@ -68,6 +74,24 @@ def check_spec(spec: dict) -> None:
             raise JobError(f"spec.{name} must be between 1 and {LIMITS['deadline_blocks']}")
     if not 0 < spec["lr_ppm"] <= 10_000_000 or spec["holdout_ppm"] >= 1_000_000:
         raise JobError("spec.lr_ppm must be in (0, 10^7] and holdout_ppm below 10^6")
+
+
+def _check_data(data) -> None:
+    """A dataset is an uploaded blob {blob, size} or a built-in generator {generator, args, seed}."""
+    if type(data) is dict and set(data) == {"blob", "size"}:
+        if type(data["blob"]) is not bytes or len(data["blob"]) != 32:
+            raise JobError("spec.data.blob must be a 32-byte hash")
+        if type(data["size"]) is not int or not 0 < data["size"] < 2**63:
+            raise JobError("spec.data.size must be a positive integer")
+        return
+    if type(data) is not dict or set(data) != {"generator", "args", "seed"}:
+        raise JobError("spec.data must be {blob, size} or {generator, args, seed}")
+    if data["generator"] not in GENERATORS:
+        raise JobError(f"spec.data.generator must be one of {', '.join(GENERATORS)}")
+    check_args(f"spec.data.args of {data['generator']}", data["args"], GENERATOR_SCHEMAS[data["generator"]],
+               JobError)
+    if type(data["seed"]) is not int or not 0 <= data["seed"] < 2**63:
+        raise JobError("spec.data.seed must be an integer in [0, 2^63)")
 
 
 def budget(spec: dict, params: dict) -> int:
@@ -103,18 +127,6 @@ def log_event(job: dict, height: int, kind: str, who: bytes | None, amount: int,
     job["events"] = (job["events"] + [[height, kind, who, amount, note]])[-MAX_EVENTS:]
 
 
-SHARD_FIELDS = ("job", "round", "shard")
-COMMIT_FIELDS = SHARD_FIELDS + ("root", "leaves", "manifest", "start", "start_proof", "final", "final_proof")
-CHALLENGE_FIELDS = SHARD_FIELDS + ("interval", "start_leaf", "start_proof", "end_leaf", "end_proof")
-
-
-def _fields(kind: str, body: dict, names: tuple) -> None:
-    """A job tx carries only fields its kind reads: nothing unread rides on chain. (A missing
-    field fails the check of that field, with a message naming it.)"""
-    unknown = sorted(set(body) - set(names))
-    if unknown:
-        raise JobError(f"{kind} has unknown field(s) {', '.join(map(str, unknown))}; "
-                       f"it takes {', '.join(sorted(names))}")
 
 
 def _shard(v: View, body: dict, status: str | tuple) -> tuple[dict, dict]:
@@ -146,7 +158,6 @@ def _proof(body: dict, leaf: str, proof: str, index: int, commit: dict) -> bytes
 # -- transactions ----------------------------------------------------------------------------
 
 def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
-    _fields("submit_job", tx.body, ("spec",))
     spec = tx.body.get("spec")
     check_spec(spec)
     params = get_params(v)
@@ -168,7 +179,6 @@ def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
 
 def process_commit_shard(v: View, tx, sender: bytes, height: int) -> None:
     body = tx.body
-    _fields("commit_shard", body, COMMIT_FIELDS)
     job, shard = _shard(v, body, "assigned")
     if shard["solver"] != sender:
         raise JobError("this shard is not assigned to you")
@@ -190,7 +200,6 @@ def process_commit_shard(v: View, tx, sender: bytes, height: int) -> None:
 
 
 def process_attest(v: View, tx, sender: bytes, height: int) -> None:
-    _fields("attest", tx.body, SHARD_FIELDS)
     job, shard = _shard(v, tx.body, "verifying")
     if sender not in shard["verifiers"]:
         raise JobError("you were not selected to verify this shard")
@@ -203,7 +212,6 @@ def process_attest(v: View, tx, sender: bytes, height: int) -> None:
 def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
     body = tx.body
     # interval -1 disputes the start checkpoint, which the commit itself proved: no leaves
-    _fields("challenge", body, SHARD_FIELDS + ("interval",) if body.get("interval") == START else CHALLENGE_FIELDS)
     job, shard = _shard(v, body, ("committed", "verifying"))
     params = get_params(v)
     if sender == shard["solver"]:
@@ -228,7 +236,6 @@ def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
 
 
 def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
-    _fields("dispute_vote", tx.body, SHARD_FIELDS + ("fault",))
     job, shard = _shard(v, tx.body, "disputed")
     if type(tx.body.get("fault")) is not bool:
         raise JobError("fault must be true or false")
@@ -262,7 +269,6 @@ def process_cancel_job(v: View, tx, sender: bytes, height: int) -> None:
     to check a commitment) gets its escrow back. Never while a solver is at work or a result is
     being checked. A commitment nobody could verify is paid for: the solver did the work, and
     otherwise a submitter could cancel to get a trained model for free."""
-    _fields("cancel_job", tx.body, ("job",))
     if type(tx.body.get("job")) is not bytes:
         raise JobError("job must be bytes")
     job = get_job(v, tx.body["job"])

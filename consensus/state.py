@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from . import jobs, staking
-from .crypto import ADDRESS_LEN, address_of, sha256, verify
-from .genesis import ROLES, Genesis
+from .crypto import address_of, sha256, verify
+from .genesis import Genesis
 from .ledger import (K_BURNED, K_CANDIDATES, K_CHAIN, K_LAST_VALSET, K_PARAMS, K_SUPPLY, K_VALSET,
                      Account, View, add_balance, add_burned, encode_valset, get_account, get_chain, get_params,
                      get_stake, get_valset, k_liveness, k_pubkey, set_account, write_set_hash)
+from .txschema import MAX_AMOUNT, SchemaError, check_body
 from .types import DuplicateVoteEvidence, Tx
+
+MAX_NONCE = 2**63 - 1
 
 
 class TxError(ValueError):
@@ -75,27 +78,6 @@ def genesis_writes(g: Genesis) -> tuple[dict[bytes, bytes | None], bytes]:
 
 # -- transactions --------------------------------------------------------------------------
 
-def _body(tx: Tx, spec: Mapping[str, type]) -> dict:
-    if sorted(tx.body) != sorted(spec):
-        raise TxError(f"{tx.kind} body must have exactly the fields: {', '.join(sorted(spec))}")
-    for name, kind in spec.items():
-        if type(tx.body[name]) is not kind:
-            raise TxError(f"{tx.kind}.{name} must be {kind.__name__}")
-    return tx.body
-
-
-def _positive_amount(amount: int) -> int:
-    if amount <= 0:
-        raise TxError("amount must be positive")
-    return amount
-
-
-def _role(role: str) -> str:
-    if role not in ROLES:
-        raise TxError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
-    return role
-
-
 def _spend(v: View, sender: bytes, amount: int) -> None:
     acct = get_account(v, sender)
     if acct.balance < amount:
@@ -104,24 +86,19 @@ def _spend(v: View, sender: bytes, amount: int) -> None:
 
 
 def process_transfer(v: View, tx: Tx, sender: bytes, height: int) -> None:
-    body = _body(tx, {"to": bytes, "amount": int})
-    if len(body["to"]) != ADDRESS_LEN:
-        raise TxError("transfer.to must be a 20-byte address")
-    amount = _positive_amount(body["amount"])
+    amount = tx.body["amount"]
     _spend(v, sender, amount)
-    add_balance(v, body["to"], amount)
+    add_balance(v, tx.body["to"], amount)
 
 
 def process_stake(v: View, tx: Tx, sender: bytes, height: int) -> None:
-    body = _body(tx, {"role": str, "amount": int})
-    role, amount = _role(body["role"]), _positive_amount(body["amount"])
+    role, amount = tx.body["role"], tx.body["amount"]
     _spend(v, sender, amount)
     staking.bond(v, sender, role, amount)
 
 
 def process_unstake(v: View, tx: Tx, sender: bytes, height: int) -> None:
-    body = _body(tx, {"role": str, "amount": int})
-    role, amount = _role(body["role"]), _positive_amount(body["amount"])
+    role, amount = tx.body["role"], tx.body["amount"]
     bonded = get_stake(v, sender, role)
     if amount > bonded:
         raise TxError(f"cannot unstake {amount}: only {bonded} bonded as {role}")
@@ -131,7 +108,6 @@ def process_unstake(v: View, tx: Tx, sender: bytes, height: int) -> None:
 
 
 def process_unjail(v: View, tx: Tx, sender: bytes, height: int) -> None:
-    _body(tx, {})
     status = staking.jail_status(v, sender)
     if status is None:
         raise TxError("not jailed")
@@ -152,12 +128,22 @@ TX_HANDLERS: dict[str, Callable[[View, Tx, bytes, int], None]] = {
 }
 
 
-def check_tx_envelope(v: View, tx: Tx, chain_id: str, sig_ok: SigCheck = check_signature) -> bytes:
-    """Checks every tx must pass whatever its kind; returns the sender address."""
+def check_stateless(tx: Tx, chain_id: str) -> None:
+    """Everything about a tx that no state can change: the network it is for, its kind, the
+    exact shape of its body. A node checks this at the door, and again in every block."""
     if tx.chain_id != chain_id:
         raise TxError(f"wrong chain_id {tx.chain_id!r}: this chain is {chain_id!r}")
-    if tx.kind not in TX_HANDLERS:
-        raise TxError(f"unknown tx kind {tx.kind!r}")
+    if tx.nonce > MAX_NONCE or tx.fee > MAX_AMOUNT:
+        raise TxError("nonce or fee out of range")
+    try:
+        check_body(tx.kind, tx.body)
+    except SchemaError as exc:
+        raise TxError(str(exc)) from None
+
+
+def check_tx_envelope(v: View, tx: Tx, chain_id: str, sig_ok: SigCheck = check_signature) -> bytes:
+    """Checks every tx must pass whatever its kind; returns the sender address."""
+    check_stateless(tx, chain_id)
     if tx.fee < get_params(v)["min_fee"]:
         raise TxError(f"fee {tx.fee} is below the minimum {get_params(v)['min_fee']}")
     if not sig_ok(tx):

@@ -16,6 +16,9 @@ from .crypto import ADDRESS_LEN, PUBKEY_LEN, SIGNATURE_LEN, sha256
 
 HASH_LEN = 32
 MAX_TX_BYTES = 64 * 1024
+# A block must reach every peer in one P2P frame and decode under the codec's size limit
+# (both 4 MiB), wrapped in a proposal or next to its commit in a sync reply: 3 MiB leaves room.
+MAX_BLOCK_BYTES = 3 * 1024 * 1024
 PREVOTE, PRECOMMIT = "prevote", "precommit"
 
 
@@ -229,6 +232,14 @@ class Block:
 
     def encode(self) -> bytes:
         return codec.encode(self.to_obj())
+
+    def size_error(self) -> str | None:
+        """Why this block cannot travel (it would not encode, or is over MAX_BLOCK_BYTES), or None."""
+        try:
+            size = len(self.encode())
+        except codec.CodecError as exc:
+            return f"block does not encode: {exc}"
+        return None if size <= MAX_BLOCK_BYTES else f"block of {size} bytes exceeds {MAX_BLOCK_BYTES}"
 
     @classmethod
     def from_obj(cls, obj: Any) -> "Block":

@@ -18,13 +18,14 @@ from consensus.ledger import K_LAST_VALSET, View, get_chain, get_params, get_val
 from consensus.staking import valset_hash
 from consensus.state import BlockContext, BlockError, BlockResult, execute_block, genesis_writes
 from consensus.store import Store, StoreError
-from consensus.types import (Block, Commit, DuplicateVoteEvidence, Header, beacon_sign_bytes,
+from consensus.types import (MAX_BLOCK_BYTES, Block, Commit, DuplicateVoteEvidence, Header, beacon_sign_bytes,
                              commit_hash, next_beacon)
 
 from .mempool import Mempool
 
 log = logging.getLogger("stepchain.chain")
 MAX_CLOCK_DRIFT_MS = 10_000
+TX_BYTES_PER_BLOCK = MAX_BLOCK_BYTES - 256 * 1024  # the rest is header, last commit and evidence
 
 
 def signers_of(commit: Commit | None) -> tuple[bytes, ...]:
@@ -73,13 +74,25 @@ class Chain:
     # -- building -------------------------------------------------------------------------
 
     def build_block(self, key: PrivateKey) -> Block:
-        """Make a block from the mempool, leaving out txs that fail."""
+        """Make a block from the mempool, leaving out txs that fail. A block that could not
+        travel (too big, or not encodable) is never proposed: the proposer falls back to a
+        block without txs and drops what it reaped, so no tx can stall consensus."""
+        block = self._build(key, with_txs=True)
+        why = block.size_error()
+        if why is None:
+            return block
+        log.error("block %d not proposed with its %d txs: %s; dropping them from the mempool",
+                  block.height, len(block.txs), why)
+        self.mempool.remove_invalid([(tx, why) for tx in block.txs])
+        return self._build(key, with_txs=False)
+
+    def _build(self, key: PrivateKey, with_txs: bool) -> Block:
         v = self.view()
         height, prev_beacon, last_time = get_chain(v)
         beacon_sig = key.sign(beacon_sign_bytes(self.chain_id, height + 1, prev_beacon))
         ctx = BlockContext(height + 1, max(now_ms(), last_time + 1), key.address,
                            next_beacon(prev_beacon, beacon_sig), signers_of(self.last_commit))
-        txs = self.mempool.reap(v, get_params(v)["max_block_txs"])
+        txs = self.mempool.reap(v, get_params(v)["max_block_txs"], TX_BYTES_PER_BLOCK) if with_txs else []
         evidence = sorted(self.evidence.values(), key=lambda e: e.hash)
         result = execute_block(self.state, self.app_hash, self.chain_id, ctx, txs, evidence,
                                sig_ok=self.mempool.verified, skip_invalid=True)
@@ -106,6 +119,9 @@ class Chain:
             raise BlockError("block does not extend our tip")
         if not block.body_roots_match():
             raise BlockError("header roots do not match the block body")
+        why = block.size_error()
+        if why:
+            raise BlockError(why)
         if h.validators_hash != valset_hash(list(vals)):
             raise BlockError("wrong validators_hash")
         # A block re-proposed in a later round (proof-of-lock) keeps its original builder,

@@ -223,7 +223,9 @@ class Engine:
             await self._pace(a.round)
             if self.machine.height != a.height or self.machine.round != a.round:
                 return  # the round moved on while we waited
-            block = self.chain.build_block(self.key)
+            block = self._build_block(a.height)
+            if block is None:
+                return
         proposal = Proposal(a.height, a.round, a.pol_round, block)
         signature = self._sign(a.height, a.round, bft.PROPOSE, proposal.sign_bytes(self.chain.chain_id))
         if signature is None:
@@ -231,6 +233,15 @@ class Engine:
         proposal = Proposal(a.height, a.round, a.pol_round, block, signature)
         self._send("proposal", proposal)
         self.submit(bft.ProposalReceived(proposal, True))
+
+    def _build_block(self, height: int) -> Block | None:
+        """Our block for this height, or None (one log line) if building failed: missing one
+        proposal costs a round; an exception here would stop this validator's consensus."""
+        try:
+            return self.chain.build_block(self.key)
+        except Exception:  # a bug in block building must not take the engine down
+            log.exception("could not build a block at height %d; skipping this proposal", height)
+            return None
 
     async def _pace(self, round_: int) -> None:
         """Wait one block interval after the last commit, then for txs or the idle interval."""

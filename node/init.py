@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from consensus.crypto import PrivateKey, format_address
@@ -29,7 +30,9 @@ def read_template(source) -> dict:
 def dev_genesis(template: dict, validators: list[PrivateKey], funded: list[str]) -> dict:
     """The template with these validators (equal stakes) and the given addresses funded."""
     g = dict(template)
-    g["chain_id"] = template.get("chain_id", "stepchain") + "-dev"
+    # Every dev network gets its own chain id: signatures cover the chain id, so a tx signed
+    # for one network can never be replayed on another (a shared id made that possible).
+    g["chain_id"] = f"{str(template.get('chain_id', 'stepchain'))[:40]}-dev-{os.urandom(6).hex()}"
     # validators get a small balance too: referee votes are txs and pay fees
     g["accounts"] = [{"address": a, "balance": DEV_BALANCE} for a in funded] + [
         {"address": format_address(v.address), "balance": DEV_VALIDATOR_FUNDS} for v in validators]

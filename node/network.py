@@ -23,13 +23,14 @@ from p2p.transport import make_hello
 
 from .chain import Chain
 from .engine import Engine
-from .mempool import MempoolError
+from .mempool import InvalidTx, Rejected
 
 log = logging.getLogger("stepchain.net")
 MAX_TXS_PER_MESSAGE = 1000
 TX_FLUSH_S = 0.05
 MALFORMED = 50
 BAD_SIGNATURE = 20
+INVALID_TX = 20  # per tx that can never execute: five in a message is a ban
 
 
 @dataclass
@@ -105,19 +106,21 @@ class Network:
     def _on_txs(self, peer: Peer, payload) -> bool:
         if type(payload) is not list or len(payload) > MAX_TXS_PER_MESSAGE:
             raise Misbehaviour(MALFORMED, "txs must be a list of at most 1000")
-        accepted, bad = [], 0
+        accepted, invalid, why = [], 0, ""
         for obj in payload:
             tx = _decode(Tx.from_obj, obj, "tx")
             try:
                 self.chain.mempool.add(tx, self.chain.view())
                 accepted.append(obj)
-            except MempoolError as exc:
-                bad += "bad signature" in str(exc)
+            except InvalidTx as exc:  # honest peers check before they relay: this one did not
+                invalid, why = invalid + 1, str(exc)
+            except Rejected:
+                pass  # valid but untimely (races between honest peers are normal)
         if accepted:
             self.engine.tx_arrived.set()
             self.gossip.relay("txs", accepted, exclude=peer.id)
-        if bad:
-            raise Misbehaviour(min(BAD_SIGNATURE * bad, 100), f"{bad} txs with bad signatures")
+        if invalid:
+            raise Misbehaviour(min(INVALID_TX * invalid, 100), f"{invalid} invalid txs (last: {why})")
         return False
 
     def _on_proposal(self, peer: Peer, payload) -> bool:

@@ -306,6 +306,40 @@ def test_encode_deep_nesting_raises_codec_error():
     expect_codec_error(encode, nested_list(900))
 
 
-def test_moderate_nesting_round_trips():
-    v = nested_list(100)
+def test_nesting_up_to_the_decode_limit_round_trips():
+    v = nested_list(codec.MAX_DECODE_DEPTH)
     assert decode(encode(v)) == v
+
+
+def test_decode_refuses_one_level_past_its_limit_but_encode_accepts_it():
+    v = nested_list(codec.MAX_DECODE_DEPTH + 1)
+    data = encode(v)
+    with pytest.raises(CodecError, match="too deeply"):
+        decode(data)
+    assert decode(data, max_depth=codec.MAX_DECODE_DEPTH + 1) == v
+
+
+def test_encode_limit_is_exact():
+    encode(nested_list(codec.MAX_ENCODE_DEPTH))
+    with pytest.raises(CodecError, match="too deeply"):
+        encode(nested_list(codec.MAX_ENCODE_DEPTH + 1))
+
+
+def test_deep_maps_count_like_lists():
+    v: object = 1
+    for _ in range(codec.MAX_DECODE_DEPTH + 1):
+        v = {"k": v}
+    with pytest.raises(CodecError):
+        decode(encode(v))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=codec.MAX_DECODE_DEPTH), st.integers(min_value=0, max_value=codec.WRAP_DEPTH))
+def test_whatever_decodes_still_encodes_when_wrapped(depth, wrap):
+    """The invariant a block builder relies on: a value accepted from the network, wrapped in up
+    to WRAP_DEPTH more containers (tx in block in proposal in message), always encodes."""
+    value = decode(encode(nested_list(depth)))
+    for i in range(wrap):
+        value = [value] if i % 2 else {"w": value}
+    assert codec.depth_of(value) == depth + wrap
+    encode(value)

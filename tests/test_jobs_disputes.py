@@ -36,7 +36,7 @@ def test_only_validators_vote_once_each_with_a_boolean():
     for outsider in (challenger, solver, NEWCOMER, ALICE):
         assert "only validators" in refused(c, outsider, "dispute_vote", body)
     assert "fault must be true or false" in refused(c, VAL, "dispute_vote", dict(body, fault=1))
-    assert "fault must be true or false" in refused(c, VAL, "dispute_vote", {"job": jid, "round": 0, "shard": 0})
+    assert "missing: fault" in refused(c, VAL, "dispute_vote", {"job": jid, "round": 0, "shard": 0})
     vote(c, jid, True, VAL)
     assert shard(c, jid)["challenge"]["votes"] == [[VAL.address, True]]
     assert "already voted" in refused(c, VAL, "dispute_vote", body)

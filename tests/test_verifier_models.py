@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from consensus.jobs import MODELS
+from consensus.registry import MODELS
 from verifier import models
 from verifier.models import SpecError, build_model, model_input_spec, validate_model
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import generators, models
-from .args import check_args
+from consensus.args import check_args
 
 MAX_NPZ_BYTES = 32 * 1024 * 1024
 MAX_ITEMS = 1_000_000

@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .args import Arg, Int
+from consensus.args import Arg
+from consensus.registry import GENERATOR_SCHEMAS as S
 
 MAX_VALUES = 16_000_000  # elements of x, so a tiny job spec cannot ask for gigabytes
 
@@ -138,10 +139,8 @@ def text(a: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 GENERATORS: dict[str, tuple[dict[str, Arg], Callable, Callable[[dict], int]]] = {
     # name: (argument schema, generator, number of x values it makes)
-    "blobs": ({"n": Int(1, 1_000_000), "dim": Int(1, 4096), "classes": Int(2, 100)}, blobs,
-              lambda a: a["n"] * a["dim"]),
-    "spirals": ({"n": Int(1, 1_000_000), "classes": Int(2, 6)}, spirals, lambda a: a["n"] * 2),
-    "digits": ({"n": Int(1, 200_000), "side": Int(8, 32), "classes": Int(2, 10)}, digits,
-               lambda a: a["n"] * a["side"] ** 2),
-    "text": ({"n": Int(1, 200_000), "context": Int(2, 512)}, text, lambda a: a["n"] * a["context"]),
+    "blobs": (S["blobs"], blobs, lambda a: a["n"] * a["dim"]),
+    "spirals": (S["spirals"], spirals, lambda a: a["n"] * 2),
+    "digits": (S["digits"], digits, lambda a: a["n"] * a["side"] ** 2),
+    "text": (S["text"], text, lambda a: a["n"] * a["context"]),
 }

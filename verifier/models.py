@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .args import Arg, Choice, Int, IntList, check_args
+from consensus.args import Arg, check_args
+from consensus.registry import MODEL_SCHEMAS
 
 MAX_PARAMS = 2_000_000  # keeps a float64 Adam checkpoint (3 copies) under the 64 MiB cap
 EMBED_BOUND = 0.035  # uniform bound for embeddings: a standard deviation of about 0.02
@@ -138,18 +139,16 @@ def _transformer_rules(a: dict) -> str | None:
 
 REGISTRY: dict[str, Arch] = {
     "mlp": Arch(
-        schema={"in_dim": Int(1, 65_536), "hidden": IntList(1, 8192, 8), "out_dim": Int(2, 1000),
-                "activation": Choice(("relu", "tanh"), default="relu")},
+        schema=MODEL_SCHEMAS["mlp"],
         make=lambda a: MLP(a["in_dim"], a["hidden"], a["out_dim"], a["activation"]),
         inputs=lambda a: InputSpec(((a["in_dim"],),), None, (), a["out_dim"])),
     "cnn": Arch(
-        schema={"side": Int(4, 64), "channels": Int(1, 64), "out_dim": Int(2, 1000)},
+        schema=MODEL_SCHEMAS["cnn"],
         make=lambda a: CNN(a["side"], a["channels"], a["out_dim"]),
         inputs=lambda a: InputSpec(((1, a["side"], a["side"]), (a["side"], a["side"])), None, (), a["out_dim"]),
         rules=_cnn_rules),
     "char_transformer": Arch(
-        schema={"vocab": Int(2, 256), "context": Int(2, 512), "d_model": Int(8, 1024),
-                "heads": Int(1, 16), "layers": Int(1, 12)},
+        schema=MODEL_SCHEMAS["char_transformer"],
         make=lambda a: CharTransformer(a["vocab"], a["context"], a["d_model"], a["heads"], a["layers"]),
         inputs=lambda a: InputSpec(((a["context"],),), a["vocab"], (a["context"],), a["vocab"]),
         rules=_transformer_rules),

@@ -1,0 +1,130 @@
+"""Mempool admission against a flooding sender: what can never execute is refused at the door
+with InvalidTx (so the relaying peer can be blamed), what is merely untimely gets Rejected, the
+per-sender aggregate stays exact, and admission work does not grow with a sender's backlog."""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from consensus import jobs
+from consensus.ledger import get_account
+from node.mempool import InvalidTx, Mempool, Rejected, upfront_cost
+from consensus.ledger import get_params
+from tests.chainfactory import ALICE, BOB, CAROL, CHAIN_ID, Chain, job_spec, make_tx, transfer
+
+
+@pytest.fixture
+def state():
+    return Chain.create().view()
+
+
+NEVER_VALID = [
+    ("zero amount", "transfer", {"to": BOB.address, "amount": 0}),
+    ("negative amount", "transfer", {"to": BOB.address, "amount": -1}),
+    ("bool amount", "transfer", {"to": BOB.address, "amount": True}),
+    ("short address", "transfer", {"to": BOB.address[:19], "amount": 1}),
+    ("long address", "transfer", {"to": BOB.address + b"\x00", "amount": 1}),
+    ("unknown field", "transfer", {"to": BOB.address, "amount": 1, "memo": "hi"}),
+    ("missing field", "transfer", {"to": BOB.address}),
+    ("unknown kind", "mint", {"to": BOB.address, "amount": 1}),
+    ("bad role", "stake", {"role": "king", "amount": 1}),
+    ("unjail with a body", "unjail", {"please": True}),
+    ("free-form nesting", "attest", {"job": b"j" * 32, "round": 0, "shard": [[[[0]]]]}),
+    ("nested spec arg", "submit_job", {"spec": dict(job_spec(), model_args={"in_dim": [[2]]})}),
+    ("unknown spec arg", "submit_job", {"spec": dict(job_spec(), model_args=dict(job_spec()["model_args"], x=1))}),
+    ("proof of non-hashes", "challenge", {"job": b"j" * 32, "round": 0, "shard": 0, "interval": 0,
+                                          "start_leaf": b"s" * 32, "start_proof": [[b"x"]],
+                                          "end_leaf": b"e" * 32, "end_proof": []}),
+]
+
+
+@pytest.mark.parametrize("what,kind,body", NEVER_VALID, ids=[c[0] for c in NEVER_VALID])
+def test_a_tx_that_can_never_execute_is_invalid_not_merely_rejected(state, what, kind, body):
+    mp = Mempool(CHAIN_ID)
+    with pytest.raises(InvalidTx):
+        mp.add(make_tx(ALICE, kind, body, 0), state)
+    assert len(mp) == 0 and mp.pending_cost == {}
+
+
+def test_wrong_chain_and_low_fee_are_invalid(state):
+    mp = Mempool(CHAIN_ID)
+    with pytest.raises(InvalidTx):
+        mp.add(transfer(ALICE, BOB.address, 1, 0, chain_id="another-net"), state)
+    with pytest.raises(InvalidTx):
+        mp.add(transfer(ALICE, BOB.address, 1, 0, fee=0), state)
+
+
+def test_the_signature_is_checked_before_anything_else(state):
+    """A forged tx is InvalidTx even when it would also fail every other check: nothing about
+    the sender's state is read for an unsigned tx."""
+    mp = Mempool(CHAIN_ID)
+    bad = dataclasses.replace(make_tx(ALICE, "mint", {"x": 1}, 10**6, fee=0), signature=bytes(64))
+    with pytest.raises(InvalidTx, match="bad signature"):
+        mp.add(bad, state)
+
+
+def test_untimely_txs_are_rejected_not_invalid(state):
+    mp = Mempool(CHAIN_ID, max_per_sender=5)
+    mp.add(transfer(ALICE, BOB.address, 1, 0), state)
+    for tx in (transfer(ALICE, BOB.address, 1, 0),                  # duplicate
+               transfer(ALICE, BOB.address, 2, 0),                  # nonce already pending
+               transfer(ALICE, BOB.address, 1, 9),                  # too far ahead
+               transfer(CAROL, BOB.address, 1, 0)):                 # no funds
+        with pytest.raises(Rejected):
+            mp.add(tx, state)
+
+
+def test_pending_aggregate_is_exact_through_adds_blocks_and_evictions():
+    c = Chain.create()
+    mp = Mempool(CHAIN_ID)
+    rnd = random.Random(5)
+    txs = [transfer(ALICE, CAROL.address, rnd.randrange(1, 50), n, fee=rnd.randrange(1, 4)) for n in range(40)]
+    for tx in txs:
+        mp.add(tx, c.view())
+
+    def recount() -> dict:
+        out: dict = {}
+        for e in mp.by_hash.values():
+            out[e.sender] = out.get(e.sender, 0) + e.cost
+        return out
+
+    assert mp.pending_cost == recount() == {ALICE.address: sum(upfront_cost(t, get_params(c.view())) for t in txs)}
+    c.block(mp.reap(c.view(), 15))
+    mp.update(c.view(), 1)
+    assert len(mp) == 25 and mp.pending_cost == recount()
+    mp.remove_invalid([(txs[20], "test")])
+    assert mp.pending_cost == recount()
+    mp.update(c.view(), 10_000)  # everything expires
+    assert len(mp) == 0 and mp.pending_cost == {} and not mp.by_sender
+
+
+def test_admission_does_not_rescan_a_senders_backlog(monkeypatch):
+    """The cost of one more tx is the same with 1 or 900 pending jobs: count calls to the spec
+    check and to upfront_cost, which used to run once per pending tx on every admission."""
+    from tests.chainfactory import VAL
+    state = Chain.create(accounts=((VAL, 1_000), (ALICE, 10**12))).view()
+    calls = {"cost": 0, "spec": 0}
+    import node.mempool as mpmod
+    real_cost, real_spec = mpmod.upfront_cost, jobs.check_spec
+
+    def counting_cost(tx, params):
+        calls["cost"] += 1
+        return real_cost(tx, params)
+
+    def counting_spec(spec):
+        calls["spec"] += 1
+        return real_spec(spec)
+
+    monkeypatch.setattr(mpmod, "upfront_cost", counting_cost)
+    monkeypatch.setattr(jobs, "check_spec", counting_spec)
+    mp = Mempool(CHAIN_ID)
+    for n in range(900):
+        mp.add(make_tx(ALICE, "submit_job", {"spec": job_spec(seed=n)}, n), state)
+    before = dict(calls)
+    mp.add(make_tx(ALICE, "submit_job", {"spec": job_spec(seed=900)}, 900), state)
+    assert calls["cost"] - before["cost"] == 1
+    assert calls["spec"] - before["spec"] == 1
+    assert mp.pending_cost[ALICE.address] == 901 * upfront_cost(
+        make_tx(ALICE, "submit_job", {"spec": job_spec()}, 0), get_params(state))

@@ -170,7 +170,7 @@ async def test_the_attacker_can_join_like_any_peer(net, attacker):
     """Baseline for the attacks below: a well-behaved client is accepted and listed."""
     a = attacker()
     their = await a.join()
-    assert their["chain_id"].endswith("-dev") and type(their["genesis_hash"]) is bytes
+    assert "-dev-" in their["chain_id"] and type(their["genesis_hash"]) is bytes
     info = await eventually(lambda: connected(net[0]).get(a.name), what="attacker listed as a peer")
     assert info["score"] == 0 and info["listen"] == ATTACKER_LISTEN
     assert a.name not in banned(net[0])

@@ -21,6 +21,7 @@ from .txschema import MAX_AMOUNT, SchemaError, check_body
 from .types import DuplicateVoteEvidence, Tx
 
 MAX_NONCE = 2**63 - 1
+MAX_EVIDENCE_PER_BLOCK = 64  # one per offender is enough to tombstone it
 
 
 class TxError(ValueError):
@@ -242,6 +243,10 @@ def execute_block(base: Mapping[bytes, bytes], prev_app_hash: bytes, chain_id: s
     a validator passes False so that any invalid tx makes the whole block invalid."""
     v = View(base)
     check_block_context(v, ctx)
+    evidence = list(evidence)
+    offenders = [ev.vote_a.validator for ev in evidence]
+    if len(evidence) > MAX_EVIDENCE_PER_BLOCK or len(set(offenders)) != len(offenders):
+        raise BlockError(f"a block carries at most {MAX_EVIDENCE_PER_BLOCK} pieces of evidence, one per validator")
     for ev in evidence:
         process_duplicate_vote(v, ev, chain_id, ctx.height)
     included, rejected = [], []

@@ -16,7 +16,8 @@ from consensus.crypto import PrivateKey, verify
 from consensus.genesis import Genesis
 from consensus.ledger import K_LAST_VALSET, View, get_chain, get_params, get_valset
 from consensus.staking import valset_hash
-from consensus.state import BlockContext, BlockError, BlockResult, execute_block, genesis_writes
+from consensus.state import (MAX_EVIDENCE_PER_BLOCK, BlockContext, BlockError, BlockResult, execute_block,
+                             genesis_writes)
 from consensus.store import Store, StoreError
 from consensus.types import (MAX_BLOCK_BYTES, Block, Commit, DuplicateVoteEvidence, Header, beacon_sign_bytes,
                              commit_hash, next_beacon)
@@ -25,6 +26,7 @@ from .mempool import Mempool
 
 log = logging.getLogger("stepchain.chain")
 MAX_CLOCK_DRIFT_MS = 10_000
+MAX_PENDING_EVIDENCE = 4 * MAX_EVIDENCE_PER_BLOCK
 TX_BYTES_PER_BLOCK = MAX_BLOCK_BYTES - 256 * 1024  # the rest is header, last commit and evidence
 
 
@@ -93,7 +95,7 @@ class Chain:
         ctx = BlockContext(height + 1, max(now_ms(), last_time + 1), key.address,
                            next_beacon(prev_beacon, beacon_sig), signers_of(self.last_commit))
         txs = self.mempool.reap(v, get_params(v)["max_block_txs"], TX_BYTES_PER_BLOCK) if with_txs else []
-        evidence = sorted(self.evidence.values(), key=lambda e: e.hash)
+        evidence = self.pending_evidence()
         result = execute_block(self.state, self.app_hash, self.chain_id, ctx, txs, evidence,
                                sig_ok=self.mempool.verified, skip_invalid=True)
         self.mempool.remove_invalid(result.rejected)
@@ -105,6 +107,22 @@ class Chain:
         block = Block(header, tuple(result.included), self.last_commit, tuple(evidence))
         self._results[block.hash] = result
         return block
+
+    def pending_evidence(self) -> list[DuplicateVoteEvidence]:
+        """What the next block carries: one piece per offender (one is enough), bounded."""
+        first: dict[bytes, DuplicateVoteEvidence] = {}
+        for ev in sorted(self.evidence.values(), key=lambda e: e.hash):
+            first.setdefault(ev.vote_a.validator, ev)
+        return sorted(first.values(), key=lambda e: e.hash)[:MAX_EVIDENCE_PER_BLOCK]
+
+    def add_evidence(self, ev: DuplicateVoteEvidence) -> bool:
+        """Keep verified evidence for the next block: True if it is new and worth relaying (no
+        evidence against that validator is pending yet, and the pool is not full)."""
+        if ev.hash in self.evidence or len(self.evidence) >= MAX_PENDING_EVIDENCE \
+                or any(e.vote_a.validator == ev.vote_a.validator for e in self.evidence.values()):
+            return False
+        self.evidence[ev.hash] = ev
+        return True
 
     # -- checking -------------------------------------------------------------------------
 

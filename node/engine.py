@@ -104,8 +104,7 @@ class Engine:
         status = jail_status(self.chain.view(), ev.vote_a.validator)
         if status and status[1]:
             return False  # already punished
-        self.chain.evidence[ev.hash] = ev
-        return True
+        return self.chain.add_evidence(ev)
 
     def restart_height(self) -> None:
         """Our height moved under consensus (blocks arrived by sync): start the next one."""
@@ -162,7 +161,7 @@ class Engine:
         elif isinstance(action, bft.CommitBlock):
             self._commit(action)
         elif isinstance(action, bft.ReportEvidence):
-            self.chain.evidence[action.evidence.hash] = action.evidence
+            self.chain.add_evidence(action.evidence)
             log.warning("double sign by validator %s at height %d", action.evidence.vote_a.validator.hex(),
                         action.evidence.vote_a.height)
             self._send("evidence", action.evidence)

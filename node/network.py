@@ -31,6 +31,29 @@ TX_FLUSH_S = 0.05
 MALFORMED = 50
 BAD_SIGNATURE = 20
 INVALID_TX = 20  # per tx that can never execute: five in a message is a ban
+# Each tx a peer sends costs a signature check (~70 us), even a valid one the pool then
+# rejects (a used nonce): bounded per peer, so no peer can buy a whole core for free.
+TX_RATE_PER_PEER = 3_000.0
+TX_BURST_PER_PEER = 6_000.0
+
+
+@dataclass
+class TokenBucket:
+    """Units per second with a burst: each peer's share of this node's signature checks."""
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    at: float = 0.0
+
+    def take(self, want: int, now: float) -> int:
+        """How many of `want` units may go now (all or some), taking them."""
+        if self.tokens < 0:
+            self.tokens, self.at = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        got = min(want, int(self.tokens))
+        self.tokens -= got
+        return got
 
 
 @dataclass
@@ -59,6 +82,7 @@ class Network:
         self._wake_sync = asyncio.Event()
         self.blobs = BlobStore(blob_dir, chain.genesis.params["max_blob_bytes"])
         self._fetches: dict[bytes, _Fetch] = {}
+        self._tx_budgets: dict[bytes, TokenBucket] = {}
 
     async def start(self) -> None:
         await self.gossip.start()
@@ -106,6 +130,14 @@ class Network:
     def _on_txs(self, peer: Peer, payload) -> bool:
         if type(payload) is not list or len(payload) > MAX_TXS_PER_MESSAGE:
             raise Misbehaviour(MALFORMED, "txs must be a list of at most 1000")
+        if len(self._tx_budgets) > 4 * len(self.gossip.peers) + 64:  # forget peers that left
+            self._tx_budgets = {p: b for p, b in self._tx_budgets.items() if p in self.gossip.peers}
+        budget = self._tx_budgets.setdefault(peer.id, TokenBucket(TX_RATE_PER_PEER, TX_BURST_PER_PEER))
+        allowed = budget.take(len(payload), time.monotonic())
+        if allowed < len(payload):  # over its budget: not even the signatures are checked
+            log.debug("peer %s over its tx budget: %d of %d txs dropped", peer.name, len(payload) - allowed,
+                      len(payload))
+            payload = payload[:allowed]
         accepted, invalid, why = [], 0, ""
         for obj in payload:
             tx = _decode(Tx.from_obj, obj, "tx")

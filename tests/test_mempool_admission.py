@@ -128,3 +128,12 @@ def test_admission_does_not_rescan_a_senders_backlog(monkeypatch):
     assert calls["spec"] - before["spec"] == 1
     assert mp.pending_cost[ALICE.address] == 901 * upfront_cost(
         make_tx(ALICE, "submit_job", {"spec": job_spec()}, 0), get_params(state))
+
+
+def test_a_peers_tx_budget_refills_at_its_rate_and_caps_bursts():
+    from node.network import TokenBucket
+    b = TokenBucket(rate=100.0, burst=300.0)
+    assert b.take(1000, now=0.0) == 300      # a burst is capped
+    assert b.take(10, now=0.0) == 0          # and then nothing is left
+    assert b.take(1000, now=0.5) == 50       # it refills at the rate
+    assert b.take(1000, now=100.0) == 300    # never beyond the burst

@@ -147,8 +147,12 @@ def test_duplicate_vote_evidence_slashes_jails_and_tombstones():
     assert c.valset() == {VAL.address: 10_000}
     assert_supply(c)
     # a second report of the same double-sign is not punished again
-    c.block(evidence=[ev, double_sign_evidence(W, height=1, kind=PRECOMMIT)])
+    c.block(evidence=[ev])
+    c.block(evidence=[double_sign_evidence(W, height=1, kind=PRECOMMIT)])
     assert c.stake_of(W) == 4_750
+    # a block may carry one piece of evidence per offender: a second is bloat, refused
+    with pytest.raises(BlockError, match="one per validator"):
+        c.block(evidence=[ev, double_sign_evidence(W, height=2, kind=PRECOMMIT)])
     # tombstoned: never unjailed, even long after jail_blocks
     c.empty_blocks(25)
     res = c.execute([unjail(W, 0)], skip_invalid=True)

@@ -137,3 +137,77 @@ def test_a_peers_tx_budget_refills_at_its_rate_and_caps_bursts():
     assert b.take(10, now=0.0) == 0          # and then nothing is left
     assert b.take(1000, now=0.5) == 50       # it refills at the rate
     assert b.take(1000, now=100.0) == 300    # never beyond the burst
+
+
+# -- the class property: whatever is admitted travels inside a block -----------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from consensus import codec  # noqa: E402
+from consensus.types import Block, Header, Proposal  # noqa: E402
+from consensus.txschema import SCHEMAS  # noqa: E402
+
+_leaf = st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.binary(max_size=40) | st.text(max_size=10)
+_value = st.recursive(_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                      max_leaves=12)
+_field_names = st.sampled_from(["to", "amount", "role", "job", "round", "shard", "spec", "fault", "interval",
+                                "root", "leaves", "manifest", "start", "start_proof", "final", "final_proof",
+                                "start_leaf", "end_leaf", "end_proof", "memo"])
+_bodies = st.dictionaries(_field_names, _value | st.sampled_from([b"\x01" * 20, b"\x02" * 32, 5, "solver", []]),
+                          max_size=10)
+
+
+def _wrapped_in_a_proposal(tx) -> bytes:
+    h = Header("testchain", 1, 1, b"\0" * 32, b"\0" * 32, b"\0" * 32, b"\0" * 32, b"\0" * 32, b"\0" * 32,
+               b"\0" * 20, b"\0" * 32, b"\0" * 64)
+    return codec.encode(["proposal", Proposal(1, 0, -1, Block(h, (tx,), None), b"\0" * 64).to_obj()])
+
+
+_TEMPLATES = {
+    "transfer": {"to": b"\x01" * 20, "amount": 5},
+    "stake": {"role": "solver", "amount": 5},
+    "unstake": {"role": "solver", "amount": 5},
+    "cancel_job": {"job": b"\x02" * 32},
+    "submit_job": {"spec": job_spec()},
+}
+
+
+@st.composite
+def _mutated(draw):
+    """A valid body with one field's value replaced (or kept), sometimes one field added."""
+    kind = draw(st.sampled_from(sorted(_TEMPLATES)))
+    body = dict(_TEMPLATES[kind])
+    name = draw(st.sampled_from(sorted(body)))
+    if draw(st.booleans()):
+        body[name] = draw(_value)
+    if draw(st.integers(0, 4)) == 0:
+        body[draw(_field_names)] = draw(_value)
+    return kind, body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(case=_mutated())
+def test_near_valid_bodies_are_admitted_only_if_they_travel(state, case):
+    kind, body = case
+    test_whatever_the_mempool_admits_encodes_inside_a_proposal.hypothesis.inner_test(state, kind, body)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(sorted(SCHEMAS) + ["mint"]), body=_bodies)
+def test_whatever_the_mempool_admits_encodes_inside_a_proposal(state, kind, body):
+    """Random bodies for every kind: each is either refused at the door, or it can be wrapped
+    in a block in a proposal in a gossip message and decoded back unchanged."""
+    mp = Mempool(CHAIN_ID)
+    try:
+        tx = make_tx(ALICE, kind, body, 0)
+    except codec.CodecError:
+        return  # cannot even be signed
+    try:
+        mp.add(tx, state)
+    except (InvalidTx, Rejected):
+        return
+    wire = _wrapped_in_a_proposal(tx)
+    assert codec.decode(wire)[1][3][1][0] == tx.to_obj()

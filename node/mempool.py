@@ -22,6 +22,7 @@ from consensus.crypto import address_of
 from consensus.jobs import budget
 from consensus.ledger import View, get_account, get_params
 from consensus.state import TxError, check_signature, check_stateless
+from consensus.txschema import MAX_AMOUNT
 from consensus.types import Tx
 
 REJECTED_KEPT = 10_000
@@ -93,6 +94,8 @@ class Mempool:
         sender = address_of(tx.sender)
         self._check_room(tx, sender, get_account(state, sender).nonce)
         cost = upfront_cost(tx, params)
+        if cost > MAX_AMOUNT:  # more than the whole supply: no balance can ever pay it
+            raise InvalidTx(f"tx costs {cost}, more than any balance can hold")
         balance = get_account(state, sender).balance
         spend = self.pending_cost.get(sender, 0) + cost
         if spend > balance:

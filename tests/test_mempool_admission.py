@@ -48,6 +48,12 @@ def test_a_tx_that_can_never_execute_is_invalid_not_merely_rejected(state, what,
     assert len(mp) == 0 and mp.pending_cost == {}
 
 
+def test_a_job_whose_budget_exceeds_any_supply_is_invalid(state):
+    spec = job_spec(reward_per_shard=2**62, shards=16, rounds=10)
+    with pytest.raises(InvalidTx, match="more than any balance"):
+        Mempool(CHAIN_ID).add(make_tx(ALICE, "submit_job", {"spec": spec}, 0), state)
+
+
 def test_wrong_chain_and_low_fee_are_invalid(state):
     mp = Mempool(CHAIN_ID)
     with pytest.raises(InvalidTx):

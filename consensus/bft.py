@@ -124,6 +124,10 @@ class _Round:
 
 
 MAX_FUTURE_EVENTS = 10_000
+# Votes for rounds beyond the next are how a node that fell behind learns to skip ahead, but
+# a validator can sign votes for any number of rounds: each may hold at most this many such
+# rounds at once (CometBFT's "catch-up rounds"), so memory is bounded by the validator count.
+FUTURE_ROUNDS_PER_VALIDATOR = 2
 
 
 class BFT:
@@ -209,14 +213,35 @@ class BFT:
 
     def _on_proposal(self, ev: ProposalReceived) -> list:
         p = ev.proposal
+        if p.round > self.round + 1:
+            return []
         rnd = self._round(p.round)
         if rnd.proposal is None:
             rnd.proposal = p
             self.valid[p.block.hash] = ev.valid
         return []
 
+    def accepts_proposal(self, height: int, round_: int) -> bool:
+        """Worth executing and keeping: for this height, a round no later than the next, and
+        the first proposal for that round (a proposer that equivocates gets one block run)."""
+        if height != self.height or self.decided or round_ > self.round + 1:
+            return False
+        rnd = self.rounds.get(round_)
+        return rnd is None or rnd.proposal is None
+
+    def accepts_vote(self, vote: Vote) -> bool:
+        """Worth keeping (and so relaying): a validator's vote for this height, within its
+        allowance of far-future rounds."""
+        if vote.height != self.height or self.decided or self.power(vote.validator) == 0:
+            return False
+        if vote.round <= self.round + 1:
+            return True
+        ahead = {r for r, rnd in self.rounds.items() if r > self.round + 1
+                 and (vote.validator in rnd.prevotes or vote.validator in rnd.precommits)}
+        return vote.round in ahead or len(ahead) < FUTURE_ROUNDS_PER_VALIDATOR
+
     def _on_vote(self, vote: Vote) -> list:
-        if self.power(vote.validator) == 0:
+        if not self.accepts_vote(vote):
             return []
         votes = self._round(vote.round).votes(vote.kind)
         seen = votes.get(vote.validator)

@@ -65,6 +65,9 @@ class Engine:
         expected = bft.proposer_for(self.chain.validators(), proposal.height, proposal.round)
         if not verify(expected.pubkey, proposal.sign_bytes(self.chain.chain_id), proposal.signature):
             raise ValueError("proposal signature is not from the round's proposer")
+        if self.machine.height == proposal.height and not self.machine.accepts_proposal(proposal.height,
+                                                                                        proposal.round):
+            return False  # a far-future round, or a second block for a round: not run, not relayed
         self.submit(bft.ProposalReceived(proposal, self._valid(proposal)))
         return True
 
@@ -91,6 +94,8 @@ class Engine:
             raise ValueError("vote signature is invalid")
         if vote.height == self.chain.height:
             return self.chain.add_late_precommit(vote)
+        if self.machine.height == vote.height and not self.machine.accepts_vote(vote):
+            return False  # beyond its allowance of future rounds: welcome again when re-sent later
         self.submit(bft.VoteReceived(vote))
         return True
 

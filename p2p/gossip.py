@@ -123,6 +123,7 @@ class Gossip:
             self.server.close()
         for peer in list(self.peers.values()):
             self._drop(peer, "shutting down")
+            peer.session.writer.transport.abort()  # a peer that stopped reading holds unsent data: drop it
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -148,7 +149,12 @@ class Gossip:
         if time.monotonic() < self.isolated_until or len(self.peers) >= self.max_peers:
             writer.close()
             return
-        await self._establish(reader, writer, initiator=False, expect=None)
+        task = asyncio.current_task()
+        self._tasks.add(task)  # so that stop() also ends a handshake in progress
+        try:
+            await self._establish(reader, writer, initiator=False, expect=None)
+        finally:
+            self._tasks.discard(task)
 
     async def _dial(self, ident: bytes, addr: str) -> None:
         host, _, port = addr.rpartition(":")

@@ -16,7 +16,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 log = logging.getLogger("stepchain.rpc")
 MAX_MESSAGE = 160
@@ -38,6 +38,22 @@ def client_error(exc: HttpProcessingError) -> tuple[int, str]:
 
 
 class _JsonErrorHandler(RequestHandler):
+    def data_received(self, data: bytes) -> None:
+        """aiohttp's C parser, failing on the framing of a body that a handler is reading (bad
+        chunk size, missing CRLF), queues an error for the *next* request and never fails the
+        current body: the handler would wait for it forever. Fail it, as a bad-body error."""
+        request = getattr(self, "_current_request", None)
+        queue = getattr(self, "_messages", None)
+        queued = len(queue) if queue is not None else 0
+        super().data_received(data)
+        if request is None or queue is None or len(queue) <= queued or request.content.is_eof():
+            return
+        err = queue[-1][0]
+        if isinstance(err, _ErrInfo) and isinstance(err.exc, HttpProcessingError):
+            failure = RequestPayloadError("request body framing is invalid")
+            failure.__cause__ = err.exc
+            request.content.set_exception(failure)
+
     def log_exception(self, *args, **kw) -> None:
         """aiohttp's own error logs as one line. A bad body was reported by the middleware
         already; aiohttp meets it again when it drains the rest of the request."""

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 _STARTED: list[subprocess.Popen] = []  # every process spawn() started, until kill_started() reaps it
-_ROOTS: set[str] = set()  # directories whose processes die with the test (a devnet's nodes run in their own sessions)
+_ROOTS: dict[str, int] = {}  # directory -> its registration mark: its processes die with the test (a devnet's nodes)
 
 
 def spawn(argv: list[str], log_path: Path, extra_env: dict | None = None,
@@ -38,7 +38,7 @@ def spawn(argv: list[str], log_path: Path, extra_env: dict | None = None,
     """Start a child in its own process group, output appended to log_path, and register it.
     `owns`: a directory; any process whose command line names it is killed with the child."""
     if owns is not None:
-        _ROOTS.add(str(Path(owns).resolve()))
+        _ROOTS.setdefault(str(Path(owns).resolve()), len(_STARTED))
     with open(log_path, "a") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(env(), **(extra_env or {})),
                                 cwd=REPO, start_new_session=True)
@@ -59,7 +59,7 @@ def kill_group(proc: subprocess.Popen) -> None:
         print(f"process {proc.pid} did not die after SIGKILL", file=sys.stderr)
 
 
-def _pids_naming(roots: set[str]) -> list[int]:
+def _pids_naming(roots) -> list[int]:
     """Our user's processes whose command line names one of `roots` (Linux /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -83,22 +83,24 @@ def started_mark() -> int:
 
 def kill_started(since: int = 0) -> list[int]:
     """Kill every process registered since the mark that is still running (all by default),
-    and, for a full sweep, every process under a registered directory; the pids that were
-    still running."""
+    and every process whose command line names a directory registered since then; the pids
+    that were still running."""
     alive = []
     while len(_STARTED) > since:
         proc = _STARTED.pop()
         if proc.poll() is None:
             alive.append(proc.pid)
         kill_group(proc)
-    if since == 0 and _ROOTS:
-        for pid in _pids_naming(_ROOTS):
+    roots = {root for root, mark in _ROOTS.items() if mark >= since}
+    if roots:
+        for pid in _pids_naming(roots):
             try:
                 os.kill(pid, signal.SIGKILL)
                 alive.append(pid)
             except ProcessLookupError:
                 pass
-        _ROOTS.clear()
+        for root in roots:
+            del _ROOTS[root]
     return alive
 
 
@@ -275,6 +277,18 @@ def p2p_id(node: NodeProcess) -> str:
     from node.init import peer_string
     home = Home(node.home)
     return peer_string(home.node_key(), home.config().p2p_listen)
+
+
+def stop_all(nodes: list[NodeProcess], timeout: float = 20) -> list[int | None]:
+    """Stop every node that is running, whatever happens to the others (a node that does not
+    stop is killed by stop()); the exit codes, None for a node that had to be killed."""
+    codes: list[int | None] = []
+    for n in nodes:
+        try:
+            codes.append(n.stop(timeout))
+        except AssertionError:
+            codes.append(None)
+    return codes
 
 
 def wait_all(nodes: list[NodeProcess], height: int, timeout: float = 60) -> None:

@@ -108,7 +108,8 @@ async def errors_as_json(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status == 413:
             return _error(413, f"request body too large (limit {request.app['max_body']} bytes)")
-        return _error(exc.status, exc.reason)
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
+        return _error(exc.status, f"{exc.reason}: {one_line(detail)}" if detail else exc.reason)
     except (HttpProcessingError, RequestPayloadError) as exc:  # the body broke HTTP framing (chunks, encoding)
         cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else exc
         status, text = client_error(cause) if isinstance(cause, HttpProcessingError) else (400, "bad request body")
@@ -170,6 +171,7 @@ class Rpc:
     def __init__(self, node: "Node"):
         self.node = node
         self.sockets: set[web.WebSocketResponse] = set()
+        self._sends: set[asyncio.Task] = set()
 
     def app(self, max_body: int) -> web.Application:
         app = web.Application(client_max_size=max_body, middlewares=[errors_as_json])
@@ -370,4 +372,13 @@ class Rpc:
         event = {"type": "block", "height": block.height, "hash": block.hash.hex(), "num_txs": len(block.txs),
                  "app_hash": block.header.app_hash.hex()}
         for ws in list(self.sockets):
-            asyncio.get_running_loop().create_task(ws.send_json(event))
+            task = asyncio.get_running_loop().create_task(self._send(ws, event))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _send(self, ws: web.WebSocketResponse, event: dict) -> None:
+        """A subscriber that went away between two blocks is dropped, not a traceback."""
+        try:
+            await ws.send_json(event)
+        except (ConnectionError, RuntimeError):
+            self.sockets.discard(ws)

@@ -4,6 +4,7 @@ each costs one log line and no traceback, a client that vanishes mid-body is one
 and every value a committed tx can hold reads back over /tx, /block and /job."""
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import struct
@@ -108,7 +109,8 @@ MALFORMED = [
     (b"DELETE /status HTTP/1.1\r\nHost: x\r\n\r\n", 405, ("method not allowed",)),
     (b"GET /no/such/path HTTP/1.1\r\nHost: x\r\n\r\n", 404, ("not found",)),
     (b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n", 404, ("not found",)),
-    (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400, ()),
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400, ("version",)),
+    (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", 400, ("websocket",)),
 ]
 
 
@@ -153,6 +155,14 @@ def test_client_that_vanishes_mid_body_is_one_log_line(dev_node):
         new = [ln for ln in log_lines(n)[before:] if "committed" not in ln]
         assert len(new) == 1 and path.decode() in new[0], "\n".join(new)
         assert n.rpc.status()["chain_id"]  # and the next request is served
+    # a block subscriber that vanishes: the next blocks' events to it are dropped quietly
+    for _ in range(3):
+        sock = connect(n)
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + base64.b64encode(b"k" * 16) + b"\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
     assert_serving(n)
 
 

@@ -8,7 +8,9 @@
 3. A single-validator chain is run to `--sync-blocks` blocks, then a fresh full node joins
    and syncs it over P2P; blocks/s is measured from its start to reaching the tip.
 
-Prints one JSON object as the last line of stdout.
+Prints one JSON object as the last line of stdout, with an "error" field (and whatever was
+measured before it) if the run failed or overran --timeout; every node process is stopped,
+or killed, whatever happens (benchmarks/common.py).
 """
 from __future__ import annotations
 
@@ -23,10 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import run_benchmark  # noqa: E402
 from benchmarks.tx_throughput import presign, single_node_throughput  # noqa: E402
 from consensus.crypto import PrivateKey, format_address  # noqa: E402
-from node.client import Client  # noqa: E402
-from tests.nodes import NodeProcess, init_full_node, init_network, p2p_id  # noqa: E402
+from node.client import Client, RpcError  # noqa: E402
+from tests.nodes import NodeProcess, init_full_node, init_network, p2p_id, stop_all  # noqa: E402
+
+FINALITY_WAIT_S = 60
 
 
 def fund_all(nodes: list[NodeProcess], keys: list[PrivateKey]) -> None:
@@ -46,17 +51,21 @@ class BlockWatcher(threading.Thread):
         self.client, self.height = client, start_height
         self.seen: dict[str, float] = {}
         self.stop_flag = threading.Event()
+        self.error: str | None = None
 
     def run(self) -> None:
-        while not self.stop_flag.is_set():
-            tip = self.client.status()["height"]
-            while self.height < tip:
-                self.height += 1
-                block = self.client.get(f"/block/{self.height}")
-                now = time.perf_counter()
-                for tx in block["txs"]:
-                    self.seen[tx["hash"]] = now
-            time.sleep(0.02)
+        try:
+            while not self.stop_flag.is_set():
+                tip = self.client.status()["height"]
+                while self.height < tip:
+                    block = self.client.get(f"/block/{self.height + 1}")
+                    self.height += 1
+                    now = time.perf_counter()
+                    for tx in block["txs"]:
+                        self.seen[tx["hash"]] = now
+                time.sleep(0.02)
+        except RpcError as exc:  # reported by network_load: a watcher that died silently would read as 0 tx/s
+            self.error = str(exc)
 
 
 def network_load(base: Path, rate: int, seconds: int) -> dict:
@@ -65,9 +74,9 @@ def network_load(base: Path, rate: int, seconds: int) -> dict:
     keys = [PrivateKey.generate() for _ in range(max(1, total // per_sender))]
     nodes = init_network(base, 4, block_interval_ms=1000, idle_interval_ms=1000)
     fund_all(nodes, keys)
-    for n in nodes:
-        n.start(wait=False)
     try:
+        for n in nodes:
+            n.start(wait=False)
         for n in nodes:
             n.wait_rpc()
         clients = [Client(n.url, timeout=60) for n in nodes]
@@ -86,16 +95,19 @@ def network_load(base: Path, rate: int, seconds: int) -> dict:
             clients[(i // per_tick) % 4].post("/broadcast_txs", {"txs": txs[i:i + per_tick]})
             for h in hashes[i:i + per_tick]:
                 submitted[h] = now
-        deadline = time.perf_counter() + 60
-        while len(watcher.seen) < len(submitted) and time.perf_counter() < deadline:
+        deadline = time.perf_counter() + FINALITY_WAIT_S
+        while len(watcher.seen) < len(submitted) and time.perf_counter() < deadline and watcher.is_alive():
             time.sleep(0.1)
         watcher.stop_flag.set()
-        watcher.join()
+        watcher.join(30)
+        if watcher.error:
+            raise RuntimeError(f"block watcher failed: {watcher.error}")
         lat = sorted(watcher.seen[h] - submitted[h] for h in submitted if h in watcher.seen)
+        if not lat:
+            raise RuntimeError(f"none of {len(submitted)} submitted txs was finalized within {FINALITY_WAIT_S} s")
         last = max(watcher.seen.values())
     finally:
-        for n in nodes:
-            n.stop()
+        stop_all(nodes)
     return {"validators": 4, "offered_tx_per_s": rate, "load_s": seconds, "txs": len(txs),
             "finalized": len(lat), "finalized_tx_per_s": round(len(lat) / (last - start), 1),
             "median_finality_s": round(statistics.median(lat), 3),
@@ -109,8 +121,9 @@ def _hash(tx_hex: str) -> str:
 
 def sync_speed(base: Path, blocks: int) -> dict:
     source = NodeProcess.init_dev(base, "source", block_interval_ms=5, idle_interval_ms=5)
-    source.start()
+    full = None
     try:
+        source.start()
         source.wait_height(blocks, timeout=600)
         source.rpc.post("/admin/isolate", {"seconds": 0.5})
         time.sleep(1)
@@ -122,9 +135,8 @@ def sync_speed(base: Path, blocks: int) -> dict:
         full.wait_height(tip, timeout=600)
         elapsed = time.perf_counter() - start
         same = full.rpc.get(f"/block/{tip}")["app_hash"] == source.rpc.get(f"/block/{tip}")["app_hash"]
-        full.stop()
     finally:
-        source.stop()
+        stop_all([n for n in (full, source) if n is not None])
     return {"sync_blocks": tip, "sync_s": round(elapsed, 3), "sync_blocks_per_s": round(tip / elapsed, 1),
             "sync_same_app_hash": same}
 
@@ -134,16 +146,20 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=1200, help="offered tx/s")
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--sync-blocks", type=int, default=1000)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds before the run is abandoned")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        net = network_load(Path(tmp) / "net", args.rate, args.seconds)
-        single = single_node_throughput(2000, 10)
-        sync = sync_speed(Path(tmp) / "sync", args.sync_blocks)
-    result = {"benchmark": "network_throughput", **net,
-              "single_node_committed_tx_per_s": single["committed_tx_per_s"],
-              "ratio_network_to_single": round(net["finalized_tx_per_s"] / single["committed_tx_per_s"], 3),
-              **sync, "target_finalized_tx_per_s": 1000, "target_p99_finality_s": 3.0}
-    print(json.dumps(result))
+
+    def body(result: dict) -> None:
+        result.update({"target_finalized_tx_per_s": 1000, "target_p99_finality_s": 3.0})
+        with tempfile.TemporaryDirectory() as tmp:
+            net = network_load(Path(tmp) / "net", args.rate, args.seconds)
+            result.update(net)
+            single = single_node_throughput(2000, 10)
+            result["single_node_committed_tx_per_s"] = single["committed_tx_per_s"]
+            result["ratio_network_to_single"] = round(net["finalized_tx_per_s"] / single["committed_tx_per_s"], 3)
+            result.update(sync_speed(Path(tmp) / "sync", args.sync_blocks))
+
+    run_benchmark("network_throughput", body, args.timeout)
 
 
 if __name__ == "__main__":

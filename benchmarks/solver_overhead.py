@@ -29,7 +29,6 @@ import argparse
 import cProfile
 import dataclasses
 import io
-import json
 import pstats
 import statistics
 import sys
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.common import run_benchmark  # noqa: E402
 from consensus import merkle  # noqa: E402
 from consensus.crypto import sha256  # noqa: E402
 from verifier import checkpoint, data, models, replay, training  # noqa: E402
@@ -226,20 +226,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="override steps for every config")
     ap.add_argument("--k", type=int, help="override k for every config")
     ap.add_argument("--profile", action="store_true", help="cProfile one run of each side even under target")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds before the run is abandoned")
     args = ap.parse_args()
     if args.repeats < 3:
         ap.error("--repeats must be at least 3")
     names = args.only or list(CONFIGS)
-    started = time.perf_counter()
-    results = {name: run_config(name, args.repeats, args.steps, args.k, args.profile) for name in names}
-    default = results[names[0]]
-    print(json.dumps({
-        "benchmark": "solver_overhead", "torch": torch.__version__, "default_config": names[0],
-        "overhead_ratio": default["overhead_ratio"], "target_overhead_ratio": TARGET,
-        "within_target": default["overhead_ratio"] <= TARGET,
-        "configs": results, "wall_s": round(time.perf_counter() - started, 1),
-    }))
 
+    def body(result: dict) -> None:
+        started = time.perf_counter()
+        results = {name: run_config(name, args.repeats, args.steps, args.k, args.profile) for name in names}
+        default = results[names[0]]
+        result.update({
+            "torch": torch.__version__, "default_config": names[0],
+            "overhead_ratio": default["overhead_ratio"], "target_overhead_ratio": TARGET,
+            "within_target": default["overhead_ratio"] <= TARGET,
+            "configs": results, "wall_s": round(time.perf_counter() - started, 1),
+        })
+
+    run_benchmark("solver_overhead", body, args.timeout)
 
 if __name__ == "__main__":
     main()

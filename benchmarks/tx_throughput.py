@@ -5,7 +5,8 @@ batches, and times until the last one is committed. In the same run it measures 
 ed25519 signatures one core verifies per second, so the ratio says how close the node's
 hot path gets to the one unavoidable cost (each tx verified once per node).
 
-Prints one JSON object as the last line of stdout.
+Prints one JSON object as the last line of stdout, with an "error" field if the run failed
+or overran --timeout; the node is always stopped (benchmarks/common.py).
 """
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import run_benchmark  # noqa: E402
 from consensus.crypto import PrivateKey, format_address, verify  # noqa: E402
 from node.client import Client, make_tx  # noqa: E402
-from tests.nodes import NodeProcess  # noqa: E402
+from tests.nodes import NodeProcess, stop_all  # noqa: E402
+
+COMMIT_TIMEOUT_S = 300
 
 
 def ed25519_verify_rate(seconds: float = 2.0) -> float:
@@ -70,8 +74,8 @@ def single_node_throughput(senders: int, per_sender: int, batch: int = 2000) -> 
     with tempfile.TemporaryDirectory() as tmp:
         node = NodeProcess.init_dev(Path(tmp), block_interval_ms=1000, idle_interval_ms=1000)
         fund_in_genesis(node.home, keys, 10**9)
-        node.start()
         try:
+            node.start()
             chain_id = node.rpc.status()["chain_id"]
             txs = presign(keys, per_sender, chain_id)
             client = Client(node.url, timeout=60)
@@ -79,12 +83,16 @@ def single_node_throughput(senders: int, per_sender: int, batch: int = 2000) -> 
             start = time.perf_counter()
             accepted = submit_all(node.url, txs, batch)
             submitted_at = time.perf_counter()
+            deadline = submitted_at + COMMIT_TIMEOUT_S
             while committed(client) < accepted:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"only {committed(client)} of {accepted} txs committed "
+                                       f"{COMMIT_TIMEOUT_S} s after submitting")
                 time.sleep(0.05)
             elapsed = time.perf_counter() - start
             blocks = node.rpc.status()["height"] - start_height
         finally:
-            node.stop()
+            stop_all([node])
     return {"txs": len(txs), "accepted": accepted, "senders": senders, "blocks": blocks,
             "submit_s": round(submitted_at - start, 3), "elapsed_s": round(elapsed, 3),
             "committed_tx_per_s": round(accepted / elapsed, 1)}
@@ -95,14 +103,17 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=3000)
     ap.add_argument("--per-sender", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--timeout", type=float, default=900, help="seconds before the run is abandoned")
     args = ap.parse_args()
 
-    verify_rate = ed25519_verify_rate()
-    result = {"benchmark": "tx_throughput", **single_node_throughput(args.senders, args.per_sender, args.batch)}
-    result["ed25519_verify_per_s"] = round(verify_rate, 1)
-    result["ratio_committed_to_verify"] = round(result["committed_tx_per_s"] / verify_rate, 3)
-    result["target_committed_tx_per_s"] = 3000
-    print(json.dumps(result))
+    def body(result: dict) -> None:
+        result["target_committed_tx_per_s"] = 3000
+        verify_rate = ed25519_verify_rate()
+        result["ed25519_verify_per_s"] = round(verify_rate, 1)
+        result.update(single_node_throughput(args.senders, args.per_sender, args.batch))
+        result["ratio_committed_to_verify"] = round(result["committed_tx_per_s"] / verify_rate, 3)
+
+    run_benchmark("tx_throughput", body, args.timeout)
 
 
 if __name__ == "__main__":

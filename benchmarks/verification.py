@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import random
 import statistics
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from benchmarks.common import run_benchmark  # noqa: E402
 from consensus import merkle  # noqa: E402
 from consensus.crypto import sha256  # noqa: E402
 from consensus.sampling import sample_intervals  # noqa: E402
@@ -88,6 +88,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="seeds the random beacons")
     ap.add_argument("--profile", default="cpu-f32-1thread", choices=training.PROFILES)
     ap.add_argument("--k", type=int, default=10, help="steps per interval")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds before the run is abandoned")
     args = ap.parse_args()
     if args.trials < 20:
         ap.error("--trials must be at least 20")
@@ -200,22 +201,24 @@ def build_report(bench: Bench, n: int, started: float) -> dict:
 
 def main() -> None:
     args = parse_args()
-    spec = training.TrainSpec("mlp", {"in_dim": 8, "hidden": [32], "out_dim": 4}, "adam", 10_000, 16,
-                              args.intervals * args.k, args.k, args.profile, seed=1)
-    dataset = data.generate("blobs", {"n": 2000, "dim": 8, "classes": 4}, seed=3)
-    bench = Bench(spec, dataset, training.init_state(spec), args.rates, random.Random(args.seed))
-    started = time.perf_counter()
-    say(f"{len(ALL_STRATEGIES)} strategies x {args.trials} trials x rates {args.rates}; {spec.profile}, "
-        f"{spec.steps} steps, k={spec.k}")
-    bench.warm_up()
-    for trial in range(args.trials):
-        bench.run_trial(trial)
-        say(f"trial {trial + 1}/{args.trials} done ({time.perf_counter() - started:.1f}s)")
-    report = build_report(bench, args.trials, started)
-    for st in ALL_STRATEGIES:
-        say(f"{st:13s} " + "  ".join(f"s={s}: {bench.hits[st][s] / args.trials:.2f}" for s in args.rates))
-    print(json.dumps(report))
 
+    def body(result: dict) -> None:
+        spec = training.TrainSpec("mlp", {"in_dim": 8, "hidden": [32], "out_dim": 4}, "adam", 10_000, 16,
+                                  args.intervals * args.k, args.k, args.profile, seed=1)
+        dataset = data.generate("blobs", {"n": 2000, "dim": 8, "classes": 4}, seed=3)
+        bench = Bench(spec, dataset, training.init_state(spec), args.rates, random.Random(args.seed))
+        started = time.perf_counter()
+        say(f"{len(ALL_STRATEGIES)} strategies x {args.trials} trials x rates {args.rates}; {spec.profile}, "
+            f"{spec.steps} steps, k={spec.k}")
+        bench.warm_up()
+        for trial in range(args.trials):
+            bench.run_trial(trial)
+            say(f"trial {trial + 1}/{args.trials} done ({time.perf_counter() - started:.1f}s)")
+        result.update(build_report(bench, args.trials, started))
+        for st in ALL_STRATEGIES:
+            say(f"{st:13s} " + "  ".join(f"s={s}: {bench.hits[st][s] / args.trials:.2f}" for s in args.rates))
+
+    run_benchmark("verification", body, args.timeout)
 
 if __name__ == "__main__":
     main()

@@ -117,7 +117,9 @@ def cmd_node_run(args) -> None:
     from .daemon import run_node
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_node(home_of(args))
+    code = run_node(home_of(args))
+    if code:
+        raise SystemExit(code)  # the node failed or its stop overran: the log's last lines say why
 
 
 def cmd_node_verify(args) -> None:
@@ -132,8 +134,11 @@ def cmd_wallet(args) -> None:
 
 
 def cmd_devnet(args) -> None:
-    from .devnet import run_devnet
-    code = run_devnet(args.home if args.home_given else None, args.validators, args.demo)
+    from .devnet import NodeExited, run_devnet
+    try:
+        code = run_devnet(args.home if args.home_given else None, args.validators, args.demo)
+    except NodeExited as exc:
+        raise CliError(str(exc)) from None
     if code:
         raise CliError("some nodes did not stop cleanly; see their logs in the devnet home")
 

@@ -1,8 +1,16 @@
-"""One node process: store + consensus engine + mempool + RPC, stopped cleanly by a signal."""
+"""One node process: store + consensus engine + mempool + RPC, stopped cleanly by a signal.
+
+SIGTERM or SIGINT stops the node in bounded stages (engine, RPC, P2P, store; see
+lifecycle.py) within a few seconds whatever it is doing, exit code 0. If the consensus
+engine or a network loop dies, the node logs one line naming it and the error, stops the
+same way and exits with EXIT_FAILED. A shutdown that overruns its hard deadline, or a
+second signal during one, ends the process with EXIT_HUNG.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -16,10 +24,16 @@ from .chain import Chain
 from .network import Network
 from .engine import Engine
 from .home import Home, split_hostport
+from .lifecycle import EXIT_FAILED, EXIT_OK, Deadline, bounded, busy_threads, where
 from .rpc import Rpc
+from .rpc_http import RpcRunner
 from .workers.referee import Referee
 
 log = logging.getLogger("stepchain.node")
+ENGINE_STOP_S = 1.0
+RPC_DRAIN_S = 1.0  # aiohttp's shutdown_timeout (60 s by default): in-flight requests get this long, then are cancelled
+RPC_STOP_S = 3.0
+NETWORK_STOP_S = 2.0
 
 
 class Node:
@@ -31,6 +45,7 @@ class Node:
         self.rpc = Rpc(self)
         self.referee = Referee(self)
         self.committed_txs = 0
+        self.stopping = False
         is_validator = self.config.validator
         self.engine = Engine(self.chain, self.key if is_validator else None,
                              block_interval=self.config.block_interval_ms / 1000,
@@ -53,40 +68,82 @@ class Node:
         self.network.on_commit(block)
         self.referee.on_commit()
 
-    async def serve(self, stop: asyncio.Event) -> None:
+    async def serve(self, stop: asyncio.Event, deadline: Deadline) -> int:
+        """Run until `stop` is set or a vital task dies; then stop in bounded stages. The exit code."""
         host, port = split_hostport(self.config.rpc_listen)
-        runner = web.AppRunner(self.rpc.app(self.config.max_body_bytes), access_log=None)
+        runner = RpcRunner(self.rpc.app(self.config.max_body_bytes), access_log=None, shutdown_timeout=RPC_DRAIN_S)
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        await self.network.start()
-        log.info("node %s (%s): chain %s at height %d, RPC on http://%s:%d, P2P on %s", self.config.moniker,
-                 format_address(self.key.address), self.chain.chain_id, self.chain.height, host, port,
-                 self.config.p2p_listen)
-        engine = asyncio.get_running_loop().create_task(self.engine.run())
+        engine: asyncio.Task | None = None
+        try:
+            await web.TCPSite(runner, host, port).start()
+            await self.network.start()
+            log.info("node %s (%s): chain %s at height %d, RPC on http://%s:%d, P2P on %s", self.config.moniker,
+                     format_address(self.key.address), self.chain.chain_id, self.chain.height, host, port,
+                     self.config.p2p_listen)
+            engine = asyncio.get_running_loop().create_task(self.engine.run())
+            if self.config.misbehave == "busy-referee":
+                self.referee.keep_busy()
+            return await self._until_stopped(stop, deadline, {engine: "consensus engine", **self.network.loops})
+        finally:
+            await self._shutdown(runner, engine)
+
+    async def _until_stopped(self, stop: asyncio.Event, deadline: Deadline, vital: dict) -> int:
         stopper = asyncio.get_running_loop().create_task(stop.wait())
         try:
-            await asyncio.wait([engine, stopper], return_when=asyncio.FIRST_COMPLETED)
-            if engine.done() and engine.exception():
-                log.error("consensus stopped: %r", engine.exception())
+            done, _ = await asyncio.wait([*vital, stopper], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-            log.info("shutting down")
+        dead = [t for t in vital if t in done]
+        if not dead:
+            return EXIT_OK
+        task = dead[0]
+        deadline.arm(f"{vital[task]} failed")
+        exc = None if task.cancelled() else task.exception()
+        why = f"{type(exc).__name__}: {exc} (at {where(exc)})" if exc is not None else "it ended"
+        log.error("%s failed, so the node stops (exit code %d): %s", vital[task], EXIT_FAILED, why)
+        return EXIT_FAILED
+
+    async def _shutdown(self, runner: web.AppRunner, engine: asyncio.Task | None) -> None:
+        """Each stage is bounded: a stuck peer, client or task costs seconds, never the exit."""
+        self.stopping = True
+        log.info("shutting down")
+        if self.config.misbehave == "hang-on-stop":
+            await asyncio.sleep(3600)  # test networks only: a stage that never ends, for the hard deadline
+        if engine is not None:
             engine.cancel()
-            await asyncio.gather(engine, return_exceptions=True)
-            await self.network.stop()
-            await runner.cleanup()
-            self.chain.close()
-            log.info("stopped at height %d", self.chain.height)
+            await bounded("consensus engine", asyncio.gather(engine, self.engine.stop(), return_exceptions=True),
+                          ENGINE_STOP_S)
+        await bounded("RPC server", runner.cleanup(), RPC_STOP_S)
+        await bounded("P2P network", self.network.stop(), NETWORK_STOP_S)
+        self.chain.close()
+        log.info("stopped at height %d", self.chain.height)
 
 
-def run_node(home: Home) -> None:
+def run_node(home: Home) -> int:
+    """Run a node until SIGTERM/SIGINT (exit code 0) or until it fails (non-zero)."""
     node = Node(home)
+    deadline = Deadline()
 
-    async def main() -> None:
+    def on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+        if not deadline.armed:
+            log.info("received %s, stopping", sig.name)
+        deadline.arm(sig.name)  # a second signal: exit now
+        stop.set()
+
+    async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await node.serve(stop)
+            loop.add_signal_handler(sig, on_signal, sig, stop)
+        return await node.serve(stop, deadline)
 
-    asyncio.run(main())
+    try:
+        code = asyncio.run(main())
+    finally:
+        deadline.disarm()
+    busy = busy_threads()
+    if busy:  # a referee thread in torch: nothing may join it, and interpreter exit would abort under it
+        log.info("leaving %d busy worker thread(s) behind: %s", len(busy), ", ".join(t.name for t in busy))
+        logging.shutdown()
+        os._exit(code)
+    return code

@@ -136,7 +136,11 @@ def job_tour(net: Devnet) -> None:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(20)
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def run_demo(net: Devnet) -> None:

@@ -1,7 +1,9 @@
 """`stepchain devnet`: a local network of node processes on 127.0.0.1, and the `--demo` script.
 
 The devnet owns its child processes: Ctrl-C (or SIGTERM) stops every node with SIGTERM,
-waits for each to exit, and only then returns, so no node is left behind.
+waits for each to exit, and only then returns, so no node is left behind. A watcher thread
+notices a node that exits on its own; the devnet then stops the others and fails with
+``NodeExited``, naming the node, its exit code and the last line of its log.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,12 @@ from .init import REPO_GENESIS, dev_genesis, peer_string, read_template
 from .wallet import Keystore
 
 DEMO_PASSWORD = "stepchain-demo"
+STOP_TIMEOUT_S = 15
+WATCH_S = 0.2
+
+
+class NodeExited(RuntimeError):
+    """A devnet node exited while the devnet was running it."""
 
 
 def _free_port() -> int:
@@ -41,6 +50,9 @@ class Devnet:
         self.env = dict(os.environ, STEPCHAIN_PASSWORD=os.environ.get("STEPCHAIN_PASSWORD", DEMO_PASSWORD))
         self.homes = [base / f"node{i}" for i in range(validators)]
         self.procs: list[subprocess.Popen] = []
+        self.failure: NodeExited | None = None
+        self._stopping = False
+        self._lock = threading.Lock()
 
     @property
     def urls(self) -> list[str]:
@@ -65,28 +77,84 @@ class Devnet:
                                      p2p_listen=p2p[i], seeds=seeds, block_interval_ms=block_interval_ms,
                                      idle_interval_ms=idle_interval_ms))
 
+    def log_path(self, i: int) -> Path:
+        return self.homes[i].parent / f"{self.homes[i].name}.log"
+
     def start(self) -> None:
-        for home in self.homes:
-            log = open(home.parent / f"{home.name}.log", "a")
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "node.cli", "node", "run", "--home", str(home)],
-                                               stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                               start_new_session=True))
+        """Start every node, and the watcher; wait for their RPC (a KeyboardInterrupt from the
+        watcher ends the wait if a node dies meanwhile)."""
+        for i, home in enumerate(self.homes):
+            with open(self.log_path(i), "a") as log:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "node.cli", "node", "run", "--home", str(home)],
+                    stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
+        threading.Thread(target=self._watch, name="devnet-watch", daemon=True).start()
         for url in self.urls:
             _wait_rpc(Client(url))
 
+    def _watch(self) -> None:
+        """Until stop(): a node that exits on its own is recorded and interrupts the main thread
+        (which may be waiting on anything: an RPC, a CLI command, a sleep)."""
+        while True:
+            time.sleep(WATCH_S)
+            with self._lock:
+                if self._stopping:
+                    return
+                if self._record_exit():
+                    self._stopping = True
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                    return
+
+    def _record_exit(self) -> bool:
+        for i, p in enumerate(self.procs):
+            if p.poll() is not None and self.failure is None:
+                self.failure = NodeExited(f"node{i} exited on its own with exit code {p.returncode}; "
+                                          f"{_log_tail(self.log_path(i))}")
+        return self.failure is not None
+
     def stop(self) -> list[int]:
+        """SIGTERM every node still running and wait for all; a node that had already exited
+        by itself is recorded in `failure` first."""
+        with self._lock:
+            if not self._stopping:
+                self._record_exit()
+            self._stopping = True
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         codes = []
         for p in self.procs:
             try:
-                codes.append(p.wait(20))
+                codes.append(p.wait(STOP_TIMEOUT_S))
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes.append(p.wait())
         self.procs.clear()
         return codes
+
+    def stop_despite_interrupts(self) -> list[int]:
+        """stop(), carried on through a Ctrl-C or the watcher's interrupt arriving meanwhile."""
+        while True:
+            try:
+                return self.stop()
+            except KeyboardInterrupt:
+                continue
+
+
+def _log_tail(path: Path) -> str:
+    """What a node's log says last: its last error line (if one is near the end) and its last line."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    if not lines:
+        return "(empty log)"
+    errors = [ln for ln in lines if len(ln.split(" ", 3)) > 2 and ln.split(" ", 3)[2] in ("ERROR", "CRITICAL")]
+    if errors and errors[-1] != lines[-1]:
+        return f"last error: {errors[-1]}; last log line: {lines[-1]}"
+    return f"last log line: {lines[-1]}"
 
 
 def _wait_rpc(client: Client, timeout: float = 30) -> None:
@@ -125,31 +193,45 @@ def follow_blocks(client: Client, until: float | None = None, start: int = 1) ->
 
 
 def run_devnet(home: str | None, validators: int, demo: bool) -> int:
+    """Run the devnet until Ctrl-C/SIGTERM (0 when every node stopped cleanly), or until a
+    node exits by itself (raises NodeExited, after stopping the others)."""
     base = Path(home) if home else Path(tempfile.mkdtemp(prefix="stepchain-devnet-"))
     net = Devnet(base, validators)
     if demo:  # faster blocks, so the demo's job moves through its windows quickly
         net.init(block_interval_ms=500, idle_interval_ms=1000)
     else:
         net.init()
+    error: Exception | None = None
     with _sigterm_as_interrupt():
-        net.start()
         try:
-            for h, url in zip(net.homes, net.urls):
-                cfg = Home(h).config()
-                key = Home(h).node_key()
-                print(f"{cfg.moniker}: rpc {url}  p2p {peer_string(key, cfg.p2p_listen)}  home {h}", flush=True)
-            if demo:
-                from .demo import run_demo
-                run_demo(net)
-            else:
-                print("following blocks; Ctrl-C stops every node", flush=True)
-                follow_blocks(Client(net.urls[0]))
+            _session(net, demo)
         except KeyboardInterrupt:
-            print("\nstopping…", flush=True)
+            if net.failure is None:
+                print("\nstopping…", flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported below, unless a dead node explains it
+            error = exc
         finally:
-            codes = net.stop()
+            codes = net.stop_despite_interrupts()
     print(f"all {len(codes)} node(s) stopped (exit codes {codes})", flush=True)
+    if net.failure is not None:
+        raise net.failure
+    if error is not None:
+        raise error
     return 0 if all(c == 0 for c in codes) else 1
 
 
-__all__ = ["Devnet", "run_devnet", "follow_blocks", "format_address"]
+def _session(net: Devnet, demo: bool) -> None:
+    net.start()
+    for h, url in zip(net.homes, net.urls):
+        cfg = Home(h).config()
+        key = Home(h).node_key()
+        print(f"{cfg.moniker}: rpc {url}  p2p {peer_string(key, cfg.p2p_listen)}  home {h}", flush=True)
+    if demo:
+        from .demo import run_demo
+        run_demo(net)
+    else:
+        print("following blocks; Ctrl-C stops every node", flush=True)
+        follow_blocks(Client(net.urls[0]))
+
+
+__all__ = ["Devnet", "NodeExited", "run_devnet", "follow_blocks", "format_address"]

@@ -34,6 +34,17 @@ class _Restart:
     """Internal event: re-read the chain height and start consensus there."""
 
 
+class _Failed:
+    """Internal event: a task the engine spawned died; the engine dies with it, loudly."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class EngineCrash(RuntimeError):
+    """Test networks only (misbehave = "crash-engine"): the engine dies on purpose."""
+
+
 class Engine:
     def __init__(self, chain: Chain, key: PrivateKey | None, *, block_interval: float = 1.0,
                  idle_interval: float = 3.0, broadcast: Callable[[str, object], Awaitable[None]] | None = None,
@@ -145,6 +156,8 @@ class Engine:
         self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators(), self._resume_round()))
         while True:
             event = await self.events.get()
+            if isinstance(event, _Failed):
+                raise event.exc
             if isinstance(event, _Restart):
                 if self.machine.height != self.chain.height + 1:
                     self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators()))
@@ -174,7 +187,21 @@ class Engine:
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task) -> None:
+        """A proposal or broadcast that raised would otherwise vanish and leave the node stalled."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.submit(_Failed(task.exception()))
+
+    async def stop(self) -> None:
+        """Cancel timers and everything the engine spawned, and wait for it to end."""
+        self._cancel_timers()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _send(self, kind: str, msg: object) -> None:
         if self.broadcast is not None:
@@ -274,6 +301,8 @@ class Engine:
         self.chain.commit_block(a.block, a.commit)
         self._cancel_timers()
         self.after_commit(a.block, a.commit.round)
+        if self.misbehave == "crash-engine" and a.block.height >= 2:
+            raise EngineCrash(f"misbehaving on purpose: the engine crashes after committing block {a.block.height}")
         self._feed(bft.NewHeight(self.chain.height + 1, self.chain.validators()))
 
     def after_commit(self, block: Block, round_: int = 0) -> None:

@@ -31,7 +31,10 @@ class Config:
     idle_interval_ms: int = 3000
     max_body_bytes: int = 8 * 1024 * 1024
     max_frame_bytes: int = 4 * 1024 * 1024
-    misbehave: str = ""  # test networks only: "double-prevote" makes this validator equivocate
+    # Test networks only: "double-prevote" makes this validator equivocate; "crash-engine" kills
+    # its consensus engine after block 2; "busy-referee" keeps a referee thread in torch;
+    # "hang-on-stop" makes the shutdown wait forever, so that the hard deadline ends it.
+    misbehave: str = ""
 
     def to_toml(self) -> str:
         lines = ["# stepchain node configuration"]

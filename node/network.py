@@ -83,13 +83,21 @@ class Network:
         self.blobs = BlobStore(blob_dir, chain.genesis.params["max_blob_bytes"])
         self._fetches: dict[bytes, _Fetch] = {}
         self._tx_budgets: dict[bytes, TokenBucket] = {}
+        self.loops: dict[asyncio.Task, str] = {}  # the node stops if one of these ends
 
     async def start(self) -> None:
         await self.gossip.start()
-        self.gossip._spawn(self._flush_txs())
-        self.gossip._spawn(self._sync_loop())
+        self.loops = {self.gossip._spawn(self._flush_txs()): "tx flusher",
+                      self.gossip._spawn(self._sync_loop()): "block sync"}
+
+    def end_fetches(self) -> None:
+        """Shutting down: every blob fetch still waiting on peers ends now, empty-handed."""
+        for fetch in self._fetches.values():
+            if not fetch.done.done():
+                fetch.done.set_result(None)
 
     async def stop(self) -> None:
+        self.end_fetches()
         await self.gossip.stop()
 
     # -- outgoing -------------------------------------------------------------------------

@@ -1,54 +1,88 @@
 """JSON RPC over HTTP (aiohttp), bound to 127.0.0.1 by default.
 
-Every error is a JSON object ``{"error": "..."}`` with a 4xx status that names the problem;
-a bug in a handler becomes a 500 with a generic message and a log line, never a traceback
-sent to the client. Request bodies are capped by ``client_max_size``.
+Every error is a JSON object ``{"error": "..."}`` with a 4xx status that names the problem,
+including requests aiohttp itself refuses (see rpc_http.py); a bug in a handler becomes a
+500 with a generic message and a log line, never a traceback sent to the client. A client
+that goes away mid-request is one log line. Request bodies are capped by ``client_max_size``.
+
+Chain values in JSON (``jsonable``): bytes are hex (20-byte values as sc1 addresses), maps
+with bytes keys have hex keys, and integers are exact JSON numbers: the codec bounds them to
+[-2**63, 2**64), past JavaScript's 2**53, so a JavaScript client must parse big integers
+(as Python's json does). Every committed block and tx renders: a body nested deeper than
+MAX_JSON_DEPTH shows a placeholder there, and its tx's JSON carries the tx's canonical
+bytes as ``wire``, so nothing is lost.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
-from consensus import codec
 from consensus.crypto import format_address, parse_address
 from consensus.genesis import ROLES
 from consensus.jobs import K_ACTIVE_JOBS, k_escrow, k_job
 from p2p.blobs import BlobError
 from consensus.ledger import get_account, get_params, get_stake
 from consensus.staking import jail_status, unbonding_entries
-from consensus.types import Block, DecodeError, Tx
+from consensus.types import Block, Tx
 
 from .mempool import MempoolError
+from .lifecycle import where
+from .rpc_http import client_error, one_line
 
 if TYPE_CHECKING:
     from .daemon import Node
 
 log = logging.getLogger("stepchain.rpc")
 MAX_BATCH = 5_000
+WS_CLOSE_S = 0.5
+MAX_JSON_DEPTH = 64
+TOO_DEEP = f"<nested deeper than {MAX_JSON_DEPTH} levels: decode the tx's wire bytes>"
 
 
 class BadRequest(ValueError):
     pass
 
 
-def jsonable(value):
-    """Render chain values for JSON: 20-byte values as addresses, other bytes as hex."""
+def jsonable(value, depth: int = 0):
+    """Render chain values for JSON: 20-byte values as addresses, other bytes as hex, bytes map
+    keys as hex; containers deeper than MAX_JSON_DEPTH become the TOO_DEEP placeholder."""
     if isinstance(value, bytes):
         return format_address(value) if len(value) == 20 else value.hex()
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_JSON_DEPTH:
+        return TOO_DEEP
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else k.hex(): jsonable(v) for k, v in value.items()}
+        return {k if isinstance(k, str) else k.hex(): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, depth + 1) for v in value]
     return value
+
+
+def deeper_than(value, limit: int) -> bool:
+    """Whether containers nest more than `limit` levels (iterative: no recursion on client data)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def tx_json(tx: Tx) -> dict:
     from consensus.crypto import address_of
-    return {"hash": tx.hash.hex(), "kind": tx.kind, "sender": format_address(address_of(tx.sender)),
-            "nonce": tx.nonce, "fee": tx.fee, "body": jsonable(tx.body)}
+    out = {"hash": tx.hash.hex(), "kind": tx.kind, "sender": format_address(address_of(tx.sender)),
+           "nonce": tx.nonce, "fee": tx.fee, "body": jsonable(tx.body)}
+    if deeper_than(tx.body, MAX_JSON_DEPTH):
+        out["wire"] = tx.wire.hex()
+    return out
 
 
 def block_json(block: Block) -> dict:
@@ -74,9 +108,22 @@ async def errors_as_json(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status == 413:
             return _error(413, f"request body too large (limit {request.app['max_body']} bytes)")
-        return _error(exc.status, exc.reason)
-    except Exception:  # a bug: log it here, tell the client nothing internal
-        log.exception("RPC handler failed for %s", request.path)
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
+        return _error(exc.status, f"{exc.reason}: {one_line(detail)}" if detail else exc.reason)
+    except (HttpProcessingError, RequestPayloadError) as exc:  # the body broke HTTP framing (chunks, encoding)
+        cause = exc.__cause__ if isinstance(exc, RequestPayloadError) else exc
+        status, text = client_error(cause) if isinstance(cause, HttpProcessingError) else (400, "bad request body")
+        log.info("rejected a malformed HTTP request from %s: %s", request.remote, text)
+        resp = _error(status, text)
+        resp.force_close()  # the rest of the stream cannot be framed
+        return resp
+    except ConnectionError as exc:  # the client went away mid-request: nobody to answer
+        log.info("client %s went away during %s %s: %s", request.remote, request.method, request.path,
+                 type(exc).__name__)
+        return _error(400, "connection lost")
+    except Exception as exc:  # a bug: one log line here, tell the client nothing internal
+        log.error("RPC handler failed for %s %s: %s: %s (at %s)", request.method, request.path,
+                  type(exc).__name__, one_line(str(exc)), where(exc))
         return _error(500, "internal error")
 
 
@@ -98,8 +145,9 @@ def _parse_hex(text: str, what: str, size: int | None = None) -> bytes:
 
 
 async def _json_body(request: web.Request) -> dict:
+    raw = await request.read()  # JSON is UTF-8 (RFC 8259): a Content-Type charset does not change that
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, a huge int, deep nesting
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -110,9 +158,10 @@ async def _json_body(request: web.Request) -> dict:
 def _decode_tx(hex_text) -> Tx:
     if not isinstance(hex_text, str):
         raise BadRequest("tx must be a hex string")
+    raw = _parse_hex(hex_text, "tx")
     try:
-        return Tx.decode(_parse_hex(hex_text, "tx"))
-    except (codec.CodecError, DecodeError) as exc:
+        return Tx.decode(raw)
+    except ValueError as exc:  # CodecError, DecodeError, and msgpack's own for a value nested past its limit
         raise BadRequest(f"malformed tx: {exc}") from None
     except TypeError:  # codec.decode lets msgpack's "unhashable type" through for a list/map used as a map key
         raise BadRequest("malformed tx: malformed msgpack: a map key must be a string or bytes") from None
@@ -122,6 +171,7 @@ class Rpc:
     def __init__(self, node: "Node"):
         self.node = node
         self.sockets: set[web.WebSocketResponse] = set()
+        self._sends: set[asyncio.Task] = set()
 
     def app(self, max_body: int) -> web.Application:
         app = web.Application(client_max_size=max_body, middlewares=[errors_as_json])
@@ -144,7 +194,15 @@ class Rpc:
             web.post("/admin/isolate", self.isolate),
             web.get("/ws", self.websocket),
         ])
+        app.on_shutdown.append(self._on_shutdown)
         return app
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        """Before in-flight requests are drained: answer blob fetches now, close websockets."""
+        self.node.network.end_fetches()
+        sockets = [ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down") for ws in self.sockets]
+        if sockets:
+            await asyncio.wait([asyncio.ensure_future(c) for c in sockets], timeout=WS_CLOSE_S)
 
     @property
     def chain(self):
@@ -251,6 +309,8 @@ class Rpc:
     async def get_blob(self, request: web.Request) -> web.Response:
         digest = _parse_hex(request.match_info["hash"], "blob hash", 32)
         data = await self.node.network.fetch_blob(digest)
+        if data is None and self.node.stopping:
+            return _error(503, "node is shutting down")
         if data is None:
             return _error(404, "blob not found on this node or its peers")
         return web.Response(body=data, content_type="application/octet-stream")
@@ -312,4 +372,13 @@ class Rpc:
         event = {"type": "block", "height": block.height, "hash": block.hash.hex(), "num_txs": len(block.txs),
                  "app_hash": block.header.app_hash.hex()}
         for ws in list(self.sockets):
-            asyncio.get_running_loop().create_task(ws.send_json(event))
+            task = asyncio.get_running_loop().create_task(self._send(ws, event))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _send(self, ws: web.WebSocketResponse, event: dict) -> None:
+        """A subscriber that went away between two blocks is dropped, not a traceback."""
+        try:
+            await ws.send_json(event)
+        except (ConnectionError, RuntimeError):
+            self.sockets.discard(ws)

@@ -106,6 +106,7 @@ class Gossip:
         self.isolated_until = 0.0
         self.server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._handshakes: dict[asyncio.Task, asyncio.StreamWriter] = {}  # inbound, not yet peers
         for s in seeds:
             ident, addr = parse_peer(s)
             self.known[ident] = addr
@@ -123,9 +124,12 @@ class Gossip:
             self.server.close()
         for peer in list(self.peers.values()):
             self._drop(peer, "shutting down")
+            peer.session.writer.transport.abort()  # a peer that stopped reading holds unsent data: drop it
+        for writer in self._handshakes.values():
+            writer.transport.abort()
         for t in list(self._tasks):
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._handshakes, return_exceptions=True)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -148,7 +152,12 @@ class Gossip:
         if time.monotonic() < self.isolated_until or len(self.peers) >= self.max_peers:
             writer.close()
             return
-        await self._establish(reader, writer, initiator=False, expect=None)
+        task = asyncio.current_task()
+        self._handshakes[task] = writer  # stop() closes it and waits (cancelling asyncio's task logs a traceback)
+        try:
+            await self._establish(reader, writer, initiator=False, expect=None)
+        finally:
+            self._handshakes.pop(task, None)
 
     async def _dial(self, ident: bytes, addr: str) -> None:
         host, _, port = addr.rpartition(":")

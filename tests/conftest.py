@@ -1,6 +1,24 @@
 import pytest
 
-from tests.nodes import NodeProcess
+from tests.nodes import NodeProcess, kill_started, started_mark
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_process_left_after_the_session():
+    """Backstop for processes started by module-scoped fixtures (which stop their own)."""
+    yield
+    kill_started()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """Whatever a test (or its function-scoped fixtures) started through tests/nodes.py and
+    did not stop dies when the test ends, passed or failed. Set up after the wider-scoped
+    fixtures, so a module's shared network is not counted; torn down after the test's other
+    function-scoped fixtures, which stop their nodes first."""
+    mark = started_mark()
+    yield
+    kill_started(mark)
 
 
 @pytest.fixture

@@ -2,9 +2,15 @@
 
 In the spirit of Bitcoin Core's functional tests: every test that needs a node uses this,
 never its own copy of process handling.
+
+Every process started here is registered (``spawn``) in its own process group, and
+``kill_started`` kills every one still running, with whatever it started: tests/conftest.py
+calls it after each test, and it runs at exit for benchmarks and scripts, so a failing test
+or a crashed benchmark never leaves a node behind.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -21,6 +27,84 @@ from node.client import Client, RpcError
 PASSWORD = "test-password"
 STEPCHAIN = [sys.executable, "-m", "node.cli"]
 REPO = Path(__file__).resolve().parent.parent
+
+
+_STARTED: list[subprocess.Popen] = []  # every process spawn() started, until kill_started() reaps it
+_ROOTS: dict[str, int] = {}  # directory -> its registration mark: its processes die with the test (a devnet's nodes)
+
+
+def spawn(argv: list[str], log_path: Path, extra_env: dict | None = None,
+          owns: Path | None = None) -> subprocess.Popen:
+    """Start a child in its own process group, output appended to log_path, and register it.
+    `owns`: a directory; any process whose command line names it is killed with the child."""
+    if owns is not None:
+        _ROOTS.setdefault(str(Path(owns).resolve()), len(_STARTED))
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(env(), **(extra_env or {})),
+                                cwd=REPO, start_new_session=True)
+    _STARTED.append(proc)
+    return proc
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process we started and its process group (whatever it started), then reap it."""
+    if proc.poll() is None:  # not reaped yet, so its pid (the group's id) cannot have been reused
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        print(f"process {proc.pid} did not die after SIGKILL", file=sys.stderr)
+
+
+def _pids_naming(roots) -> list[int]:
+    """Our user's processes whose command line names one of `roots` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(root in cmdline for root in roots):
+            found.append(int(entry.name))
+    return found
+
+
+def started_mark() -> int:
+    """A mark for kill_started: processes registered from now on."""
+    return len(_STARTED)
+
+
+def kill_started(since: int = 0) -> list[int]:
+    """Kill every process registered since the mark that is still running (all by default),
+    and every process whose command line names a directory registered since then; the pids
+    that were still running."""
+    alive = []
+    while len(_STARTED) > since:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            alive.append(proc.pid)
+        kill_group(proc)
+    roots = {root for root, mark in _ROOTS.items() if mark >= since}
+    if roots:
+        for pid in _pids_naming(roots):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        for root in roots:
+            del _ROOTS[root]
+    return alive
+
+
+atexit.register(kill_started)
 
 
 def free_port() -> int:
@@ -51,6 +135,7 @@ class NodeProcess:
         self.home = Path(home)
         self.rpc_port = rpc_port
         self.proc: subprocess.Popen | None = None
+        self.stop_seconds: float | None = None
         self.log_path = self.home.parent / f"{self.home.name}.log"
 
     @classmethod
@@ -86,10 +171,7 @@ class NodeProcess:
             return exc.code, exc.read()
 
     def start(self, wait: bool = True) -> "NodeProcess":
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([*STEPCHAIN, "node", "run", "--home", str(self.home)], stdout=log,
-                                     stderr=subprocess.STDOUT, env=env(), cwd=REPO)
-        log.close()
+        self.proc = spawn([*STEPCHAIN, "node", "run", "--home", str(self.home)], self.log_path)
         if wait:
             self.wait_rpc()
         return self
@@ -116,20 +198,39 @@ class NodeProcess:
                 raise AssertionError(f"height {height} not reached (at {status['height']}):\n{self.log()}")
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM and wait: a clean stop returns 0."""
+    def stop(self, timeout: float = 20, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM (or `sig`) and wait: a clean stop returns 0. The seconds from the signal to
+        the exit are kept in `stop_seconds`. A node still running after `timeout` is killed
+        and the test fails."""
         if self.proc is None:
             return 0
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc)
+            self.proc = None
+            raise AssertionError(f"node did not stop within {timeout} s of signal {sig}:\n{self.log()}") from None
+        self.stop_seconds = time.monotonic() - started
         self.proc = None
+        return code
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        """Wait for a node that should exit by itself; kill it (and fail) if it does not."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc)
+            raise AssertionError(f"node still running after {timeout} s:\n{self.log()}") from None
+        finally:
+            self.proc = None
         return code
 
     def kill(self) -> None:
         """SIGKILL: a crash, no chance to clean up."""
         if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
+            kill_group(self.proc)
             self.proc = None
 
     def cli(self, *args: str, check: bool = True, json_out: bool = True, **kw):
@@ -178,6 +279,18 @@ def p2p_id(node: NodeProcess) -> str:
     return peer_string(home.node_key(), home.config().p2p_listen)
 
 
+def stop_all(nodes: list[NodeProcess], timeout: float = 20) -> list[int | None]:
+    """Stop every node that is running, whatever happens to the others (a node that does not
+    stop is killed by stop()); the exit codes, None for a node that had to be killed."""
+    codes: list[int | None] = []
+    for n in nodes:
+        try:
+            codes.append(n.stop(timeout))
+        except AssertionError:
+            codes.append(None)
+    return codes
+
+
 def wait_all(nodes: list[NodeProcess], height: int, timeout: float = 60) -> None:
     for n in nodes:
         n.wait_height(height, timeout)
@@ -203,12 +316,8 @@ def set_genesis_params(nodes: list[NodeProcess], **params) -> None:
 
 def start_worker(node: NodeProcess, role: str, key: str, *extra: str, url: str | None = None) -> subprocess.Popen:
     """`stepchain solver|verifier run --key KEY` against a node, logging beside its home."""
-    log = open(node.home.parent / f"{role}-{key}.log", "a")
-    proc = subprocess.Popen([*STEPCHAIN, role, "run", "--key", key, "--home", str(node.home),
-                             "--rpc", url or node.url, *extra], stdout=log, stderr=subprocess.STDOUT,
-                            env=env(), cwd=REPO)
-    log.close()
-    return proc
+    return spawn([*STEPCHAIN, role, "run", "--key", key, "--home", str(node.home), "--rpc", url or node.url,
+                  *extra], node.home.parent / f"{role}-{key}.log")
 
 
 def new_funded_key(node: NodeProcess, name: str, amount: int) -> str:

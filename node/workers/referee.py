@@ -1,18 +1,21 @@
 """A validator's referee duty: recompute a disputed interval and vote on chain.
 
 Runs inside the validator's node. torch is imported only when there is a dispute, and the
-recomputation runs in a worker thread so consensus keeps its timers. The vote is an
-ordinary tx signed with the node key, admitted to our own mempool and gossiped.
+recomputation runs in a daemon worker thread so consensus keeps its timers and a node told
+to stop does not wait for it. The vote is an ordinary tx signed with the node key, admitted
+to our own mempool and gossiped.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from consensus.jobs import K_ACTIVE_JOBS, get_job
 from consensus.ledger import get_account
 
 from ..client import make_tx
+from ..lifecycle import in_daemon_thread
 from ..rpc import jsonable
 from .common import check_interval, check_start, fetch_checked, manifest_ok
 
@@ -63,13 +66,25 @@ class Referee:
             return future.result()
 
         try:
-            fault, why = await asyncio.to_thread(judge, job, index, fetch)
+            fault, why = await in_daemon_thread(judge, job, index, fetch)
         except Exception:
             log.exception("could not judge the dispute on job %s shard %d", job["id"][:8], index)
             self.judging.discard(key)
             return
         log.info("dispute on job %s shard %d: %s (%s)", job["id"][:8], index, "FAULT" if fault else "no fault", why)
         self._vote(job, index, fault)
+
+    def keep_busy(self, seconds: float = 600.0) -> None:
+        """Test networks only (misbehave = "busy-referee"): a referee thread in torch for a long
+        time, as during a big recomputation, to show that it does not hold up a stop."""
+        def spin() -> None:
+            import torch
+            a = torch.randn(256, 256)
+            log.warning("misbehaving on purpose: a referee thread is busy in torch for %.0f s", seconds)
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                a = torch.tanh(a @ a / 256)
+        self._busy = asyncio.get_running_loop().create_task(in_daemon_thread(spin))
 
     def _vote(self, job: dict, index: int, fault: bool) -> None:
         chain, key = self.node.chain, self.node.key

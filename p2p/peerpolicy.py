@@ -65,7 +65,7 @@ class Accept:
 
 @dataclass(frozen=True)
 class Admit:
-    """The peer gets a slot; drop the peers in `evict` to make room."""
+    """The peer gets a slot; close the peers in `evict` (the policy has already let them go)."""
     evict: tuple[bytes, ...] = ()
 
 
@@ -188,6 +188,8 @@ class PeerPolicy:
                 evict = (victim,)
             elif not protected:
                 return Refuse(f"{'outbound' if outbound else 'inbound'} slots full")
+        for victim in evict:  # gone as of this decision, whenever the shell closes its socket
+            self.disconnected(victim)
         self.peers[peer_id] = PeerState(peer_id, ip, netgroup(ip), outbound, now)
         if protected:
             self._backoff.pop(peer_id, None)

@@ -275,7 +275,7 @@ class Rpc:
         g = self.node.network.gossip
         return web.json_response({"peers": [{"id": format_address(p.id), "listen": p.hello["listen"],
                                              "height": p.height, "score": p.score,
-                                             "direction": "in" if p.inbound else "out"} for p in g.peers.values()],
+                                             "direction": p.direction} for p in g.peers.values()],
                                   "banned": [format_address(b) for b in g.bans if g.banned(b)], **g.summary()})
 
     async def isolate(self, request: web.Request) -> web.Response:

@@ -56,7 +56,7 @@ class Peer:
     session: Session
     hello: dict
     ip: str = "?"
-    inbound: bool = True
+    direction: str = "in"  # "in": it dialed us; "out": we dialed it
     outbound: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(OUTBOUND_QUEUE))
     score: int = 0
     tokens: float = RATE_BURST
@@ -210,7 +210,7 @@ class Gossip:
             log.info("refused peer %s (%s): %s", format_address(session.peer_id)[:14], ip, decision.reason)
             self._spawn(self._refuse(session, decision.reason))
             return True
-        self._connected(Peer(session, hello, ip=ip, inbound=not initiator), decision)
+        self._connected(Peer(session, hello, ip=ip, direction="out" if initiator else "in"), decision)
         return True
 
     def _connected(self, peer: Peer, decision: Admit) -> None:
@@ -219,9 +219,9 @@ class Gossip:
                 self._drop(self.peers[victim], f"evicted for {peer.name}")
         self.peers[peer.id] = peer
         now = time.monotonic()
-        self.policy.on_hello(peer.id, peer.hello["listen"], peer.ip, not peer.inbound, now)
-        log.info("peer %s connected (%s, %s, height %d)", peer.name, "in" if peer.inbound else "out",
-                 peer.hello["listen"], peer.height)
+        self.policy.on_hello(peer.id, peer.hello["listen"], peer.ip, peer.direction == "out", now)
+        log.info("peer %s connected (%s, %s, height %d)", peer.name, peer.direction, peer.hello["listen"],
+                 peer.height)
         peer.tasks = [self._spawn(self._reader(peer)), self._spawn(self._writer(peer))]
         if self.policy.want_pex(peer.id, now):
             peer.send("pex_req", None)

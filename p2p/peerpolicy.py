@@ -17,10 +17,12 @@ Node keys cost nothing, so a slot must never be had just for asking. The rules, 
 * Unprotected inbound peers are limited per IP; inbound connections still in the handshake
   (half-open) are capped, overall and per IP, by closing the oldest one of the IP that has
   the most, so holding sockets open cannot lock anyone out.
+* Outbound dials prefer network groups we have no outbound peer in yet, and are paced.
 * Misbehaving keys are banned for a while; a banned key is refused and leaves the book.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,22 +30,28 @@ from typing import Callable
 from consensus.crypto import format_address
 
 from .addrbook import AddrBook, BookConfig
-from .netaddr import netgroup
+from .netaddr import addr_group, netgroup
 from .pex import PexConfig, PexGuard, Verdict
 
 
 @dataclass(frozen=True)
 class PeerLimits:
+    # Bitcoin Core keeps 8 full-relay outbound slots (and ~117 inbound); CometBFT 10 and 40. A
+    # Python node relays every vote to every peer, so fewer inbound; 8 outbound peers we picked
+    # ourselves are what makes eclipsing us expensive.
     max_outbound: int = 8
     max_inbound: int = 24
-    max_inbound_per_ip: int = 4
-    max_half_open: int = 16
+    max_inbound_per_ip: int = 4        # one host (or NAT) cannot take more than 1/6 of inbound
+    max_half_open: int = 16            # a handshake is a few ms; 16 covers any honest burst
     max_half_open_per_ip: int = 4
     max_dialing: int = 4               # book dials in flight at once
-    dial_interval: float = 0.5         # between two book dials
+    dial_interval: float = 0.5         # between two book dials: all 8 slots fill in ~4 s, and
+                                       # a poisoned book makes us dial at most 2 addresses a second
     persistent_backoff_base: float = 0.5
-    persistent_backoff_max: float = 8.0
+    persistent_backoff_max: float = 8.0  # a restarted validator is found again within seconds
     ban_seconds: float = 60.0
+    # eviction: how many inbound peers each merit spares (Bitcoin: 4 netgroup, 8 ping, 4 tx,
+    # 4 block, then half by age; scaled to 24 slots, so 5 or more candidates remain when full)
     protect_netgroups: int = 4
     protect_ping: int = 4
     protect_blocks: int = 2
@@ -230,7 +238,10 @@ class PeerPolicy:
     def _spare_netgroups(self, cands: list[PeerState], count: int) -> list[PeerState]:
         """Set aside the longest-connected peer of `count` distinct groups, the groups chosen by a
         keyed hash so an attacker cannot know which group of its own would be spared."""
-        groups = sorted({p.group for p in cands}, key=lambda g: self.book._hash("evict-group", g))[:count]
+        def keyed(group: str) -> bytes:
+            return hashlib.sha256(self.secret + b"evict-group" + group.encode()).digest()
+
+        groups = sorted({p.group for p in cands}, key=keyed)[:count]
         spared = {min((p for p in cands if p.group == g), key=lambda p: (p.connected_at, p.peer_id)).peer_id
                   for g in groups}
         return [p for p in cands if p.peer_id not in spared]
@@ -291,13 +302,22 @@ class PeerPolicy:
         outbound = sum(p.outbound for p in self.peers.values()) + busy
         if (outbound < self.limits.max_outbound and busy < self.limits.max_dialing
                 and now >= self._next_book_dial):
-            entry = self.book.select(now, lambda peer_id: self._dialable(peer_id, now))
+            entry = self._pick_from_book(now)
             if entry is not None:
                 self.book.attempt(entry.peer_id, now)
                 self.dialing[entry.peer_id] = False
                 self._next_book_dial = now + self.limits.dial_interval
                 dials.append(Dial(entry.peer_id, entry.addr))
         return dials
+
+    def _pick_from_book(self, now: float):
+        """Preferably an address in a network group we have no outbound peer in yet (so one
+        cheap range cannot hold all our outbound slots); any dialable one otherwise."""
+        used = {p.group for p in self.peers.values() if p.outbound}
+        used |= {addr_group(self.book.entries[p].addr) for p in self.dialing if p in self.book.entries}
+        fresh = self.book.select(now, lambda peer_id: self._dialable(peer_id, now)
+                                 and addr_group(self.book.entries[peer_id].addr) not in used)
+        return fresh or self.book.select(now, lambda peer_id: self._dialable(peer_id, now))
 
     def _priority_dials(self, now: float):
         for peer_id, addr in self.persistent.items():

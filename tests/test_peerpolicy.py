@@ -287,6 +287,18 @@ def test_book_dials_fill_free_outbound_slots_paced_and_a_few_at_a_time():
     assert pol.plan_dials(10.0) == []
 
 
+def test_book_dials_prefer_network_groups_we_have_no_outbound_peer_in():
+    pol = make(limits=PeerLimits(max_outbound=8, max_dialing=8, dial_interval=0.0))
+    for i in range(60):  # a poisoned book: 60 addresses in one /16, and 3 elsewhere
+        pol.book.add(pid(100 + i), f"66.6.{i}.1:1", f"v4:1.{i}", 0.0)
+    for i in range(3):
+        pol.book.add(pid(300 + i), f"10.{i}.0.1:1", f"v4:2.{i}", 0.0)
+    picked = [pol.plan_dials(float(t))[0] for t in range(4)]
+    groups = [netgroup(d.addr.rpartition(":")[0]) for d in picked]
+    assert sorted(groups) == ["v4:10.0", "v4:10.1", "v4:10.2", "v4:66.6"]
+    assert len(pol.plan_dials(5.0)) == 1  # and with every group used, any address will do
+
+
 def test_known_validators_are_dialed_without_waiting_for_a_free_slot():
     pol = make(validators={pid(42)})
     for i in range(3):

@@ -54,11 +54,11 @@ class Network:
         self.listen = listen
         self.gossip = Gossip(key, self, listen, seeds, frame_limit)
         self.planner = SyncPlanner()
+        self._validators: tuple[int, frozenset] = (-1, frozenset())  # (at height, addresses)
         self._tx_buffer: list = []
         self._wake_sync = asyncio.Event()
         self.blobs = BlobStore(blob_dir, chain.genesis.params["max_blob_bytes"])
         self._fetches: dict[bytes, _Fetch] = {}
-        self._validators: tuple[int, frozenset] = (-1, frozenset())
 
     async def start(self) -> None:
         await self.gossip.start()

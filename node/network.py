@@ -78,6 +78,7 @@ class Network:
         self.listen = listen
         self.gossip = Gossip(key, self, listen, seeds, frame_limit)
         self.planner = SyncPlanner()
+        self._validators: tuple[int, frozenset] = (-1, frozenset())  # (at height, addresses)
         self._tx_buffer: list = []
         self._wake_sync = asyncio.Event()
         self.blobs = BlobStore(blob_dir, chain.genesis.params["max_blob_bytes"])
@@ -129,6 +130,12 @@ class Network:
         elif peer.height == self.chain.height:
             self.engine.regossip()
 
+    def is_validator(self, peer_id: bytes) -> bool:
+        """Node key = validator key: such a peer always gets a connection slot."""
+        if self._validators[0] != self.chain.height:
+            self._validators = (self.chain.height, frozenset(v.address for v in self.chain.validators()))
+        return peer_id in self._validators[1]
+
     async def handle(self, peer: Peer, kind: str, payload) -> bool:
         handler = getattr(self, f"_on_{kind}", None)
         if handler is None:
@@ -158,6 +165,7 @@ class Network:
                 pass  # valid but untimely (races between honest peers are normal)
         if accepted:
             self.engine.tx_arrived.set()
+            self.gossip.credit(peer, "txs")
             self.gossip.relay("txs", accepted, exclude=peer.id)
         if invalid:
             raise Misbehaviour(min(INVALID_TX * invalid, 100), f"{invalid} invalid txs (last: {why})")
@@ -221,6 +229,7 @@ class Network:
             raise Misbehaviour(MALFORMED, f"invalid synced block: {exc}") from None
         self.planner.done(peer.id, True, time.monotonic())
         if applied:
+            self.gossip.credit(peer, "blocks")
             log.info("synced %d blocks from %s, now at height %d", applied, peer.name, self.chain.height)
             self.engine.restart_height()
             self.gossip.send_status(self.chain.height)

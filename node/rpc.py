@@ -334,8 +334,9 @@ class Rpc:
     async def peers(self, request: web.Request) -> web.Response:
         g = self.node.network.gossip
         return web.json_response({"peers": [{"id": format_address(p.id), "listen": p.hello["listen"],
-                                             "height": p.height, "score": p.score} for p in g.peers.values()],
-                                  "banned": [format_address(b) for b in g.bans if g.banned(b)]})
+                                             "height": p.height, "score": p.score,
+                                             "direction": p.direction} for p in g.peers.values()],
+                                  "banned": [format_address(b) for b in g.bans if g.banned(b)], **g.summary()})
 
     async def isolate(self, request: web.Request) -> web.Response:
         """Operator tool (RPC is local-only): drop all peers and refuse them for N seconds."""

@@ -1,22 +1,30 @@
 """Peers and flooding: connect, exchange hellos, dedup, relay, rate-limit, score and ban.
 
-This layer knows nothing of chain rules. The node hands it an ``App`` that builds hellos and
-judges messages; a message the app accepts is relayed to every other peer (never back to
-its sender), and a message the app blames raises ``Misbehaviour``, which adds to the peer's
-score until the peer's key is banned for a while.
+This layer knows nothing of chain rules. The node hands it an ``App`` that builds hellos,
+judges messages and says which keys are validators; a message the app accepts is relayed to
+every other peer (never back to its sender), and a message the app blames raises
+``Misbehaviour``, which adds to the peer's score until the peer's key is banned for a while.
+
+Who gets a connection slot, who is evicted, whom to dial and what peer exchange may add to
+the address book is decided in peerpolicy.py / addrbook.py / pex.py (sans-I/O); the
+``Gossip`` class is the socket shell that reports events to that policy and carries out
+its answers.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from consensus import codec
-from consensus.crypto import PrivateKey, format_address, parse_address, sha256
+from consensus.crypto import PrivateKey, format_address, sha256
 
+from .netaddr import parse_peer, split_addr
+from .peerpolicy import Admit, PeerLimits, PeerPolicy, Refuse
 from .transport import DEFAULT_FRAME_LIMIT, Session, TransportError, exchange_hello, handshake
 
 log = logging.getLogger("stepchain.p2p")
@@ -24,11 +32,10 @@ log = logging.getLogger("stepchain.p2p")
 FLOODED = {"txs", "proposal", "vote", "evidence"}
 SEEN_TTL = 120.0
 BAN_SCORE = 100
-BAN_SECONDS = 60.0
 RATE_PER_S = 400.0
 RATE_BURST = 2000.0
 OUTBOUND_QUEUE = 2000
-MAX_PEX = 32
+PING_INTERVAL = 10.0
 
 
 class Misbehaviour(Exception):
@@ -41,25 +48,21 @@ class App(Protocol):
     def hello(self) -> dict: ...
     async def handle(self, peer: "Peer", kind: str, payload) -> bool: ...
     def on_peer(self, peer: "Peer") -> None: ...
-
-
-def parse_peer(text: str) -> tuple[bytes, str]:
-    """`ID@HOST:PORT` (ID is the node's sc1 address) → (id, "HOST:PORT")."""
-    ident, sep, addr = text.strip().partition("@")
-    if not sep or ":" not in addr:
-        raise ValueError(f"bad peer {text!r}: expected ID@HOST:PORT")
-    return parse_address(ident), addr
+    def is_validator(self, peer_id: bytes) -> bool: ...
 
 
 @dataclass
 class Peer:
     session: Session
     hello: dict
+    ip: str = "?"
+    direction: str = "in"  # "in": it dialed us; "out": we dialed it
     outbound: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(OUTBOUND_QUEUE))
     score: int = 0
     tokens: float = RATE_BURST
     refill_at: float = field(default_factory=time.monotonic)
     tasks: list = field(default_factory=list)
+    ping: tuple[int, float] | None = None  # (nonce, sent at) of the ping awaiting its pong
 
     @property
     def id(self) -> bytes:
@@ -92,24 +95,25 @@ class Peer:
 
 class Gossip:
     def __init__(self, key: PrivateKey, app: App, listen: str, seeds: list[str],
-                 frame_limit: int = DEFAULT_FRAME_LIMIT, max_peers: int = 16):
+                 frame_limit: int = DEFAULT_FRAME_LIMIT, limits: PeerLimits = PeerLimits(),
+                 rng: random.Random | None = None):
         self.key = key
         self.app = app
         self.listen = listen
         self.frame_limit = frame_limit
-        self.max_peers = max_peers
         self.peers: dict[bytes, Peer] = {}
-        self.known: dict[bytes, str] = {}
-        self.backoff: dict[bytes, tuple[float, float]] = {}  # id -> (next try at, delay)
-        self.bans: dict[bytes, float] = {}
         self.seen: dict[bytes, float] = {}
-        self.isolated_until = 0.0
         self.server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._handshakes: dict[asyncio.Task, asyncio.StreamWriter] = {}  # inbound, not yet peers
-        for s in seeds:
-            ident, addr = parse_peer(s)
-            self.known[ident] = addr
+        self._half_open: dict[int, asyncio.StreamWriter] = {}
+        self._handshakes: set[asyncio.Task] = set()  # inbound, not yet peers: stop() waits for them
+        persistent = dict(parse_peer(s) for s in seeds)
+        self.policy = PeerPolicy(key.address, persistent, app.is_validator, os.urandom(32),
+                                 rng or random.Random(os.urandom(16)), limits)
+
+    @property
+    def bans(self) -> dict[bytes, float]:
+        return self.policy.bans
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -125,8 +129,7 @@ class Gossip:
         for peer in list(self.peers.values()):
             self._drop(peer, "shutting down")
             peer.session.writer.transport.abort()  # a peer that stopped reading holds unsent data: drop it
-        for writer in self._handshakes.values():
-            writer.transport.abort()
+        self._close_half_open()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._handshakes, return_exceptions=True)
@@ -139,62 +142,114 @@ class Gossip:
 
     def isolate(self, seconds: float) -> None:
         """Drop every peer and refuse all connections for a while (an operator's partition)."""
-        self.isolated_until = time.monotonic() + seconds
+        self.policy.isolate(time.monotonic(), seconds)
         for peer in list(self.peers.values()):
             self._drop(peer, "isolated by operator")
+        self._close_half_open()
 
     def banned(self, ident: bytes) -> bool:
-        return self.bans.get(ident, 0) > time.monotonic()
+        return self.policy.banned(ident, time.monotonic())
+
+    def summary(self) -> dict:
+        """Slot and address-book counts for /peers."""
+        return self.policy.summary()
 
     # -- connections ----------------------------------------------------------------------
 
+    def _close_half_open(self) -> None:
+        for token, writer in list(self._half_open.items()):
+            self.policy.close_half_open(token)
+            writer.transport.abort()  # a handshake in progress has nothing worth flushing
+        self._half_open.clear()
+
     async def _inbound(self, reader, writer) -> None:
-        if time.monotonic() < self.isolated_until or len(self.peers) >= self.max_peers:
+        peername = writer.get_extra_info("peername")
+        ip = peername[0] if peername else "?"
+        decision = self.policy.open_inbound(ip, time.monotonic())
+        if isinstance(decision, Refuse):
             writer.close()
             return
+        for token in decision.evict:  # the policy already forgot them
+            old = self._half_open.pop(token, None)
+            if old is not None:
+                old.close()
+        self._half_open[decision.token] = writer
         task = asyncio.current_task()
-        self._handshakes[task] = writer  # stop() closes it and waits (cancelling asyncio's task logs a traceback)
+        self._handshakes.add(task)  # stop() closes it and waits (cancelling asyncio's task logs a traceback)
         try:
-            await self._establish(reader, writer, initiator=False, expect=None)
+            await self._establish(reader, writer, initiator=False, expect=None, ip=ip)
         finally:
-            self._handshakes.pop(task, None)
+            self._handshakes.discard(task)
+            self._half_open.pop(decision.token, None)
+            self.policy.close_half_open(decision.token)
 
     async def _dial(self, ident: bytes, addr: str) -> None:
-        host, _, port = addr.rpartition(":")
+        reachable, ip = False, None
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), limit=2**16), 5)
+            host, port = split_addr(addr)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=2**16), 5)
+            peername = writer.get_extra_info("peername")
+            ip = peername[0] if peername else host
+            reachable = await self._establish(reader, writer, initiator=True, expect=ident, ip=ip)
         except (OSError, asyncio.TimeoutError, ValueError):
-            return
-        await self._establish(reader, writer, initiator=True, expect=ident)
+            pass
+        finally:
+            self.policy.dial_done(ident, addr, reachable, ip, time.monotonic())
 
-    async def _establish(self, reader, writer, initiator: bool, expect: bytes | None) -> None:
+    async def _establish(self, reader, writer, initiator: bool, expect: bytes | None, ip: str) -> bool:
+        """Handshake, hello, then ask the policy for a slot. True when the handshake and hello
+        passed (the address is real and on our chain), whether or not the peer was kept."""
         try:
             session = await handshake(reader, writer, self.key, initiator, expect, self.frame_limit)
-            if (self.banned(session.peer_id) or session.peer_id in self.peers
-                    or time.monotonic() < self.isolated_until):
-                session.close()
-                return
+            if self.policy.precheck(session.peer_id, time.monotonic()) is not None:
+                session.close()  # banned, already connected, or isolated: not even a hello
+                return True
             hello = await exchange_hello(session, self.app.hello())
         except Exception as exc:  # whatever a stranger sends, close and carry on
-            peer = writer.get_extra_info("peername")
-            log.warning("p2p session with %s closed: %s", f"{peer[0]}:{peer[1]}" if peer else "?", exc)
+            if not writer.is_closing():  # (a half-open socket the policy closed is not news)
+                log.warning("p2p session with %s closed: %s", self._remote(writer), exc)
             writer.close()
-            return
-        if session.peer_id in self.peers or time.monotonic() < self.isolated_until:
-            session.close()  # both sides dialed at once (keep the first), or we were isolated meanwhile
-            return
-        peer = Peer(session, hello)
+            return False
+        decision = self.policy.admit(session.peer_id, ip, initiator, time.monotonic())
+        if isinstance(decision, Refuse):
+            log.info("refused peer %s (%s): %s", format_address(session.peer_id)[:14], ip, decision.reason)
+            self._spawn(self._refuse(session, decision.reason))
+            return True
+        self._connected(Peer(session, hello, ip=ip, direction="out" if initiator else "in"), decision)
+        return True
+
+    def _connected(self, peer: Peer, decision: Admit) -> None:
+        for victim in decision.evict:
+            if victim in self.peers:
+                self._drop(self.peers[victim], f"evicted for {peer.name}")
         self.peers[peer.id] = peer
-        self.known[peer.id] = hello["listen"]
-        self.backoff.pop(peer.id, None)
-        log.info("peer %s connected (%s, height %d)", peer.name, hello["listen"], peer.height)
+        now = time.monotonic()
+        self.policy.on_hello(peer.id, peer.hello["listen"], peer.ip, peer.direction == "out", now)
+        log.info("peer %s connected (%s, %s, height %d)", peer.name, peer.direction, peer.hello["listen"],
+                 peer.height)
         peer.tasks = [self._spawn(self._reader(peer)), self._spawn(self._writer(peer))]
-        peer.send("pex_req", None)
+        if self.policy.want_pex(peer.id, now):
+            peer.send("pex_req", None)
+        self._ping(peer, now)
         self.app.on_peer(peer)
+
+    async def _refuse(self, session: Session, reason: str) -> None:
+        try:
+            await asyncio.wait_for(session.send(["disconnect", reason]), 2)
+        except (TransportError, OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            session.close()
+
+    @staticmethod
+    def _remote(writer) -> str:
+        peer = writer.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if peer else "?"
 
     def _drop(self, peer: Peer, reason: str) -> None:
         if self.peers.get(peer.id) is peer:
             del self.peers[peer.id]
+            self.policy.disconnected(peer.id)
             log.info("peer %s disconnected: %s", peer.name, reason)
         peer.session.close()
         for t in peer.tasks:
@@ -204,30 +259,35 @@ class Gossip:
         peer.score += points
         log.warning("peer %s misbehaved (+%d, score %d): %s", peer.name, points, peer.score, reason)
         if peer.score >= BAN_SCORE:
-            self.bans[peer.id] = time.monotonic() + BAN_SECONDS
-            self._drop(peer, f"banned for {BAN_SECONDS:.0f}s: {reason}")
+            self.policy.ban(peer.id, time.monotonic())
+            self._drop(peer, f"banned for {self.policy.limits.ban_seconds:.0f}s: {reason}")
+
+    def credit(self, peer: Peer, kind: str) -> None:
+        """The peer gave us something new and valid (txs, a block, a vote): eviction spares it."""
+        self.policy.on_useful(peer.id, kind, time.monotonic())
 
     async def _dial_loop(self) -> None:
         while True:
-            now = time.monotonic()
-            if now >= self.isolated_until and len(self.peers) < self.max_peers:
-                for ident, addr in list(self.known.items()):
-                    if ident in self.peers or ident == self.key.address or self.banned(ident):
-                        continue
-                    at, delay = self.backoff.get(ident, (0.0, 0.5))
-                    if now >= at:
-                        self.backoff[ident] = (now + delay + random.random() * 0.2, min(delay * 2, 10.0))
-                        self._spawn(self._dial(ident, addr))
+            for dial in self.policy.plan_dials(time.monotonic()):
+                self._spawn(self._dial(dial.peer_id, dial.addr))
             await asyncio.sleep(0.25)
 
     async def _housekeeping(self) -> None:
         while True:
-            await asyncio.sleep(10)
+            await asyncio.sleep(PING_INTERVAL)
             now = time.monotonic()
             self.seen = {k: t for k, t in self.seen.items() if t > now}
-            self.bans = {k: t for k, t in self.bans.items() if t > now}
+            self.policy.housekeeping(now)
             for peer in self.peers.values():
                 peer.score = max(0, peer.score - 5)  # old offences fade
+                self._ping(peer, now)
+                if len(self.policy.book) < self.policy.limits.max_outbound and self.policy.want_pex(peer.id, now):
+                    peer.send("pex_req", None)
+
+    def _ping(self, peer: Peer, now: float) -> None:
+        if peer.ping is None or now - peer.ping[1] > 3 * PING_INTERVAL:  # a lost pong is not waited on forever
+            peer.ping = (random.getrandbits(63), now)
+            peer.send("ping", peer.ping[0])
 
     # -- messages -------------------------------------------------------------------------
 
@@ -266,11 +326,8 @@ class Gossip:
             self._drop(peer, "unexpected error")
 
     async def _dispatch(self, peer: Peer, kind: str, payload) -> None:
-        if kind == "pex_req":
-            addrs = [f"{format_address(i)}@{a}" for i, a in self.known.items() if i != peer.id][:MAX_PEX]
-            peer.send("pex", addrs)
-        elif kind == "pex":
-            self._learn(payload)
+        if kind in ("pex_req", "pex", "ping", "pong"):
+            self._on_link_message(peer, kind, payload)
         elif kind == "disconnect":
             self._drop(peer, f"peer said: {payload}")
         elif kind in FLOODED:
@@ -287,6 +344,7 @@ class Gossip:
             # (a vote for a height we have not reached) is welcome again when re-sent.
             if relay:
                 self.seen[msg_id] = time.monotonic() + SEEN_TTL
+                self.credit(peer, kind)
                 self.relay(kind, payload, exclude=peer.id)
         else:
             try:
@@ -294,16 +352,27 @@ class Gossip:
             except Misbehaviour as exc:
                 self.penalize(peer, exc.points, exc.reason)
 
-    def _learn(self, payload) -> None:
-        if type(payload) is not list:
-            return
-        for entry in payload[:MAX_PEX]:
-            try:
-                ident, addr = parse_peer(entry)
-            except (ValueError, AttributeError):
-                continue
-            if ident != self.key.address:
-                self.known.setdefault(ident, addr)
+    def _on_link_message(self, peer: Peer, kind: str, payload) -> None:
+        """Messages about the link itself, answered here and never shown to the app."""
+        now = time.monotonic()
+        if kind == "ping":
+            if type(payload) is not int or not 0 <= payload < 2**64:
+                raise Misbehaviour(50, "ping must carry a 64-bit nonce")
+            peer.send("pong", payload)
+        elif kind == "pong":
+            if peer.ping is not None and payload == peer.ping[0]:
+                self.policy.on_ping(peer.id, now - peer.ping[1])
+                peer.ping = None
+        elif kind == "pex_req":
+            verdict, addrs = self.policy.on_pex_request(peer.id, now)
+            if verdict.penalty:
+                self.penalize(peer, verdict.penalty, verdict.reason)
+            if verdict.ok:
+                peer.send("pex", addrs)
+        else:
+            verdict = self.policy.on_pex(peer.id, peer.ip, payload, now)
+            if verdict.penalty:
+                self.penalize(peer, verdict.penalty, verdict.reason)
 
     def relay(self, kind: str, payload, exclude: bytes | None) -> None:
         for pid, peer in list(self.peers.items()):
@@ -318,3 +387,6 @@ class Gossip:
     def send_status(self, height: int) -> None:
         for peer in self.peers.values():
             peer.send("status", height)
+
+
+__all__ = ["App", "BAN_SCORE", "Gossip", "Misbehaviour", "Peer", "PeerLimits", "parse_peer"]

@@ -11,6 +11,7 @@ or a crashed benchmark never leaves a node behind.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -289,6 +290,21 @@ def stop_all(nodes: list[NodeProcess], timeout: float = 20) -> list[int | None]:
         except AssertionError:
             codes.append(None)
     return codes
+
+
+@contextlib.contextmanager
+def running_network(base: Path, validators: int = 4, block_interval_ms: int = 200, idle_interval_ms: int = 400,
+                    height: int = 2):
+    """A local validator network, started and past `height`; every node is stopped (or killed)
+    when the block ends, however it ends."""
+    nodes = init_network(base, validators, block_interval_ms=block_interval_ms, idle_interval_ms=idle_interval_ms)
+    try:
+        for n in nodes:
+            n.start()
+        wait_all(nodes, height, timeout=60)
+        yield nodes
+    finally:
+        stop_all(nodes)
 
 
 def wait_all(nodes: list[NodeProcess], height: int, timeout: float = 60) -> None:

@@ -18,7 +18,7 @@ from node.home import Home
 from node.wallet import Keystore
 from p2p import transport
 from p2p.transport import PROTOCOL_VERSION, Session, TransportError, handshake
-from tests.nodes import block_hashes, init_network, p2p_id, wait_all
+from tests.nodes import running_network, block_hashes, p2p_id, wait_all
 
 pytestmark = pytest.mark.slow
 
@@ -29,19 +29,8 @@ ATTACKER_LISTEN = "127.0.0.1:1"  # nothing listens there: node0's redials fail a
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    nodes = init_network(tmp_path_factory.mktemp("hostile"), 4, block_interval_ms=200, idle_interval_ms=400)
-    try:
-        for n in nodes:
-            n.start()
-        wait_all(nodes, 2, timeout=60)
+    with running_network(tmp_path_factory.mktemp("hostile")) as nodes:
         yield nodes
-    finally:
-        for n in nodes:
-            if n.proc is not None:
-                try:
-                    n.stop()
-                except Exception:
-                    n.kill()
 
 
 def peers(node) -> dict:

@@ -20,7 +20,7 @@ from consensus.crypto import PrivateKey, format_address, parse_address
 from consensus.genesis import load as load_genesis
 from p2p.peerpolicy import PeerLimits
 from p2p.transport import TransportError, exchange_hello, handshake, make_hello
-from tests.nodes import NodeProcess, block_hashes, init_network, p2p_id, wait_all
+from tests.nodes import running_network, NodeProcess, block_hashes, p2p_id, wait_all
 
 pytestmark = pytest.mark.slow
 
@@ -32,19 +32,8 @@ FAKE_LISTEN = "127.0.0.1:1"  # nothing listens there: a node's dials to it fail 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    nodes = init_network(tmp_path_factory.mktemp("slots"), 4, block_interval_ms=200, idle_interval_ms=400)
-    try:
-        for n in nodes:
-            n.start()
-        wait_all(nodes, 2, timeout=60)
+    with running_network(tmp_path_factory.mktemp("slots")) as nodes:
         yield nodes
-    finally:
-        for n in nodes:
-            if n.proc is not None:
-                try:
-                    n.stop()
-                except Exception:
-                    n.kill()
 
 
 def view(node) -> dict:

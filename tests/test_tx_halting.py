@@ -14,7 +14,7 @@ from consensus import codec
 from consensus.crypto import PrivateKey
 from consensus.types import Tx
 from node.client import make_tx
-from tests.nodes import init_full_node, init_network, p2p_id, wait_all
+from tests.nodes import init_full_node, p2p_id, running_network, wait_all
 from tests.test_hostile_peers import Attacker, connected, eventually
 
 pytestmark = pytest.mark.slow
@@ -43,19 +43,8 @@ def hostile_bodies(to: bytes, deep: int) -> list[tuple[str, dict]]:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     base = tmp_path_factory.mktemp("halting")
-    nodes = init_network(base, 4, block_interval_ms=200, idle_interval_ms=400)
-    try:
-        for n in nodes:
-            n.start()
-        wait_all(nodes, 2, timeout=60)
+    with running_network(base) as nodes:
         yield nodes, base
-    finally:
-        for n in nodes:
-            if n.proc is not None:
-                try:
-                    n.stop()
-                except Exception:
-                    n.kill()
 
 
 RPC_DEEP = codec.MAX_DECODE_DEPTH - 2  # a tx alone: the tx list and its body on top

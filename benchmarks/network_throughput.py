@@ -83,7 +83,8 @@ def network_load(base: Path, rate: int, seconds: int) -> dict:
         chain_id = clients[0].status()["chain_id"]
         txs = presign(keys, per_sender, chain_id)[:total]
         hashes = [_hash(t) for t in txs]
-        watcher = BlockWatcher(clients[0], clients[0].status()["height"])
+        watcher_start = clients[0].status()["height"]
+        watcher = BlockWatcher(clients[0], watcher_start)
         watcher.start()
         submitted: dict[str, float] = {}
         tick, per_tick = 0.1, max(1, rate // 10)
@@ -106,12 +107,34 @@ def network_load(base: Path, rate: int, seconds: int) -> dict:
         if not lat:
             raise RuntimeError(f"none of {len(submitted)} submitted txs was finalized within {FINALITY_WAIT_S} s")
         last = max(watcher.seen.values())
+        blocks = where_time_went(clients[0], watcher_start, watcher.height)
     finally:
         stop_all(nodes)
     return {"validators": 4, "offered_tx_per_s": rate, "load_s": seconds, "txs": len(txs),
             "finalized": len(lat), "finalized_tx_per_s": round(len(lat) / (last - start), 1),
             "median_finality_s": round(statistics.median(lat), 3),
-            "p99_finality_s": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3)}
+            "p99_finality_s": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3), "blocks": blocks}
+
+
+def where_time_went(client: Client, first: int, last: int) -> dict:
+    """Per-block facts of the loaded stretch, from the chain itself: how long each block took
+    after its parent (header times), how many txs it carried, and the round it was decided in
+    (the next block's last_commit round: above 0 means a round timed out)."""
+    rows = []
+    prev_time = client.get(f"/block/{first}")["time_ms"] if first else None
+    for h in range(first + 1, last + 1):
+        b = client.get(f"/block/{h}")
+        nxt = client.get(f"/block/{h + 1}") if h < last else None
+        rows.append({"height": h, "interval_ms": b["time_ms"] - prev_time if prev_time else None,
+                     "txs": b["num_txs"], "round": nxt["last_commit"]["round"] if nxt and nxt["last_commit"] else None})
+        prev_time = b["time_ms"]
+    timed = [r for r in rows if r["interval_ms"] is not None]
+    intervals = sorted(r["interval_ms"] for r in timed)
+    return {"count": len(rows), "decided_after_round_0": sum(1 for r in rows if (r["round"] or 0) > 0),
+            "interval_ms_median": statistics.median(intervals) if intervals else None,
+            "interval_ms_max": intervals[-1] if intervals else None,
+            "txs_per_block_max": max((r["txs"] for r in rows), default=0),
+            "slowest": sorted(timed, key=lambda r: -r["interval_ms"])[:3]}
 
 
 def _hash(tx_hex: str) -> str:
@@ -146,17 +169,23 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=1200, help="offered tx/s")
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--sync-blocks", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3, help="network runs; median and spread are reported")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds before the run is abandoned")
     args = ap.parse_args()
 
     def body(result: dict) -> None:
         result.update({"target_finalized_tx_per_s": 1000, "target_p99_finality_s": 3.0})
         with tempfile.TemporaryDirectory() as tmp:
-            net = network_load(Path(tmp) / "net", args.rate, args.seconds)
-            result.update(net)
+            runs = result["runs"] = []
+            for i in range(args.runs):
+                runs.append(network_load(Path(tmp) / f"net{i}", args.rate, args.seconds))
+            for name in ("finalized_tx_per_s", "median_finality_s", "p99_finality_s"):
+                values = [r[name] for r in runs]
+                result[name] = statistics.median(values)
+                result[f"{name}_spread"] = [min(values), max(values)]
             single = single_node_throughput(2000, 10)
             result["single_node_committed_tx_per_s"] = single["committed_tx_per_s"]
-            result["ratio_network_to_single"] = round(net["finalized_tx_per_s"] / single["committed_tx_per_s"], 3)
+            result["ratio_network_to_single"] = round(result["finalized_tx_per_s"] / single["committed_tx_per_s"], 3)
             result.update(sync_speed(Path(tmp) / "sync", args.sync_blocks))
 
     run_benchmark("network_throughput", body, args.timeout)

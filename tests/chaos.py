@@ -14,6 +14,7 @@ is when some node first reported H+1, ``recover_s`` when every node expected to 
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from node.home import Home
+from tests.netlab import LinkSpec
 from tests.chaosnet import ChaosNet, LoadPlan, NetConfig
 from tests.safety import SafetyReport, check_safety
 
@@ -50,6 +52,7 @@ class Scenario:
     load_s: Callable[[Timing], float]
     clock_offsets_ms: tuple[tuple[int, int], ...] = ()
     about: str = ""
+    link: LinkSpec | None = None  # instead of the network's (a baseline without impairment)
 
 
 def _steady(net: ChaosNet, t: Timing, rng: random.Random) -> None:
@@ -95,6 +98,8 @@ def _partition_load(t: Timing) -> float:
 
 SCENARIOS = {s.name: s for s in [
     Scenario("steady", _steady, lambda t: t.run_s, about="impaired links under load, no faults"),
+    Scenario("steady_unimpaired", _steady, lambda t: t.run_s, link=LinkSpec(rate_mbit=100),
+             about="baseline: the same lab and load, 100 Mbit/s links without delay or loss"),
     Scenario("minority_partition", _partition_script(minority, "blackhole"), _partition_load,
              about="1 of 4 cut off (links dark, connections kept), then healed"),
     Scenario("majority_partition", _partition_script(halves, "blackhole"), _partition_load,
@@ -117,19 +122,24 @@ def run_scenario(base: Path, scenario: Scenario, cfg: NetConfig = NetConfig(), t
                  rate: int = 500, seed: int = 1) -> dict:
     """One scenario on a fresh network: its report, safety verdict included."""
     rng = random.Random(seed)
-    cfg = replace(cfg, clock_offsets_ms=scenario.clock_offsets_ms, seed=seed)
+    cfg = replace(cfg, clock_offsets_ms=scenario.clock_offsets_ms, seed=seed, link=scenario.link or cfg.link)
     with ChaosNet(base, cfg, LoadPlan(rate, scenario.load_s(timing))) as net:
         net.start_load()
         scenario.script(net, timing, rng)
-        net.stop_load()
-        drained = net.drain(timing.drain_s)
-        proxy, link = net.lab.stats(), net.lab.describe()
-        codes = net.stop_nodes()
-        safety = check_safety([n.home for n in net.nodes], net.chain_id)
-        out = {"scenario": scenario.name, "about": scenario.about, "link": link, "offered_tx_per_s": rate,
-               "block_interval_ms": cfg.block_interval_ms, **report(net, safety),
-               "drained": drained, "exit_codes": codes, "proxy": proxy}
-    return out
+        return {"scenario": scenario.name, "about": scenario.about, **finish(net, timing.drain_s)}
+
+
+def finish(net: ChaosNet, drain_s: float) -> dict:
+    """End the load, let the mempools drain, stop the nodes, check their stores: the report."""
+    net.stop_load()
+    busy = net.busy_under_load()
+    drained = net.drain(drain_s)
+    proxy, link, cpu = net.lab.stats(), net.lab.describe(), net.cpu()
+    cpu.update(machine_busy_under_load_pct=busy, cores=os.cpu_count())
+    codes = net.stop_nodes()
+    safety = check_safety([n.home for n in net.nodes], net.chain_id)
+    return {"link": link, "offered_tx_per_s": net.plan.rate, "block_interval_ms": net.cfg.block_interval_ms,
+            **report(net, safety), "drained": drained, "exit_codes": codes, "proxy": proxy, "cpu": cpu}
 
 
 # -- measuring ------------------------------------------------------------------------------

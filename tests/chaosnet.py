@@ -11,7 +11,7 @@ outside, as a user sees them; the safety verdict comes from the stores (tests/sa
 from __future__ import annotations
 
 import contextlib
-import random
+import os
 import signal
 import subprocess
 import threading
@@ -64,18 +64,40 @@ class LoadPlan:
         return -(-self.total // self.senders)
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
+    vals = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    tck = os.sysconf("SC_CLK_TCK")
+    return (sum(vals) - idle) / tck, sum(vals) / tck
+
+
 @contextlib.contextmanager
 def shielded():
-    """Ctrl-C and SIGTERM wait while cleanup runs (main thread only), so it always finishes."""
+    """Ctrl-C, SIGTERM and alarms wait while cleanup runs (main thread only), so cleanup always
+    finishes; they are delivered once it has."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    pending: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in sigs}
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for s in pending:
+            signal.raise_signal(s)
 
 
 class HeightMonitor(threading.Thread):
@@ -191,6 +213,7 @@ class ChaosNet:
         self.monitor: HeightMonitor | None = None
         self.load: LoadGen | None = None
         self.txs: list[str] = []
+        self.cpu_dead: list[float] = []  # CPU seconds of node processes that were killed
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "ChaosNet":
@@ -222,6 +245,7 @@ class ChaosNet:
         for n in self.nodes:
             n.wait_rpc(60)
         self.up = [True] * len(self.nodes)
+        self.cpu_dead = [0.0] * len(self.nodes)
         self.chain_id = self.nodes[0].rpc.status()["chain_id"]
         self._wait_mesh()
         self.monitor = HeightMonitor(self.nodes)
@@ -270,8 +294,14 @@ class ChaosNet:
 
     def start_load(self) -> None:
         self.load = LoadGen(self, self.txs, self.plan.rate)
+        self._busy0 = machine_busy_s()
         self.load.start()
         self._stack.callback(self.load.stop)
+
+    def busy_under_load(self) -> float:
+        """How busy the whole machine was (all cores, % of them) while the load ran."""
+        (b0, t0), (b1, t1) = self._busy0, machine_busy_s()
+        return round(100 * (b1 - b0) / max(1e-9, t1 - t0), 1)
 
     def stop_load(self) -> None:
         if self.load is not None:
@@ -282,6 +312,7 @@ class ChaosNet:
         with self.up_lock:
             self.up[i] = False
         time.sleep(0.3)  # what it accepted last has left for its peers
+        self.cpu_dead[i] += process_cpu_s(self.nodes[i].proc.pid)
         self.nodes[i].kill()
         self.mark("kill", [j for j in range(len(self.nodes)) if self.up[j]], node=i)
 
@@ -328,6 +359,11 @@ class ChaosNet:
                 return True
             time.sleep(0.2)
         return False
+
+    def cpu(self) -> dict:
+        """CPU seconds used so far by each node (restarts included) and by the link proxy."""
+        nodes = [d + (process_cpu_s(n.proc.pid) if n.proc else 0.0) for d, n in zip(self.cpu_dead, self.nodes)]
+        return {"nodes_s": [round(x, 1) for x in nodes], "proxy_s": round(process_cpu_s(self.lab.proxy.pid), 1)}
 
     def stop_nodes(self) -> list[int | None]:
         """SIGTERM every running node (SIGKILL if it hangs); their exit codes."""

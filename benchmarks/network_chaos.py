@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,8 +59,9 @@ def check_targets(results: dict) -> dict:
 
 def run(args, out: dict) -> None:
     timing = SHORT if args.short else FULL
-    if args.seconds:
-        timing = timing.__class__(**{**timing.__dict__, "run_s": args.seconds})
+    for opt, field in (("seconds", "run_s"), ("hold", "hold_s"), ("kills", "kills"), ("down", "down_s")):
+        if getattr(args, opt):
+            timing = replace(timing, **{field: getattr(args, opt)})
     names = args.scenarios.split(",") if args.scenarios else (SHORT_SCENARIOS if args.short else list(SCENARIOS))
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -69,8 +71,9 @@ def run(args, out: dict) -> None:
     for name in names:
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="stepchain-chaos-") as tmp:
+            base = Path(args.keep) / name if args.keep else Path(tmp)
             try:
-                result = run_scenario(Path(tmp), SCENARIOS[name], cfg, timing, args.rate, args.seed)
+                result = run_scenario(base, SCENARIOS[name], cfg, timing, args.rate, args.seed)
             except Exception as exc:  # one scenario failing must not hide the others' numbers
                 result = {"scenario": name, "error": f"{type(exc).__name__}: {exc}"[:2000],
                           "trace": traceback.format_exc(limit=5)[-2000:]}
@@ -87,8 +90,12 @@ def main() -> int:
     ap.add_argument("--scenarios", default="", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     ap.add_argument("--rate", type=int, default=500, help="offered tx/s")
     ap.add_argument("--seconds", type=float, default=0, help="length of the steady and clock scenarios")
+    ap.add_argument("--hold", type=float, default=0, help="how long each partition lasts")
+    ap.add_argument("--kills", type=int, default=0, help="kill -9 rounds in kill9_restart")
+    ap.add_argument("--down", type=float, default=0, help="how long a killed validator stays down")
     ap.add_argument("--block-interval-ms", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", default="", help="keep node homes and logs under this directory (one per scenario)")
     ap.add_argument("--timeout", type=int, default=1800, help="give up (and clean up) after this many seconds")
     args = ap.parse_args()
     link = IMPAIRED

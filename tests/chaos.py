@@ -42,6 +42,7 @@ class Timing:
 
 FULL = Timing()
 SHORT = Timing(warmup_s=3, run_s=10, hold_s=5, after_s=4, kills=2, down_s=3, recover_timeout_s=30, drain_s=30)
+SLOWEST = 3  # blocks listed with their gap, round and proposer, to see where time went
 RECOVERY_ALLOWANCE_S = 15.0  # load presigned for a recovery this long; it may take longer
 
 
@@ -203,14 +204,19 @@ def block_stats(net: ChaosNet, safety: SafetyReport) -> dict:
     start, end = net.load.started_at, net.load.ended_at
     seen = {h: mon.first_seen(h) for h in range(1, chain.tip + 1)}
     window = [h for h, s in seen.items() if s is not None and start <= s <= end]
-    gaps = sorted(seen[h] - seen[h - 1] for h in window if seen.get(h - 1) is not None)
+    gap = {h: seen[h] - seen[h - 1] for h in window if seen.get(h - 1) is not None}
+    gaps = sorted(gap.values())
     rounds = [chain.blocks[h - 1].round for h in window]
     leads = [chain.blocks[h - 1].time_ms / 1000 - (net.wall0 + seen[h] - net.t0) for h in window]
-    proposers = [addrs.index(chain.blocks[h - 1].proposer) if chain.blocks[h - 1].proposer in addrs else -1
-                 for h in window]
+    index = {a: i for i, a in enumerate(addrs)}
+    proposers = [index.get(chain.blocks[h - 1].proposer, -1) for h in window]
+    slowest = sorted(gap, key=gap.get, reverse=True)[:SLOWEST]
     return {"tip": chain.tip, "under_load": len(window), "later_rounds": sum(r > 0 for r in rounds),
             "max_round": max(rounds, default=0), "gap_p50_s": _r(percentile(gaps, 0.5)),
             "gap_max_s": _r(gaps[-1] if gaps else None),
             "proposed_by": {f"node{i}": proposers.count(i) for i in range(len(addrs))},
             "block_time_lead_p50_s": _r(statistics.median(leads) if leads else None, 2),
-            "block_time_lead_max_s": _r(max(leads) if leads else None, 2)}
+            "block_time_lead_max_s": _r(max(leads) if leads else None, 2),
+            "slowest": [{"height": h, "gap_s": _r(gap[h]), "round": chain.blocks[h - 1].round,
+                         "proposer": f"node{index.get(chain.blocks[h - 1].proposer, -1)}",
+                         "txs": chain.blocks[h - 1].txs, "at_s": _r(seen[h] - net.t0, 2)} for h in slowest]}

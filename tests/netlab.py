@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from pathlib import Path
 
 PREFIX = "sclab"
 SUBNET_BASE = "10.213"
-LOCK_PATH = "/run/stepchain-netlab.lock"
+LOCK_PATH = os.path.join("/run" if os.path.isdir("/run") else tempfile.gettempdir(), "stepchain-netlab.lock")
 PROXY = Path(__file__).resolve().parent / "linkproxy.py"
 _NS_RE = re.compile(rf"^{PREFIX}-(\d+)-\d+-")
 _LINK_RE = re.compile(r"^scl[0-9a-f]{6}(b|v\d+)$")
@@ -233,30 +234,42 @@ class Lab:
         self.close(raise_leftovers=exc_type is None)
 
     def close(self, raise_leftovers: bool = False) -> None:
-        """Stop the proxy, kill what runs in our hosts, delete namespaces and links."""
-        if self.proxy is not None:
-            if self.proxy.poll() is None:
-                self.proxy.terminate()
-                try:
-                    self.proxy.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proxy.kill()
-                    self.proxy.wait(5)
-            for f in (self.proxy.stdin, self.proxy.stdout):
-                try:
-                    f.close()
-                except OSError:
-                    pass
-        ours = [n for n in netns_names() if n.startswith(self.tag + "-")]
-        for name in ours:
-            _kill_netns_procs(name)
-            sh("ip", "netns", "del", name, check=False)
-        for name, alias in lab_links().items():
-            if name.startswith(self.short) or alias == self.tag:
-                sh("ip", "link", "del", name, check=False)
+        """Stop the proxy, kill what runs in our hosts, delete namespaces and links. Every step
+        runs even when an earlier one failed; what is left is reported (and raised if asked)."""
+        errors = []
+        steps = [self._stop_proxy] + [lambda n=n: self._remove_netns(n)
+                                      for n in netns_names() if n.startswith(self.tag + "-")]
+        steps += [lambda n=n: sh("ip", "link", "del", n, check=False)
+                  for n, alias in lab_links().items() if n.startswith(self.short) or alias == self.tag]
+        for step in steps:
+            try:
+                step()
+            except (LabError, OSError, subprocess.SubprocessError) as exc:
+                errors.append(str(exc))
         left = self.leftovers()
-        if left and raise_leftovers:
-            raise LabError(f"lab cleanup left {left}")
+        if (left or errors) and raise_leftovers:
+            raise LabError(f"lab cleanup left {left}: {errors}")
+
+    def _stop_proxy(self) -> None:
+        if self.proxy is None:
+            return
+        if self.proxy.poll() is None:
+            self.proxy.terminate()
+            try:
+                self.proxy.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proxy.kill()
+                self.proxy.wait(5)
+        for f in (self.proxy.stdin, self.proxy.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _remove_netns(name: str) -> None:
+        _kill_netns_procs(name)
+        sh("ip", "netns", "del", name)
 
     def leftovers(self) -> list[str]:
         """What of this lab still exists (empty after close)."""

@@ -28,6 +28,7 @@ class BlockInfo:
     round: int
     proposer: bytes
     time_ms: int
+    txs: int
 
 
 @dataclass
@@ -77,7 +78,7 @@ def _read_blocks(store: Store, out: NodeChain, chain_id: str, valset: tuple) -> 
             if why:
                 out.problems.append(f"{out.home.name}: commit at height {h} is invalid: {why}")
         out.blocks.append(BlockInfo(block.hash, store.app_hash(h) or b"", commit.round, block.header.proposer,
-                                    block.header.time_ms))
+                                    block.header.time_ms, len(block.txs)))
         for tx in block.txs:
             out.tx_height[tx.hash.hex()] = h
 

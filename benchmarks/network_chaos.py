@@ -41,7 +41,7 @@ class Interrupted(BaseException):
 
 
 def _interrupt(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
+    raise Interrupted("--timeout reached" if signum == signal.SIGALRM else signal.Signals(signum).name)
 
 
 def check_targets(results: dict) -> dict:
@@ -115,7 +115,7 @@ def main() -> int:
         if failed:
             out["error"] = f"scenarios failed: {', '.join(failed)}"
     except (Interrupted, KeyboardInterrupt) as exc:
-        out["error"] = f"interrupted ({exc or 'SIGINT'}); everything started was stopped"
+        out["error"] = f"interrupted ({str(exc) or 'SIGINT'}); everything started was stopped"
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:

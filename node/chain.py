@@ -34,8 +34,16 @@ def signers_of(commit: Commit | None) -> tuple[bytes, ...]:
     return tuple(a for a, _ in commit.signatures) if commit else ()
 
 
+_clock_offset_ms = 0  # Config.clock_offset_ms: a test/ops knob, 0 in normal use
+
+
+def set_clock_offset(ms: int) -> None:
+    global _clock_offset_ms
+    _clock_offset_ms = ms
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return int(time.time() * 1000) + _clock_offset_ms
 
 
 class Chain:

@@ -20,7 +20,7 @@ from consensus.types import Block, Tx
 
 from consensus.crypto import format_address
 
-from .chain import Chain
+from .chain import Chain, set_clock_offset
 from .network import Network
 from .engine import Engine
 from .home import Home, split_hostport
@@ -41,6 +41,7 @@ class Node:
         self.home = home.require()
         self.config = home.config()
         self.key = home.node_key()
+        set_clock_offset(self.config.clock_offset_ms)
         self.chain = Chain(home.data_dir, load_genesis(home.genesis_path))
         self.rpc = Rpc(self)
         self.referee = Referee(self)
@@ -53,7 +54,8 @@ class Node:
                              broadcast=self._broadcast, on_commit=self._on_commit,
                              misbehave=self.config.misbehave)
         self.network = Network(self.chain, self.engine, self.key, self.config.p2p_listen, self.config.seeds,
-                               self.config.max_frame_bytes, home.path / "blobs")
+                               self.config.max_frame_bytes, home.path / "blobs",
+                               external=self.config.p2p_external)
 
     async def _broadcast(self, kind: str, msg) -> None:
         await self.network.broadcast(kind, msg)

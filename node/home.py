@@ -35,6 +35,12 @@ class Config:
     # its consensus engine after block 2; "busy-referee" keeps a referee thread in torch;
     # "hang-on-stop" makes the shutdown wait forever, so that the hard deadline ends it.
     misbehave: str = ""
+    # HOST:PORT that peers should dial to reach us (told in the hello and passed on by PEX), for
+    # a node behind NAT or a proxy, like CometBFT's external_address; empty: p2p_listen.
+    p2p_external: str = ""
+    # Test/ops knob: this node's wall clock (block times, the future-block check) runs this many
+    # ms ahead (negative: behind), to see how a validator with a wrong clock behaves. Keep 0.
+    clock_offset_ms: int = 0
 
     def to_toml(self) -> str:
         lines = ["# stepchain node configuration"]
@@ -63,6 +69,8 @@ class Config:
             expected = {"str": str, "int": int, "bool": bool}.get(str(f.type), list)
             if type(getattr(cfg, name)) is not expected:
                 raise HomeError(f"config.toml: {name} must be a {expected.__name__}")
+        if cfg.p2p_external:
+            split_hostport(cfg.p2p_external)  # HomeError names the bad address
         return cfg
 
     @property

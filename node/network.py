@@ -73,9 +73,10 @@ def _decode(fn, payload, what: str):
 
 class Network:
     def __init__(self, chain: Chain, engine: Engine, key, listen: str, seeds: list[str], frame_limit: int,
-                 blob_dir):
+                 blob_dir, external: str = ""):
         self.chain, self.engine = chain, engine
         self.listen = listen
+        self.advertised = external or listen  # what peers dial: the hello's `listen`
         self.gossip = Gossip(key, self, listen, seeds, frame_limit)
         self.planner = SyncPlanner()
         self._validators: tuple[int, frozenset] = (-1, frozenset())  # (at height, addresses)
@@ -122,7 +123,7 @@ class Network:
     # -- App protocol ---------------------------------------------------------------------
 
     def hello(self) -> dict:
-        return make_hello(self.chain.chain_id, self.chain.genesis.hash, self.chain.height, self.listen)
+        return make_hello(self.chain.chain_id, self.chain.genesis.hash, self.chain.height, self.advertised)
 
     def on_peer(self, peer: Peer) -> None:
         if peer.height > self.chain.height:

@@ -130,11 +130,14 @@ def run_cli(*args: str, check: bool = True, input: str | None = None, extra_env:
 
 
 class NodeProcess:
-    """One node home and, while running, its process."""
+    """One node home and, while running, its process. `prefix` goes before the command (e.g.
+    `ip netns exec NS` to run it on a tests/netlab.py host); `host` is where its RPC listens."""
 
-    def __init__(self, home: Path, rpc_port: int):
+    def __init__(self, home: Path, rpc_port: int, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()):
         self.home = Path(home)
         self.rpc_port = rpc_port
+        self.host = host
+        self.prefix = tuple(prefix)
         self.proc: subprocess.Popen | None = None
         self.stop_seconds: float | None = None
         self.log_path = self.home.parent / f"{self.home.name}.log"
@@ -154,7 +157,7 @@ class NodeProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.rpc_port}"
+        return f"http://{self.host}:{self.rpc_port}"
 
     @property
     def rpc(self) -> Client:
@@ -172,7 +175,7 @@ class NodeProcess:
             return exc.code, exc.read()
 
     def start(self, wait: bool = True) -> "NodeProcess":
-        self.proc = spawn([*STEPCHAIN, "node", "run", "--home", str(self.home)], self.log_path)
+        self.proc = spawn([*self.prefix, *STEPCHAIN, "node", "run", "--home", str(self.home)], self.log_path)
         if wait:
             self.wait_rpc()
         return self
@@ -247,9 +250,9 @@ class NodeProcess:
 
 
 def node_from_home(home: Path) -> NodeProcess:
-    from node.home import Home
-    port = int(Home(home).config().rpc_listen.rpartition(":")[2])
-    return NodeProcess(Path(home), port)
+    from node.home import Home, split_hostport
+    host, port = split_hostport(Home(home).config().rpc_listen)
+    return NodeProcess(Path(home), port, host)
 
 
 def init_network(base: Path, validators: int, block_interval_ms: int = 300,

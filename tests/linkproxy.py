@@ -252,7 +252,11 @@ class Proxy:
         """The next chunk; ConnectionError once the read side failed and nothing is left."""
         while not feeder.done():
             getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait([getter, feeder], return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait([getter, feeder], return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                getter.cancel()  # we were cancelled: leave no task pending
+                raise
             if getter.done():
                 return getter.result()
             getter.cancel()

@@ -268,7 +268,7 @@ def tuple_addr(addr: str) -> tuple[str, int]:
 FAST_BLOCKS = dict(block_interval_ms=300, idle_interval_ms=600)
 RATE = 100  # tx/s: enough to fill blocks, light enough for a shared 2-core machine
 RECOVERY_BOUND_S = 15.0  # stated bound for the tests (the benchmark measures against 10 s)
-HOLD_S = 4.5
+HOLD_S = 5.0
 
 
 def proposer_index(net: ChaosNet, address: str) -> int:
@@ -305,7 +305,7 @@ def test_impaired_network_under_load_with_a_clock_5s_ahead(tmp_path):
         r = finish(net, drain_s=30)
     assert_safe_and_complete(r)
     assert r["link"]["delay_ms"] == 50 and r["proxy"]["stalls"] > 0 and r["proxy"]["bytes"] > 10**6
-    assert r["blocks"]["block_time_lead_max_s"] > 4, r["blocks"]  # its blocks carry its clock
+    assert r["blocks"]["block_time_lead_max_s"] > 3, r["blocks"]  # its blocks carry its clock (others: < 0)
 
 
 @pytest.mark.slow

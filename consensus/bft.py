@@ -183,6 +183,15 @@ class BFT:
         votes = [v for r in rounds for d in (r.prevotes, r.precommits) for v in d.values()]
         return proposals, votes
 
+    def holders(self, proposal: Proposal) -> frozenset[bytes]:
+        """Validators that must already have this proposal: they voted for its block in its
+        round. Re-sending a large block to them is wasted bandwidth."""
+        rnd = self.rounds.get(proposal.round)
+        if rnd is None:
+            return frozenset()
+        h = proposal.block.hash
+        return frozenset(a for d in (rnd.prevotes, rnd.precommits) for a, v in d.items() if v.block_hash == h)
+
     # -- entry point ----------------------------------------------------------------------
 
     def handle(self, event) -> list:

@@ -57,8 +57,8 @@ class Node:
                                self.config.max_frame_bytes, home.path / "blobs",
                                external=self.config.p2p_external)
 
-    async def _broadcast(self, kind: str, msg) -> None:
-        await self.network.broadcast(kind, msg)
+    async def _broadcast(self, kind: str, msg, skip: frozenset = frozenset()) -> None:
+        await self.network.broadcast(kind, msg, skip)
 
     def on_new_tx(self, tx: Tx) -> None:
         self.network.queue_tx(tx)

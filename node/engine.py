@@ -47,7 +47,7 @@ class EngineCrash(RuntimeError):
 
 class Engine:
     def __init__(self, chain: Chain, key: PrivateKey | None, *, block_interval: float = 1.0,
-                 idle_interval: float = 3.0, broadcast: Callable[[str, object], Awaitable[None]] | None = None,
+                 idle_interval: float = 3.0, broadcast: Callable[[str, object, frozenset], Awaitable[None]] | None = None,
                  on_commit: Callable[[Block], None] | None = None, misbehave: str = ""):
         self.chain = chain
         self.key = key
@@ -135,7 +135,7 @@ class Engine:
         connected late has missed them, and without them it cannot join the round."""
         proposals, votes = self.machine.messages()
         for p in proposals:
-            self._send("proposal", p)
+            self._send("proposal", p, skip=self.machine.holders(p))
         for v in votes:
             self._send("vote", v)
 
@@ -203,9 +203,9 @@ class Engine:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _send(self, kind: str, msg: object) -> None:
+    def _send(self, kind: str, msg: object, skip: frozenset = frozenset()) -> None:
         if self.broadcast is not None:
-            self._spawn(self.broadcast(kind, msg))
+            self._spawn(self.broadcast(kind, msg, skip))
 
     # -- signing with double-sign protection ----------------------------------------------
 

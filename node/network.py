@@ -104,8 +104,9 @@ class Network:
 
     # -- outgoing -------------------------------------------------------------------------
 
-    async def broadcast(self, kind: str, msg) -> None:
-        self.gossip.broadcast(kind, msg.to_obj())
+    async def broadcast(self, kind: str, msg, skip: frozenset = frozenset()) -> None:
+        """To every peer but those in `skip` (peer ids are validator addresses)."""
+        self.gossip.broadcast(kind, msg.to_obj(), skip)
 
     def queue_tx(self, tx: Tx) -> None:
         self._tx_buffer.append(tx.to_obj())

@@ -57,7 +57,7 @@ class Peer:
     hello: dict
     ip: str = "?"
     direction: str = "in"  # "in": it dialed us; "out": we dialed it
-    outbound: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(OUTBOUND_QUEUE))
+    outbound: SendQueue = field(default_factory=lambda: SendQueue(OUTBOUND_QUEUE))
     score: int = 0
     tokens: float = RATE_BURST
     refill_at: float = field(default_factory=time.monotonic)
@@ -77,11 +77,7 @@ class Peer:
         return self.hello["height"]
 
     def send(self, kind: str, payload) -> bool:
-        try:
-            self.outbound.put_nowait([kind, payload])
-            return True
-        except asyncio.QueueFull:
-            return False
+        return self.outbound.put(kind, payload, time.monotonic())
 
     def take_token(self) -> bool:
         now = time.monotonic()
@@ -294,7 +290,7 @@ class Gossip:
     async def _writer(self, peer: Peer) -> None:
         try:
             while True:
-                await peer.session.send(await peer.outbound.get())
+                await peer.session.send(await peer.outbound.get(time.monotonic))
         except (TransportError, OSError) as exc:
             self._drop(peer, str(exc))
 
@@ -374,15 +370,16 @@ class Gossip:
             if verdict.penalty:
                 self.penalize(peer, verdict.penalty, verdict.reason)
 
-    def relay(self, kind: str, payload, exclude: bytes | None) -> None:
+    def relay(self, kind: str, payload, exclude: bytes | None = None, skip: frozenset = frozenset()) -> None:
         for pid, peer in list(self.peers.items()):
-            if pid != exclude:
+            if pid != exclude and pid not in skip:
                 peer.send(kind, payload)
 
-    def broadcast(self, kind: str, payload) -> None:
-        """Send our own message to every peer, and remember it so an echo is ignored."""
+    def broadcast(self, kind: str, payload, skip: frozenset = frozenset()) -> None:
+        """Send our own message to every peer (but those in `skip`, which have it), and
+        remember it so an echo is ignored."""
         self.seen[sha256(codec.encode([kind, payload]))] = time.monotonic() + SEEN_TTL
-        self.relay(kind, payload, exclude=None)
+        self.relay(kind, payload, skip=skip)
 
     def send_status(self, height: int) -> None:
         for peer in self.peers.values():

@@ -48,7 +48,8 @@ class PeerLimits:
     dial_interval: float = 0.5         # between two book dials: all 8 slots fill in ~4 s, and
                                        # a poisoned book makes us dial at most 2 addresses a second
     persistent_backoff_base: float = 0.5
-    persistent_backoff_max: float = 8.0  # a restarted validator is found again within seconds
+    persistent_backoff_max: float = 2.0  # a validator back from a crash or a partition is
+                                         # redialled within 2 s; a few dials a second is cheap
     ban_seconds: float = 60.0
     # eviction: how many inbound peers each merit spares (Bitcoin: 4 netgroup, 8 ping, 4 tx,
     # 4 block, then half by age; scaled to 24 slots, so 5 or more candidates remain when full)

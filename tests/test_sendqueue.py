@@ -1,0 +1,50 @@
+"""p2p.sendqueue: votes overtake block data, and nothing stale goes on the wire."""
+from __future__ import annotations
+
+import asyncio
+
+from p2p.sendqueue import SHELF_LIFE_S, SendQueue
+
+
+def drain(q: SendQueue, now: float) -> list[str]:
+    out = []
+    while (m := q.pop(now)) is not None:
+        out.append(m[0])
+    return out
+
+
+def test_urgent_messages_overtake_queued_bulk():
+    q = SendQueue(100)
+    for kind in ("proposal", "txs", "vote", "blocks", "status", "vote"):
+        q.put(kind, None, 0.0)
+    assert drain(q, 0.0) == ["vote", "status", "vote", "proposal", "txs", "blocks"]
+
+
+def test_stale_consensus_messages_are_dropped_on_the_way_out():
+    """After a partition, what was queued while cut off is not sent before fresh votes."""
+    q = SendQueue(100)
+    q.put("vote", "old", 0.0)
+    q.put("proposal", "old", 0.0)
+    q.put("blocks", "sync reply", 0.0)
+    later = max(SHELF_LIFE_S["vote"], SHELF_LIFE_S["proposal"]) + 1
+    q.put("vote", "fresh", later)
+    assert q.pop(later) == ["vote", "fresh"]
+    assert q.pop(later) == ["blocks", "sync reply"]  # never stale: a peer asked for it
+    assert q.pop(later) is None and q.dropped_stale == 2
+
+
+def test_a_full_queue_refuses_instead_of_growing():
+    q = SendQueue(3)
+    assert all(q.put("txs", i, 0.0) for i in range(3))
+    assert not q.put("vote", "x", 0.0) and len(q) == 3
+
+
+async def test_get_waits_for_a_message_and_skips_stale_ones():
+    q = SendQueue(10)
+    clock = {"now": 100.0}
+    q.put("vote", "stale", 0.0)
+    waiter = asyncio.get_running_loop().create_task(q.get(lambda: clock["now"]))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    q.put("vote", "fresh", 100.0)
+    assert await asyncio.wait_for(waiter, 1) == ["vote", "fresh"]

@@ -25,6 +25,7 @@ from consensus.crypto import PrivateKey, format_address, sha256
 
 from .netaddr import parse_peer, split_addr
 from .peerpolicy import Admit, PeerLimits, PeerPolicy, Refuse
+from .sendqueue import SendQueue
 from .transport import DEFAULT_FRAME_LIMIT, Session, TransportError, exchange_hello, handshake
 
 log = logging.getLogger("stepchain.p2p")

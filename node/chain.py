@@ -7,6 +7,7 @@ is executed once per node, however many times it is proposed, voted on and commi
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import time
 from pathlib import Path
 
@@ -28,6 +29,28 @@ log = logging.getLogger("stepchain.chain")
 MAX_CLOCK_DRIFT_MS = 10_000
 MAX_PENDING_EVIDENCE = 4 * MAX_EVIDENCE_PER_BLOCK
 TX_BYTES_PER_BLOCK = MAX_BLOCK_BYTES - 256 * 1024  # the rest is header, last commit and evidence
+
+
+@dataclass
+class Pace:
+    """How long this node takes to execute a tx, learned from the blocks it runs. A proposer
+    reaps only what it can execute within `budget_s`: every validator must receive and execute
+    the block within a propose timeout (2 s and up), and after a stall the backlog would
+    otherwise go into one block too slow to decide in any round. Node-local and advisory: it
+    changes which txs a proposer picks, never which blocks are valid."""
+    budget_s: float = 0.5
+    floor: int = 500
+    s_per_tx: float = 0.0
+
+    def observe(self, n_txs: int, seconds: float) -> None:
+        if n_txs >= 100:
+            sample = seconds / n_txs
+            self.s_per_tx = sample if self.s_per_tx == 0 else 0.7 * self.s_per_tx + 0.3 * sample
+
+    def limit(self, cap: int) -> int:
+        if self.s_per_tx <= 0:
+            return cap
+        return max(min(self.floor, cap), min(cap, int(self.budget_s / self.s_per_tx)))
 
 
 def signers_of(commit: Commit | None) -> tuple[bytes, ...]:
@@ -61,6 +84,7 @@ class Chain:
         self.mempool = Mempool(self.chain_id)
         self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
         self._results: dict[bytes, BlockResult] = {}
+        self.pace = Pace()
 
     def _check_resume(self) -> None:
         """The state we loaded must be the state after the last block we stored."""
@@ -102,10 +126,13 @@ class Chain:
         beacon_sig = key.sign(beacon_sign_bytes(self.chain_id, height + 1, prev_beacon))
         ctx = BlockContext(height + 1, max(now_ms(), last_time + 1), key.address,
                            next_beacon(prev_beacon, beacon_sig), signers_of(self.last_commit))
-        txs = self.mempool.reap(v, get_params(v)["max_block_txs"], TX_BYTES_PER_BLOCK) if with_txs else []
+        limit = self.pace.limit(get_params(v)["max_block_txs"])
+        txs = self.mempool.reap(v, limit, TX_BYTES_PER_BLOCK) if with_txs else []
         evidence = self.pending_evidence()
+        started = time.monotonic()
         result = execute_block(self.state, self.app_hash, self.chain_id, ctx, txs, evidence,
                                sig_ok=self.mempool.verified, skip_invalid=True)
+        self.pace.observe(len(txs), time.monotonic() - started)
         self.mempool.remove_invalid(result.rejected)
         header = Header(self.chain_id, ctx.height, ctx.time_ms, self.tip_hash,
                         merkle.root([t.hash for t in result.included]),
@@ -162,8 +189,10 @@ class Chain:
             raise BlockError("bad beacon")
         self._check_last_commit(block)
         ctx = BlockContext(h.height, h.time_ms, h.proposer, h.beacon, signers_of(block.last_commit))
+        started = time.monotonic()
         result = execute_block(self.state, self.app_hash, self.chain_id, ctx, block.txs, block.evidence,
                                sig_ok=self.mempool.verified)
+        self.pace.observe(len(block.txs), time.monotonic() - started)
         if result.app_hash != h.app_hash:
             raise BlockError("app_hash does not match our execution")
         self._results[block.hash] = result

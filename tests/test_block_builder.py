@@ -87,3 +87,23 @@ def test_every_dev_network_has_its_own_chain_id_so_txs_do_not_replay():
     writes, _ = genesis_writes(state_b)
     with pytest.raises(InvalidTx, match="wrong chain_id"):
         Mempool(b).add(tx, View({k: v for k, v in writes.items() if v is not None}))
+
+
+def test_pace_caps_a_block_at_what_executes_within_the_budget():
+    from node.chain import Pace
+    p = Pace(budget_s=1.0, floor=500)
+    assert p.limit(10_000) == 10_000             # nothing learned yet
+    p.observe(50, 10.0)                          # too few txs to learn from
+    assert p.limit(10_000) == 10_000
+    p.observe(1000, 1.0)                         # 1 ms a tx
+    assert p.limit(10_000) == 1000
+    for _ in range(20):
+        p.observe(1000, 10.0)                    # a very slow machine: never below the floor
+    assert p.limit(10_000) == 500 and p.limit(200) == 200
+
+
+def test_the_builder_reaps_no_more_than_its_pace_allows(node_chain):
+    for n in range(300):
+        node_chain.mempool.add(transfer(ALICE, BOB.address, 1, n), node_chain.view())
+    node_chain.pace.floor, node_chain.pace.s_per_tx = 10, 1.5 / 120  # 120 txs fit the budget
+    assert len(node_chain.build_block(VAL).txs) == 120

@@ -9,7 +9,6 @@ import random
 import pytest
 
 from consensus import jobs
-from consensus.ledger import get_account
 from node.mempool import InvalidTx, Mempool, Rejected, upfront_cost
 from consensus.ledger import get_params
 from tests.chainfactory import ALICE, BOB, CAROL, CHAIN_ID, Chain, job_spec, make_tx, transfer

@@ -105,5 +105,5 @@ def test_pace_caps_a_block_at_what_executes_within_the_budget():
 def test_the_builder_reaps_no_more_than_its_pace_allows(node_chain):
     for n in range(300):
         node_chain.mempool.add(transfer(ALICE, BOB.address, 1, n), node_chain.view())
-    node_chain.pace.floor, node_chain.pace.s_per_tx = 10, 1.5 / 120  # 120 txs fit the budget
+    node_chain.pace.floor, node_chain.pace.s_per_tx = 10, node_chain.pace.budget_s / 120  # 120 txs fit
     assert len(node_chain.build_block(VAL).txs) == 120

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-chaos clean
 
 # torch is pinned and installed first: an unpinned torch (or one pulled in by a dependency)
 # would download a multi-GB CUDA build.
@@ -33,6 +33,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/network_throughput.py
 	$(BIN)/python benchmarks/solver_overhead.py
 	$(BIN)/python benchmarks/verification.py
+	$(BIN)/python benchmarks/mempool_admission.py
+
+# Needs root (network namespaces); about 9 minutes.
+bench-chaos: $(STAMP)
+	$(BIN)/python benchmarks/network_chaos.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -245,13 +245,30 @@ class BFT:
             return False
         if vote.round <= self.round + 1:
             return True
-        ahead = {r for r, rnd in self.rounds.items() if r > self.round + 1
-                 and (vote.validator in rnd.prevotes or vote.validator in rnd.precommits)}
-        return vote.round in ahead or len(ahead) < FUTURE_ROUNDS_PER_VALIDATOR
+        ahead = self._far_rounds(vote.validator)
+        return vote.round in ahead or len(ahead) < FUTURE_ROUNDS_PER_VALIDATOR or vote.round > min(ahead)
+
+    def _far_rounds(self, validator: bytes) -> set[int]:
+        return {r for r, rnd in self.rounds.items() if r > self.round + 1
+                and (validator in rnd.prevotes or validator in rnd.precommits)}
+
+    def _make_room(self, vote: Vote) -> None:
+        """A validator's highest far-future rounds are the ones worth keeping (they say where
+        it is now): a newer one replaces its lowest."""
+        ahead = self._far_rounds(vote.validator)
+        if vote.round in ahead or len(ahead) < FUTURE_ROUNDS_PER_VALIDATOR:
+            return
+        rnd = self.rounds[min(ahead)]
+        rnd.prevotes.pop(vote.validator, None)
+        rnd.precommits.pop(vote.validator, None)
+        if rnd.proposal is None and not rnd.prevotes and not rnd.precommits:
+            del self.rounds[min(ahead)]
 
     def _on_vote(self, vote: Vote) -> list:
         if not self.accepts_vote(vote):
             return []
+        if vote.round > self.round + 1:
+            self._make_room(vote)
         votes = self._round(vote.round).votes(vote.kind)
         seen = votes.get(vote.validator)
         if seen is None:

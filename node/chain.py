@@ -232,8 +232,8 @@ class Chain:
                 self.state[k] = val
         self.height, self.tip_hash, self.app_hash = block.height, block.hash, result.app_hash
         self.last_commit = commit
-        for ev in block.evidence:
-            self.evidence.pop(ev.hash, None)
+        punished = {ev.vote_a.validator for ev in block.evidence}
+        self.evidence = {h: ev for h, ev in self.evidence.items() if ev.vote_a.validator not in punished}
         self._results.clear()
         self.mempool.update(self.view(), self.height)
         return result

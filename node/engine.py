@@ -76,10 +76,15 @@ class Engine:
         expected = bft.proposer_for(self.chain.validators(), proposal.height, proposal.round)
         if not verify(expected.pubkey, proposal.sign_bytes(self.chain.chain_id), proposal.signature):
             raise ValueError("proposal signature is not from the round's proposer")
-        if self.machine.height == proposal.height and not self.machine.accepts_proposal(proposal.height,
-                                                                                        proposal.round):
+        if self.machine.height != proposal.height:
+            self.submit(bft.ProposalReceived(proposal, self._valid(proposal)))  # the machine catches up first
+            return True
+        if not self.machine.accepts_proposal(proposal.height, proposal.round):
             return False  # a far-future round, or a second block for a round: not run, not relayed
-        self.submit(bft.ProposalReceived(proposal, self._valid(proposal)))
+        # Fed at once, not queued: the next message from the burst this one came in is checked
+        # against state that already holds it (a queued proposal would let a second block of
+        # the same round pass accepts_proposal too, and be run and relayed).
+        self._feed(bft.ProposalReceived(proposal, self._valid(proposal)))
         return True
 
     def _valid(self, proposal: Proposal) -> bool:
@@ -105,9 +110,12 @@ class Engine:
             raise ValueError("vote signature is invalid")
         if vote.height == self.chain.height:
             return self.chain.add_late_precommit(vote)
-        if self.machine.height == vote.height and not self.machine.accepts_vote(vote):
+        if self.machine.height != vote.height:
+            self.submit(bft.VoteReceived(vote))
+            return True
+        if not self.machine.accepts_vote(vote):
             return False  # beyond its allowance of future rounds: welcome again when re-sent later
-        self.submit(bft.VoteReceived(vote))
+        self._feed(bft.VoteReceived(vote))  # at once, as for proposals
         return True
 
     def on_evidence(self, ev: DuplicateVoteEvidence) -> bool:

@@ -33,8 +33,8 @@ BAD_SIGNATURE = 20
 INVALID_TX = 20  # per tx that can never execute: five in a message is a ban
 # Each tx a peer sends costs a signature check (~70 us), even a valid one the pool then
 # rejects (a used nonce): bounded per peer, so no peer can buy a whole core for free.
-TX_RATE_PER_PEER = 3_000.0
-TX_BURST_PER_PEER = 6_000.0
+TX_RATE_PER_PEER = 5_000.0
+TX_BURST_PER_PEER = 20_000.0
 
 
 @dataclass
@@ -150,14 +150,14 @@ class Network:
         if len(self._tx_budgets) > 4 * len(self.gossip.peers) + 64:  # forget peers that left
             self._tx_budgets = {p: b for p, b in self._tx_budgets.items() if p in self.gossip.peers}
         budget = self._tx_budgets.setdefault(peer.id, TokenBucket(TX_RATE_PER_PEER, TX_BURST_PER_PEER))
-        allowed = budget.take(len(payload), time.monotonic())
-        if allowed < len(payload):  # over its budget: not even the signatures are checked
-            log.debug("peer %s over its tx budget: %d of %d txs dropped", peer.name, len(payload) - allowed,
-                      len(payload))
-            payload = payload[:allowed]
+        txs = [_decode(Tx.from_obj, obj, "tx") for obj in payload]
+        fresh = [(obj, tx) for obj, tx in zip(payload, txs) if tx.hash not in self.chain.mempool.by_hash]
+        allowed = budget.take(len(fresh), time.monotonic())  # only what costs a signature check
+        if allowed < len(fresh):  # over its budget: not even the signatures are checked
+            log.debug("peer %s over its tx budget: %d of %d txs dropped", peer.name, len(fresh) - allowed, len(fresh))
+            fresh = fresh[:allowed]
         accepted, invalid, why = [], 0, ""
-        for obj in payload:
-            tx = _decode(Tx.from_obj, obj, "tx")
+        for obj, tx in fresh:
             try:
                 self.chain.mempool.add(tx, self.chain.view())
                 accepted.append(obj)

@@ -17,7 +17,8 @@ from collections import deque
 
 URGENT = frozenset({"vote", "status", "ping", "pong", "pex_req", "pex", "disconnect", "get_blocks",
                     "blob_get", "blob_missing", "evidence"})
-SHELF_LIFE_S = {"vote": 4.0, "proposal": 4.0, "txs": 10.0}  # kinds not named never go stale
+# Kinds not named never go stale. Tx batches are sent once and never re-sent, so they keep.
+SHELF_LIFE_S = {"vote": 4.0, "proposal": 4.0}
 
 
 class SendQueue:
@@ -27,15 +28,20 @@ class SendQueue:
         self._bulk: deque = deque()
         self._ready = asyncio.Event()
         self.dropped_stale = 0
+        self.dropped_full = 0
 
     def __len__(self) -> int:
         return len(self._urgent) + len(self._bulk)
 
     def put(self, kind: str, payload, now: float) -> bool:
         """Queue a message; False (dropped) when the peer already has max_items waiting."""
+        urgent = kind in URGENT
         if len(self) >= self.max_items:
-            return False
-        (self._urgent if kind in URGENT else self._bulk).append((now, kind, payload))
+            if not urgent or not self._bulk:
+                return False
+            self._bulk.popleft()  # a vote or a request is worth more than the oldest block data
+            self.dropped_full += 1
+        (self._urgent if urgent else self._bulk).append((now, kind, payload))
         self._ready.set()
         return True
 

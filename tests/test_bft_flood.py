@@ -40,9 +40,12 @@ def test_a_far_future_vote_is_refused_before_it_is_kept_so_it_is_welcome_later()
     for r in (10, 11):
         assert m.accepts_vote(vote(PREVOTE, 1, r, b"", evil))
         m.handle(VoteReceived(vote(PREVOTE, 1, r, b"", evil)))
-    assert not m.accepts_vote(vote(PREVOTE, 1, 12, b"", evil))
+    assert not m.accepts_vote(vote(PREVOTE, 1, 9, b"", evil))  # older than both it holds
     assert m.accepts_vote(vote(PRECOMMIT, 1, 11, b"", evil))  # a round it already holds
     assert m.accepts_vote(vote(PREVOTE, 1, 1, b"", evil))     # the next round is always open
+    assert m.accepts_vote(vote(PREVOTE, 1, 12, b"", evil))    # newer: replaces its lowest
+    m.handle(VoteReceived(vote(PREVOTE, 1, 12, b"", evil)))
+    assert sorted(m._far_rounds(evil)) == [11, 12] and 10 not in m.rounds
 
 
 def test_only_the_first_block_of_a_round_is_run_and_never_a_far_future_one():

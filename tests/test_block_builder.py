@@ -107,3 +107,15 @@ def test_the_builder_reaps_no_more_than_its_pace_allows(node_chain):
         node_chain.mempool.add(transfer(ALICE, BOB.address, 1, n), node_chain.view())
     node_chain.pace.floor, node_chain.pace.s_per_tx = 10, node_chain.pace.budget_s / 120  # 120 txs fit
     assert len(node_chain.build_block(VAL).txs) == 120
+
+
+def test_committed_evidence_clears_every_pending_piece_against_that_validator(node_chain):
+    from tests.chainfactory import double_sign_evidence
+    a = double_sign_evidence(VAL, height=1)
+    b = double_sign_evidence(VAL, height=2)
+    node_chain.evidence = {a.hash: a, b.hash: b}
+    block = node_chain.build_block(VAL)
+    assert len(block.evidence) == 1  # one per offender
+    from consensus.types import Commit
+    node_chain.commit_block(block, Commit(block.height, 0, block.hash, ((VAL.address, b"\0" * 64),)))
+    assert node_chain.evidence == {}

@@ -33,10 +33,21 @@ def test_stale_consensus_messages_are_dropped_on_the_way_out():
     assert q.pop(later) is None and q.dropped_stale == 2
 
 
-def test_a_full_queue_refuses_instead_of_growing():
+def test_a_full_queue_never_grows_and_gives_urgent_messages_the_room_of_bulk_ones():
     q = SendQueue(3)
     assert all(q.put("txs", i, 0.0) for i in range(3))
-    assert not q.put("vote", "x", 0.0) and len(q) == 3
+    assert not q.put("proposal", "x", 0.0) and len(q) == 3
+    assert q.put("vote", "v", 0.0) and len(q) == 3 and q.dropped_full == 1
+    assert drain(q, 0.0) == ["vote", "txs", "txs"]
+    q = SendQueue(2)
+    q.put("vote", 1, 0.0), q.put("status", 2, 0.0)
+    assert not q.put("vote", 3, 0.0)  # nothing bulk left to give way
+
+
+def test_tx_batches_never_go_stale_they_are_sent_only_once():
+    q = SendQueue(10)
+    q.put("txs", "batch", 0.0)
+    assert q.pop(10_000.0) == ["txs", "batch"]
 
 
 async def test_get_waits_for_a_message_and_skips_stale_ones():

@@ -102,11 +102,21 @@ def test_pace_caps_a_block_at_what_executes_within_the_budget():
     assert p.limit(10_000) == 500 and p.limit(200) == 200
 
 
-def test_the_builder_reaps_no_more_than_its_pace_allows(node_chain):
-    for n in range(300):
-        node_chain.mempool.add(transfer(ALICE, BOB.address, 1, n), node_chain.view())
-    node_chain.pace.floor, node_chain.pace.s_per_tx = 10, node_chain.pace.budget_s / 120  # 120 txs fit
-    assert len(node_chain.build_block(VAL).txs) == 120
+def test_the_builder_reaps_no_more_than_its_pace_allows(tmp_path, node_chain):
+    """With other validators to wait for, the pace caps a block; a sole validator waits for nobody."""
+    other = PrivateKey.generate()
+    g = genesis_mod.parse(genesis_doc(((VAL, 10**9), (ALICE, 10**9)), ((VAL, 10_000), (other, 10_000))))
+    pair = NodeChain(tmp_path / "pair", g)
+    try:
+        for chain in (pair, node_chain):
+            for n in range(300):
+                chain.mempool.add(transfer(ALICE, BOB.address, 1, n), chain.view())
+            chain.pace.floor, chain.pace.s_per_tx = 10, chain.pace.budget_s / 120  # 120 txs fit
+        proposer = VAL if pair.validators()[0].address == VAL.address else other
+        assert len(pair.build_block(proposer).txs) == 120
+        assert len(node_chain.build_block(VAL).txs) == 300
+    finally:
+        pair.close()
 
 
 def test_committed_evidence_clears_every_pending_piece_against_that_validator(node_chain):

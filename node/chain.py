@@ -38,7 +38,7 @@ class Pace:
     execute the block within a propose timeout (2 s and up), and after a stall the backlog would
     otherwise go into one block too slow to decide in any round. Node-local and advisory: it
     changes which txs a proposer picks, never which blocks are valid."""
-    budget_s: float = 1.0
+    budget_s: float = 0.5
     floor: int = 500
     s_per_tx: float = 0.0
 

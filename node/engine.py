@@ -84,7 +84,7 @@ class Engine:
         # Fed at once, not queued: the next message from the burst this one came in is checked
         # against state that already holds it (a queued proposal would let a second block of
         # the same round pass accepts_proposal too, and be run and relayed).
-        self._feed(bft.ProposalReceived(proposal, self._valid(proposal)))
+        self._feed_now(bft.ProposalReceived(proposal, self._valid(proposal)))
         return True
 
     def _valid(self, proposal: Proposal) -> bool:
@@ -115,8 +115,16 @@ class Engine:
             return True
         if not self.machine.accepts_vote(vote):
             return False  # beyond its allowance of future rounds: welcome again when re-sent later
-        self._feed(bft.VoteReceived(vote))  # at once, as for proposals
+        self._feed_now(bft.VoteReceived(vote))  # at once, as for proposals
         return True
+
+    def _feed_now(self, event) -> None:
+        """Feed from a network handler. What goes wrong here is the engine's failure, not the
+        peer's: it is handed to run(), which dies with it as if it had fed the event itself."""
+        try:
+            self._feed(event)
+        except Exception as exc:
+            self.submit(_Failed(exc))
 
     def on_evidence(self, ev: DuplicateVoteEvidence) -> bool:
         if ev.hash in self.chain.evidence:

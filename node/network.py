@@ -18,6 +18,7 @@ from consensus.store import StoreError
 from consensus.types import Block, Commit, DecodeError, DuplicateVoteEvidence, Proposal, Tx, Vote
 from p2p.blobs import Assembly, BlobError, BlobStore
 from p2p.gossip import Gossip, Misbehaviour, Peer
+from p2p.ratelimit import TokenBucket
 from p2p.sync import SyncPlanner, serve_range
 from p2p.transport import make_hello
 
@@ -35,25 +36,6 @@ INVALID_TX = 20  # per tx that can never execute: five in a message is a ban
 # rejects (a used nonce): bounded per peer, so no peer can buy a whole core for free.
 TX_RATE_PER_PEER = 5_000.0
 TX_BURST_PER_PEER = 20_000.0
-
-
-@dataclass
-class TokenBucket:
-    """Units per second with a burst: each peer's share of this node's signature checks."""
-    rate: float
-    burst: float
-    tokens: float = -1.0
-    at: float = 0.0
-
-    def take(self, want: int, now: float) -> int:
-        """How many of `want` units may go now (all or some), taking them."""
-        if self.tokens < 0:
-            self.tokens, self.at = self.burst, now
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        got = min(want, int(self.tokens))
-        self.tokens -= got
-        return got
 
 
 @dataclass

@@ -25,6 +25,7 @@ from consensus.crypto import PrivateKey, format_address, sha256
 
 from .netaddr import parse_peer, split_addr
 from .peerpolicy import Admit, PeerLimits, PeerPolicy, Refuse
+from .ratelimit import TokenBucket
 from .sendqueue import SendQueue
 from .transport import DEFAULT_FRAME_LIMIT, Session, TransportError, exchange_hello, handshake
 
@@ -60,8 +61,7 @@ class Peer:
     direction: str = "in"  # "in": it dialed us; "out": we dialed it
     outbound: SendQueue = field(default_factory=lambda: SendQueue(OUTBOUND_QUEUE))
     score: int = 0
-    tokens: float = RATE_BURST
-    refill_at: float = field(default_factory=time.monotonic)
+    messages: TokenBucket = field(default_factory=lambda: TokenBucket(RATE_PER_S, RATE_BURST))
     tasks: list = field(default_factory=list)
     ping: tuple[int, float] | None = None  # (nonce, sent at) of the ping awaiting its pong
 
@@ -81,13 +81,7 @@ class Peer:
         return self.outbound.put(kind, payload, time.monotonic())
 
     def take_token(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(RATE_BURST, self.tokens + (now - self.refill_at) * RATE_PER_S)
-        self.refill_at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+        return self.messages.take(1, time.monotonic()) == 1
 
 
 class Gossip:

@@ -136,7 +136,7 @@ def test_admission_does_not_rescan_a_senders_backlog(monkeypatch):
 
 
 def test_a_peers_tx_budget_refills_at_its_rate_and_caps_bursts():
-    from node.network import TokenBucket
+    from p2p.ratelimit import TokenBucket
     b = TokenBucket(rate=100.0, burst=300.0)
     assert b.take(1000, now=0.0) == 300      # a burst is capped
     assert b.take(10, now=0.0) == 0          # and then nothing is left

@@ -40,3 +40,22 @@ def sample_intervals(n_intervals: int, count: int, beacon: bytes, *label) -> lis
     for i in range(min(count, n_intervals)):
         chosen.append(remaining.pop(draw(beacon, *label, i) % len(remaining)))
     return sorted(chosen)
+
+
+def verifier_intervals(secret: bytes, root: bytes, beacon: bytes, n_intervals: int, count: int,
+                       diverged_leaf: int | None = None) -> list[int]:
+    """The intervals one verifier re-runs for a commit: `count` drawn from the verifier's own
+    hash-chain secret, the commit's root and a beacon after the commit, plus the last one.
+
+    The solver knows neither the secret nor the beacon when it commits, and the verifier's
+    secret was fixed by its registration, so neither can steer the draw; verifiers with
+    different secrets check different intervals. The last interval is always checked: its end
+    is what the next round (or the final model) is built from. A commit that declares its
+    training diverged at leaf j has every interval before j checked (the run ends there, and
+    a forged path into the divergence must never pay), and the last one.
+    """
+    last = n_intervals - 1
+    if diverged_leaf is not None:
+        return sorted(set(range(min(diverged_leaf, n_intervals))) | {last})
+    drawn = sample_intervals(last, count, beacon, root, secret, "verifier-intervals")
+    return sorted(drawn + [last])

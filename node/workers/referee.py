@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from consensus.jobs import K_ACTIVE_JOBS, get_job
+from consensus.jobs import K_ACTIVE_JOBS, k_job
 from consensus.ledger import get_account
 
 from ..client import make_tx
@@ -48,7 +48,7 @@ class Referee:
             return
         v = chain.view()
         for job_id in v.read(K_ACTIVE_JOBS, []):
-            job = get_job(v, job_id)
+            job = v.read(k_job(job_id))
             for i, shard in enumerate(job["shards"]):
                 ch = shard["challenge"]
                 if shard["status"] != "disputed" or any(a == me for a, _ in ch["votes"]):

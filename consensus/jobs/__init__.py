@@ -1,0 +1,23 @@
+"""On-chain life of a training job: escrow, assignment, commits, verification, disputes, payouts.
+
+The chain never runs torch. It records what solvers commit (a Merkle root over checkpoint
+hashes every k steps), draws verifiers and intervals from the beacon after each commit,
+collects attestations and challenges, counts validators' referee votes, and moves tokens.
+
+    spec.py       what a job asks for and its budget
+    records.py    the job record (typed, encodes to exactly the on-chain map)
+    lifecycle.py  the shard status table: every transition is one named rule
+    txs.py        the job txs (submit, cancel, commit, attest, challenge, dispute vote)
+    settle.py     outcomes: payouts, slashes, reopening a shard, closing a job
+    schedule.py   end of block: assignment, verifier draws, deadlines
+"""
+from .errors import JobError
+from .records import (K_ACTIVE_JOBS, MAX_EVENTS, Challenge, Commit, Job, JobStatus, Shard, ShardStatus, k_escrow,
+                      k_job, k_load)
+from .schedule import process_jobs
+from .spec import LIMITS, METRICS, OPTIMIZERS, PROFILES, budget, check_spec, n_intervals
+from .txs import START, TX_HANDLERS
+
+__all__ = ["JobError", "K_ACTIVE_JOBS", "MAX_EVENTS", "Challenge", "Commit", "Job", "JobStatus", "Shard",
+           "ShardStatus", "k_escrow", "k_job", "k_load", "process_jobs", "LIMITS", "METRICS", "OPTIMIZERS",
+           "PROFILES", "budget", "check_spec", "n_intervals", "START", "TX_HANDLERS"]

@@ -1,0 +1,140 @@
+"""The job record: typed views that encode to exactly the on-chain map.
+
+A job is stored as one codec map under ``job/<id>``. These dataclasses are the only way the
+rules read and write it: `Job.load` parses the stored map once, the rules change fields, and
+`Job.save` writes the map back (field names are the map's keys; enums are stored as their
+string values). The RPC renders the same map, so workers parse it with `Job.from_map` too,
+after turning hex back into bytes (`Job.from_json`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass, field
+
+from ..ledger import View
+from .errors import JobError
+
+MAX_EVENTS = 200
+K_ACTIVE_JOBS = b"jobs_active"
+
+
+def k_job(job_id: bytes) -> bytes: return b"job/" + job_id
+def k_escrow(job_id: bytes) -> bytes: return b"escrow/" + job_id
+def k_load(addr: bytes) -> bytes: return b"load/" + addr
+
+
+class JobStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class ShardStatus(enum.StrEnum):
+    UNASSIGNED = "unassigned"  # waiting for a solver
+    ASSIGNED = "assigned"      # a solver trains it, until its commit deadline
+    COMMITTED = "committed"    # a root is on chain; verifiers not drawn yet
+    VERIFYING = "verifying"    # verifiers drawn; the window for attestations and challenges runs
+    DISPUTED = "disputed"      # a challenge is open; validators referee it
+    PASSED = "passed"          # settled and paid
+
+
+class Record:
+    """Dataclass <-> codec map, field by field (nested records, lists of them, enums)."""
+
+    def to_map(self) -> dict:
+        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_map(cls, raw: dict):
+        hints = typing.get_type_hints(cls)
+        if type(raw) is not dict or set(raw) != {f.name for f in dataclasses.fields(cls)}:
+            raise JobError(f"malformed {cls.__name__} record")
+        return cls(**{name: _decode(hints[name], value) for name, value in raw.items()})
+
+
+def _encode(value):
+    if isinstance(value, Record):
+        return value.to_map()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return [_encode(x) for x in value]
+    return value
+
+
+def _decode(hint, value):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        return None if value is None else _decode(inner[0], value)
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], Record):
+        return [args[0].from_map(x) for x in value]
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return hint.from_map(value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(value)
+    return value
+
+
+@dataclass
+class Commit(Record):
+    root: bytes
+    leaves: int
+    height: int
+    manifest: bytes
+    start: bytes
+    final: bytes
+
+
+@dataclass
+class Challenge(Record):
+    challenger: bytes
+    interval: int          # -1 disputes the start checkpoint (and the manifest)
+    start_leaf: bytes
+    end_leaf: bytes
+    opened: int
+    deadline: int
+    votes: list = field(default_factory=list)   # [validator, fault]
+
+
+@dataclass
+class Shard(Record):
+    solver: bytes | None = None
+    status: ShardStatus = ShardStatus.UNASSIGNED
+    assigned_at: int = 0
+    deadline: int = 0
+    commit: Commit | None = None
+    verifiers: list = field(default_factory=list)
+    intervals: list = field(default_factory=list)
+    window_end: int = 0
+    attested: list = field(default_factory=list)
+    challenge: Challenge | None = None
+    tried: list = field(default_factory=list)
+
+
+@dataclass
+class Job(Record):
+    id: bytes
+    submitter: bytes
+    spec: dict
+    status: JobStatus
+    round: int
+    submitted_at: int
+    shards: list[Shard]
+    finals: list
+    events: list
+
+    @classmethod
+    def load(cls, v: View, job_id: bytes) -> "Job":
+        raw = v.read(k_job(job_id))
+        if raw is None:
+            raise JobError(f"no job {job_id.hex()}")
+        return cls.from_map(raw)
+
+    def save(self, v: View) -> None:
+        v.write(k_job(self.id), self.to_map())
+
+    def log(self, height: int, kind: str, who: bytes | None, amount: int, note: str) -> None:
+        self.events = (self.events + [[height, kind, who, amount, note]])[-MAX_EVENTS:]

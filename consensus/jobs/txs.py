@@ -1,0 +1,175 @@
+"""The job txs: each handler checks its preconditions, then changes the job record."""
+from __future__ import annotations
+
+from .. import merkle
+from ..ledger import Account, View, get_account, get_params, get_stake, get_valset, set_account
+from . import settle
+from .errors import JobError
+from .lifecycle import move
+from .records import K_ACTIVE_JOBS, Challenge, Commit, Job, JobStatus, Shard, ShardStatus, k_escrow
+from .spec import budget, check_spec, n_intervals
+
+START = -1  # the challenge 'interval' that disputes a shard's first checkpoint
+
+
+def _shard(v: View, body: dict, *statuses: ShardStatus) -> tuple[Job, Shard]:
+    """The job and shard a tx names, checked to be current and in one of `statuses`."""
+    for name, kind in (("job", bytes), ("round", int), ("shard", int)):
+        if type(body.get(name)) is not kind:
+            raise JobError(f"{name} must be {kind.__name__}")
+    job = Job.load(v, body["job"])
+    if job.status != JobStatus.ACTIVE or body["round"] != job.round:
+        raise JobError("that job round is not open")
+    if not 0 <= body["shard"] < len(job.shards):
+        raise JobError("no such shard")
+    shard = job.shards[body["shard"]]
+    if shard.status not in statuses:
+        raise JobError(f"shard is {shard.status.value}, not {' or '.join(s.value for s in statuses)}")
+    return job, shard
+
+
+def _proof(body: dict, leaf: str, proof: str, index: int, commit: Commit) -> bytes:
+    if type(body.get(leaf)) is not bytes or type(body.get(proof)) is not list \
+            or not all(type(p) is bytes for p in body[proof]):
+        raise JobError(f"{leaf} must be bytes and {proof} a list of hashes")
+    if not merkle.verify_proof(commit.root, body[leaf], index, commit.leaves, body[proof]):
+        raise JobError(f"{leaf} is not leaf {index} of the committed root")
+    return body[leaf]
+
+
+def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
+    spec = tx.body.get("spec")
+    check_spec(spec)
+    params = get_params(v)
+    active = v.read(K_ACTIVE_JOBS, [])
+    if len(active) >= params["max_active_jobs"]:
+        raise JobError("too many active jobs; try later")
+    cost = budget(spec, params)
+    acct = get_account(v, sender)
+    if acct.balance < cost:
+        raise JobError(f"insufficient funds for the job budget: balance {acct.balance}, budget {cost}")
+    set_account(v, sender, Account(acct.balance - cost, acct.nonce))
+    v.write(k_escrow(tx.hash), cost)
+    Job(id=tx.hash, submitter=sender, spec=spec, status=JobStatus.ACTIVE, round=0, submitted_at=height,
+        shards=[Shard() for _ in range(spec["shards"])], finals=[],
+        events=[[height, "submitted", sender, cost, "budget escrowed"]]).save(v)
+    v.write(K_ACTIVE_JOBS, sorted(active + [tx.hash]))
+
+
+def process_commit_shard(v: View, tx, sender: bytes, height: int) -> None:
+    body = tx.body
+    job, shard = _shard(v, body, ShardStatus.ASSIGNED)
+    if shard.solver != sender:
+        raise JobError("this shard is not assigned to you")
+    if height > shard.deadline:
+        raise JobError("the commit deadline has passed")
+    if get_stake(v, sender, "solver") < get_params(v)["min_solver_stake"]:
+        raise JobError("a commit needs the solver stake that answers for it")
+    leaves = n_intervals(job.spec) + 1
+    if body.get("leaves") != leaves or type(body.get("root")) is not bytes or len(body["root"]) != 32:
+        raise JobError(f"a commit needs a 32-byte root over exactly {leaves} leaves")
+    if type(body.get("manifest")) is not bytes or len(body["manifest"]) != 32:
+        raise JobError("a commit names its manifest blob (the list of leaf hashes) by a 32-byte hash")
+    commit = Commit(root=body["root"], leaves=leaves, height=height, manifest=body["manifest"], start=b"",
+                    final=b"")
+    commit.start = _proof(body, "start", "start_proof", 0, commit)
+    commit.final = _proof(body, "final", "final_proof", leaves - 1, commit)
+    shard.commit = commit
+    move(shard, "commit")
+    job.log(height, "commit", sender, 0, f"shard {body['shard']} root {body['root'].hex()[:16]}")
+    job.save(v)
+
+
+def process_attest(v: View, tx, sender: bytes, height: int) -> None:
+    job, shard = _shard(v, tx.body, ShardStatus.VERIFYING)
+    if sender not in shard.verifiers:
+        raise JobError("you were not selected to verify this shard")
+    if sender in shard.attested or height > shard.window_end:
+        raise JobError("already attested, or the verification window has closed")
+    shard.attested.append(sender)
+    job.save(v)
+
+
+def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
+    body = tx.body
+    job, shard = _shard(v, body, ShardStatus.COMMITTED, ShardStatus.VERIFYING)
+    params = get_params(v)
+    if sender == shard.solver:
+        raise JobError("a solver cannot challenge itself")
+    if get_stake(v, sender, "verifier") < params["min_verifier_stake"]:
+        raise JobError("challenging needs a verifier stake (it is at risk if you are wrong)")
+    if shard.status == ShardStatus.VERIFYING and height > shard.window_end:
+        raise JobError("the verification window has closed")
+    commit, interval = shard.commit, body.get("interval")
+    if type(interval) is not int or not START <= interval < commit.leaves - 1:
+        raise JobError(f"interval must be between {START} (the start checkpoint) and {commit.leaves - 2}")
+    if interval == START:  # the first checkpoint is wrong, or the solver does not serve its blobs
+        start = end = commit.start
+    else:
+        start = _proof(body, "start_leaf", "start_proof", interval, commit)
+        end = _proof(body, "end_leaf", "end_proof", interval + 1, commit)
+    shard.challenge = Challenge(challenger=sender, interval=interval, start_leaf=start, end_leaf=end,
+                                opened=height, deadline=height + params["dispute_blocks"])
+    move(shard, "challenge")
+    job.log(height, "challenge", sender, 0, f"shard {body['shard']} interval {interval}")
+    job.save(v)
+
+
+def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
+    job, shard = _shard(v, tx.body, ShardStatus.DISPUTED)
+    if type(tx.body.get("fault")) is not bool:
+        raise JobError("fault must be true or false")
+    vals = {x.address: x.power for x in get_valset(v)}
+    if sender not in vals:
+        raise JobError("only validators referee disputes")
+    if height > shard.challenge.deadline:
+        raise JobError("the dispute's voting deadline has passed")
+    if sender in (shard.solver, shard.challenge.challenger):
+        raise JobError("a party to a dispute cannot referee it")
+    votes = shard.challenge.votes
+    if any(a == sender for a, _ in votes):
+        raise JobError("already voted on this dispute")
+    votes.append([sender, tx.body["fault"]])
+    total = sum(vals.values())
+    for side in (True, False):
+        power = sum(vals.get(a, 0) for a, f in votes if f == side)
+        if 3 * power > 2 * total:
+            settle.resolve_dispute(v, job, tx.body["shard"], side, height)
+            break
+    job.save(v)
+
+
+def process_cancel_job(v: View, tx, sender: bytes, height: int) -> None:
+    """A submitter whose job cannot make progress (no solver takes it, or no verifier is staked
+    to check a commitment) gets its escrow back. Never while a solver is at work or a result is
+    being checked. A commitment nobody could verify is paid for: the solver did the work, and
+    otherwise a submitter could cancel to get a trained model for free."""
+    if type(tx.body.get("job")) is not bytes:
+        raise JobError("job must be bytes")
+    job = Job.load(v, tx.body["job"])
+    if job.submitter != sender:
+        raise JobError("only the job's submitter can cancel it")
+    if job.status != JobStatus.ACTIVE:
+        raise JobError(f"the job is already {job.status.value}")
+    busy = [i for i, s in enumerate(job.shards)
+            if s.status not in (ShardStatus.UNASSIGNED, ShardStatus.PASSED) and not settle.awaits_verifiers(s, height)]
+    if busy:
+        raise JobError(f"shard(s) {', '.join(map(str, busy))} have a solver at work or a result pending; "
+                       "cancel once none do")
+    for index, shard in enumerate(job.shards):
+        if settle.awaits_verifiers(shard, height):
+            settle.pay(v, job, shard.solver, job.spec["reward_per_shard"], height,
+                       f"solver, shard {index} committed but no verifier was staked to check it")
+            settle.release_solver(v, shard)
+    settle.close_job(v, job, height, JobStatus.CANCELLED, "job cancelled by its submitter; unused escrow refunded")
+    job.save(v)
+
+
+TX_HANDLERS = {
+    "submit_job": process_submit_job,
+    "cancel_job": process_cancel_job,
+    "commit_shard": process_commit_shard,
+    "attest": process_attest,
+    "challenge": process_challenge,
+    "dispute_vote": process_dispute_vote,
+}

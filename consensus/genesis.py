@@ -25,17 +25,21 @@ DEFAULT_PARAMS: dict[str, int] = {
     "slash_downtime_ppm": 100,        # 0.01%
     "downtime_window": 100,
     "min_validator_stake": 1,
-    # compute jobs
+    # compute jobs (docs/PROTOCOL.md says why each default is what it is)
     "min_solver_stake": 1,
     "min_verifier_stake": 1,
     "solver_capacity": 2,             # open shards one solver may hold at once
-    "verifiers_per_shard": 1,
-    "samples_per_shard": 2,           # intervals each verifier re-runs
+    "verifiers_per_shard": 2,         # each checks its own drawn intervals
+    "samples_per_shard": 1,           # intervals each verifier draws, besides the last one
+    "min_intervals": 50,              # a shard has at least this many intervals (steps / k)
+    "draw_delay_blocks": 2,           # verifiers come from the beacon this long after a commit
+    "collateral_ratio_ppm": 3_000_000,  # a solver locks 3x the shard's reward while it is open
+    "verifier_collateral_ppm": 300_000,  # a drawn verifier or a challenger locks 0.3x the reward
+    "challenge_fee": 100,             # an availability challenge answered in time costs this
+    "response_blocks": 10,            # a solver's time to serve a blob named by a challenge
     "dispute_blocks": 40,             # validators' time to referee a challenge
-    "solver_slash_ppm": 200_000,      # proven fraud
-    "verifier_slash_ppm": 100_000,    # failed challenge, or attesting a proven fault
     "missed_deadline_slash_ppm": 10_000,
-    "winner_share_ppm": 500_000,      # of a slash, paid to the other party; the rest is burned
+    "winner_share_ppm": 500_000,      # of a forfeit, paid to the other party; the rest is burned
     "max_active_jobs": 32,
     "max_blob_bytes": 8 * 1024 * 1024,  # datasets, checkpoints and models
 }
@@ -77,6 +81,12 @@ def _params(raw: Any) -> dict[str, int]:
         raise GenesisError(f"unknown params: {', '.join(unknown)}")
     params = dict(DEFAULT_PARAMS)
     params.update({k: _int(v, f"params.{k}") for k, v in raw.items()})
+    if params["response_blocks"] >= params["dispute_blocks"]:
+        raise GenesisError("params.response_blocks must be below params.dispute_blocks: referees need time "
+                           "to check that a challenged blob was served")
+    for name in ("draw_delay_blocks", "verifiers_per_shard", "min_intervals"):
+        if params[name] < 1:
+            raise GenesisError(f"params.{name} must be at least 1")
     return params
 
 

@@ -68,6 +68,25 @@ def slash(v: View, addr: bytes, role: str, ppm: int) -> int:
     return cut
 
 
+def slash_amount(v: View, addr: bytes, role: str, amount: int) -> int:
+    """Burn up to `amount` of addr's stake in `role`: bonded first, then unbonding entries
+    (a party cannot dodge a collateral slash by unstaking). Returns what was burned."""
+    bonded = get_stake(v, addr, role)
+    cut = min(bonded, amount)
+    set_stake(v, addr, role, bonded - cut)
+    entries = v.read(k_unbonding(addr), [])
+    for e in entries:
+        if e[1] == role and cut < amount:
+            part = min(e[2], amount - cut)
+            e[2] -= part
+            cut += part
+    if entries:
+        v.write(k_unbonding(addr), entries)
+    add_burned(v, cut)
+    _mark_candidate(v, addr, role)
+    return cut
+
+
 def jail(v: View, addr: bytes, height: int, tombstone: bool = False) -> None:
     until = height + get_params(v)["jail_blocks"]
     _, was_tombstoned = v.read(k_jail(addr), [0, False])

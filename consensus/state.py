@@ -105,6 +105,10 @@ def process_unstake(v: View, tx: Tx, sender: bytes, height: int) -> None:
         raise TxError(f"cannot unstake {amount}: only {bonded} bonded as {role}")
     if role == "solver" and v.read(jobs.k_load(sender), 0):
         raise TxError("cannot unstake solver stake while holding an assigned shard")
+    locked = jobs.locked(v, sender, role)
+    if amount > bonded - locked:
+        raise TxError(f"cannot unstake {amount}: {locked} of the {bonded} bonded as {role} is locked as "
+                      "collateral for open shards")
     staking.unbond(v, sender, role, amount, height)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 from .crypto import ADDRESS_LEN
 from .genesis import ROLES
+from .hashchain import MAX_LENGTH as MAX_CHAIN
 
 HASH_LEN = 32
 MAX_AMOUNT = 2**63 - 1   # supply is below 2**63, so no honest amount is larger
@@ -84,13 +85,18 @@ Schema = Mapping[str, Any]  # field name -> one of the checkers above
 ADDRESS, HASH, AMOUNT, INDEX = Bytes(ADDRESS_LEN), Bytes(HASH_LEN), Int(1), Int(0, 2**32)
 SHARD = {"job": HASH, "round": INDEX, "shard": INDEX}
 COMMIT = {**SHARD, "root": HASH, "leaves": INDEX, "manifest": HASH, "start": HASH, "start_proof": Hashes(),
-          "final": HASH, "final_proof": Hashes()}
+          "final": HASH, "final_proof": Hashes(), "diverged_leaf": INDEX}
 CHALLENGE_START = {**SHARD, "interval": Int(-1, -1)}  # disputes the start checkpoint: no leaves
 CHALLENGE = {**SHARD, "interval": INDEX, "start_leaf": HASH, "start_proof": Hashes(),
              "end_leaf": HASH, "end_proof": Hashes()}
 
 
+CHALLENGE_AVAILABLE = {**SHARD, "unavailable": HASH, "leaf": Int(-1, 2**32), "proof": Hashes()}
+
+
 def _challenge(body: dict) -> Schema:
+    if "unavailable" in body:
+        return CHALLENGE_AVAILABLE
     return CHALLENGE_START if body.get("interval") == -1 else CHALLENGE
 
 
@@ -100,10 +106,12 @@ SCHEMAS: dict[str, Schema | Callable[[dict], Schema]] = {
     "unstake": {"role": OneOf(ROLES), "amount": AMOUNT},
     "unjail": {},
     "submit_job": {"spec": JobSpec()},
+    "register_secrets": {"role": OneOf(("solver", "verifier")), "tip": HASH, "length": Int(1, MAX_CHAIN)},
     "commit_shard": COMMIT,
-    "attest": SHARD,
+    "decline": SHARD,
+    "attest": {**SHARD, "secret": HASH},
     "challenge": _challenge,
-    "dispute_vote": {**SHARD, "fault": Bool()},
+    "dispute_vote": {**SHARD, "challenger": ADDRESS, "fault": Bool()},
     "cancel_job": {"job": HASH},
 }
 

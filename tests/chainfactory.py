@@ -181,11 +181,12 @@ __all__ = ["CHAIN_ID", "Chain", "PRECOMMIT", "PREVOTE", "merge", "key", "make_tx
 
 def job_spec(**overrides) -> dict:
     """A structurally valid on-chain job spec (what `stepchain job submit` sends), small numbers:
-    2 shards x 1 round of 8 steps with a checkpoint every 2 steps (4 intervals, 5 leaves)."""
+    2 shards x 1 round of 100 steps with a checkpoint every 2 steps (50 intervals, the least the
+    chain's default min_intervals allows; 51 leaves)."""
     spec = {"model": "mlp", "model_args": {"in_dim": 2, "hidden": [8], "out_dim": 3},
             "data": {"generator": "spirals", "args": {"n": 60, "classes": 3}, "seed": 7},
             "optimizer": "sgd", "profile": "cpu-f32-1thread", "metric": "accuracy",
-            "batch_size": 8, "shards": 2, "rounds": 1, "steps": 8, "k": 2, "lr_ppm": 10_000, "seed": 1,
+            "batch_size": 8, "shards": 2, "rounds": 1, "steps": 100, "k": 2, "lr_ppm": 10_000, "seed": 1,
             "tolerance_ppm": 1_000, "holdout_ppm": 200_000, "reward_per_shard": 100, "verification_fee": 10,
             "commit_blocks": 3, "verify_blocks": 2}
     spec.update(overrides)
@@ -206,7 +207,7 @@ def commit_body(job_id: bytes, round_: int, shard: int, leaves: list[bytes], **o
     body = {"job": job_id, "round": round_, "shard": shard, "root": merkle.root(leaves), "leaves": len(leaves),
             "manifest": sha256(codec.encode(leaves)),
             "start": leaves[0], "start_proof": merkle.proof(leaves, 0),
-            "final": leaves[-1], "final_proof": merkle.proof(leaves, len(leaves) - 1)}
+            "final": leaves[-1], "final_proof": merkle.proof(leaves, len(leaves) - 1), "diverged_leaf": 0}
     body.update(overrides)
     return body
 

@@ -14,7 +14,9 @@ import dataclasses
 
 import pytest
 
-from consensus import jobs
+from consensus import hashchain, jobs
+from consensus.crypto import sha256
+from consensus.ledger import get_params
 from consensus.state import BlockError
 from tests.chainfactory import ALICE, VAL, Chain, commit_body, fake_leaves, job_spec, key, make_tx
 from tests.statechecks import burned  # noqa: F401  (part of this world's moves)
@@ -41,13 +43,33 @@ def _with_amounts(items) -> list:
     return [(x, STAKE) if not isinstance(x, tuple) else x for x in items]
 
 
+SECRET_LENGTH = 64
+
+
+def seed_of(k) -> bytes:
+    """The hash-chain seed a party of this world registered (its secrets derive from it)."""
+    return sha256(b"jobworld/seed" + k.address)
+
+
+def secret(k, index: int) -> bytes:
+    return hashchain.element(seed_of(k), SECRET_LENGTH, index)
+
+
+def register_secrets(c: Chain, *who) -> None:
+    block(c, *(tx(c, k, "register_secrets", {"role": "verifier", "tip": hashchain.tip(seed_of(k), SECRET_LENGTH),
+                                             "length": SECRET_LENGTH}) for k in who))
+
+
 def world(solvers=SOLVERS, verifiers=VERIFIERS, validators=VALIDATORS, **params) -> Chain:
     """Four validators (VAL proposes), ALICE with 1_000_000 to pay for jobs, everyone else 1_000
-    for fees; `solvers` and `verifiers` (keys, or (key, amount)) bonded in genesis."""
+    for fees; `solvers` and `verifiers` (keys, or (key, amount)) bonded in genesis, and the
+    verifiers' hash chains registered in block 1."""
     accounts = [(ALICE, 1_000_000)] + [(k, 1_000) for k in EVERYONE if k is not ALICE]
     extra = [(k, "solver", a) for k, a in _with_amounts(solvers)] \
         + [(k, "verifier", a) for k, a in _with_amounts(verifiers)]
-    return Chain.create(accounts=accounts, validators=validators, params=params or None, extra_stakes=extra)
+    c = Chain.create(accounts=accounts, validators=validators, params=params or None, extra_stakes=extra)
+    register_secrets(c, *(k for k, _ in _with_amounts(verifiers)))
+    return c
 
 
 def tx(c: Chain, k, kind: str, body: dict, nonce: int | None = None):
@@ -112,7 +134,13 @@ def solver_of(c: Chain, jid: bytes, i: int = 0):
 
 
 def verifiers_of(c: Chain, jid: bytes, i: int = 0) -> list:
-    return [KEYS[a] for a in shard(c, jid, i)["verifiers"]]
+    return [KEYS[sel["verifier"]] for sel in shard(c, jid, i)["verifiers"]]
+
+
+def attest_body(c: Chain, jid: bytes, i: int, k) -> dict:
+    """What a drawn verifier sends: the shard, and the secret its selection reserved."""
+    sel = next(s for s in shard(c, jid, i)["verifiers"] if s["verifier"] == k.address)
+    return {"job": jid, "round": job(c, jid)["round"], "shard": i, "secret": secret(k, sel["secret_index"])}
 
 
 def submit(c: Chain, **spec) -> bytes:
@@ -144,9 +172,8 @@ def commit(c: Chain, jid: bytes, *indexes: int) -> dict[int, list[bytes]]:
 
 def attest(c: Chain, jid: bytes, i: int, *who) -> None:
     """`who` (default: every selected verifier) attest shard i in one block."""
-    rnd = job(c, jid)["round"]
     who = who or tuple(verifiers_of(c, jid, i))
-    block(c, *(tx(c, k, "attest", {"job": jid, "round": rnd, "shard": i}) for k in who))
+    block(c, *(tx(c, k, "attest", attest_body(c, jid, i, k)) for k in who))
 
 
 def pass_round(c: Chain, jid: bytes) -> dict[int, list[bytes]]:
@@ -154,11 +181,17 @@ def pass_round(c: Chain, jid: bytes) -> dict[int, list[bytes]]:
     rnd = job(c, jid)["round"]
     until(c, lambda: all(s["status"] == "assigned" for s in job(c, jid)["shards"]))
     leaves = commit(c, jid)
-    block(c)  # the beacon of this block draws the verifiers
+    draw(c)
     for i in leaves:
         attest(c, jid, i)
     until(c, lambda: job(c, jid)["round"] != rnd or job(c, jid)["status"] == "done")
     return leaves
+
+
+def draw(c: Chain) -> None:
+    """Blocks until the verifiers of the last commit are drawn (draw_delay_blocks after it)."""
+    for _ in range(get_params(c.view())["draw_delay_blocks"]):
+        block(c)
 
 
 def events(c: Chain, jid: bytes, kind: str) -> list:
@@ -173,7 +206,7 @@ def verifying_world(**params):
     c = world(**params)
     jid = submit(c, shards=1, verify_blocks=3)
     leaves = commit(c, jid)[0]
-    block(c)
+    draw(c)
     selected = verifiers_of(c, jid)[0]
     challenger = next(k for k in VERIFIERS if k is not selected)
     return c, jid, leaves, solver_of(c, jid), selected, challenger

@@ -2,13 +2,16 @@
 
     rule                 from                    to
     assign               unassigned              assigned
-    miss_deadline        assigned                unassigned
+    miss_deadline        assigned                unassigned  (slashed)
+    decline              assigned                unassigned  (not slashed)
     commit               assigned                committed
     draw_verifiers       committed               verifying
-    challenge            committed, verifying    disputed
-    fraud_proven         disputed                unassigned
-    cleared              disputed                verifying   (verifiers already drawn)
-    cleared_before_draw  disputed                committed
+    challenge            committed, verifying,   disputed    (several may be open at once)
+                         disputed
+    fault_proven         disputed                unassigned  (the solver forfeits its collateral)
+    cleared              disputed                verifying   (the last open challenge closed;
+                                                              the window reopens in full)
+    cleared_before_draw  disputed                committed   (as above, verifiers not drawn yet)
     settle               verifying               passed
 
 `move` is the only place a shard's status changes, so an illegal transition fails here, in
@@ -22,10 +25,11 @@ from .records import Shard, ShardStatus as S
 TRANSITIONS: dict[str, tuple[frozenset, S]] = {
     "assign": (frozenset({S.UNASSIGNED}), S.ASSIGNED),
     "miss_deadline": (frozenset({S.ASSIGNED}), S.UNASSIGNED),
+    "decline": (frozenset({S.ASSIGNED}), S.UNASSIGNED),
     "commit": (frozenset({S.ASSIGNED}), S.COMMITTED),
     "draw_verifiers": (frozenset({S.COMMITTED}), S.VERIFYING),
-    "challenge": (frozenset({S.COMMITTED, S.VERIFYING}), S.DISPUTED),
-    "fraud_proven": (frozenset({S.DISPUTED}), S.UNASSIGNED),
+    "challenge": (frozenset({S.COMMITTED, S.VERIFYING, S.DISPUTED}), S.DISPUTED),
+    "fault_proven": (frozenset({S.DISPUTED}), S.UNASSIGNED),
     "cleared": (frozenset({S.DISPUTED}), S.VERIFYING),
     "cleared_before_draw": (frozenset({S.DISPUTED}), S.COMMITTED),
     "settle": (frozenset({S.VERIFYING}), S.PASSED),
@@ -37,15 +41,11 @@ class IllegalTransition(AssertionError):
     error, so it is not a JobError and it halts the block instead of being skipped."""
 
 
-def allowed(rule: str) -> frozenset:
-    return TRANSITIONS[rule][0]
-
-
 def require(shard: Shard, rule: str) -> None:
     """A tx's precondition: the shard is in a status the rule starts from (else JobError)."""
-    if shard.status not in allowed(rule):
-        want = " or ".join(sorted(s.value for s in allowed(rule)))
-        raise JobError(f"shard is {shard.status.value}, not {want}")
+    sources = TRANSITIONS[rule][0]
+    if shard.status not in sources:
+        raise JobError(f"shard is {shard.status.value}, not {' or '.join(sorted(s.value for s in sources))}")
 
 
 def move(shard: Shard, rule: str) -> None:

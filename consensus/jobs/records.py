@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from .errors import JobError
 
 MAX_EVENTS = 200
 K_ACTIVE_JOBS = b"jobs_active"
+START = -1     # the challenge 'interval' that disputes a shard's first checkpoint
+MANIFEST = -1  # the 'leaf' of an availability challenge that names the manifest
 
 
 def k_job(job_id: bytes) -> bytes: return b"job/" + job_id
@@ -29,6 +32,12 @@ class JobStatus(enum.StrEnum):
     ACTIVE = "active"
     DONE = "done"
     CANCELLED = "cancelled"
+    DIVERGED = "diverged"      # honest training blew up: the job ends where it became non-finite
+
+
+class ChallengeKind(enum.StrEnum):
+    COMPUTE = "compute"        # an interval (or, at -1, the start checkpoint) is wrong
+    AVAILABLE = "available"    # a blob the shard's check needs is not served
 
 
 class ShardStatus(enum.StrEnum):
@@ -36,7 +45,7 @@ class ShardStatus(enum.StrEnum):
     ASSIGNED = "assigned"      # a solver trains it, until its commit deadline
     COMMITTED = "committed"    # a root is on chain; verifiers not drawn yet
     VERIFYING = "verifying"    # verifiers drawn; the window for attestations and challenges runs
-    DISPUTED = "disputed"      # a challenge is open; validators referee it
+    DISPUTED = "disputed"      # one or more challenges are open; validators referee them
     PASSED = "passed"          # settled and paid
 
 
@@ -66,7 +75,7 @@ def _encode(value):
 
 def _decode(hint, value):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return None if value is None else _decode(inner[0], value)
     if origin is list and args and isinstance(args[0], type) and issubclass(args[0], Record):
@@ -86,17 +95,33 @@ class Commit(Record):
     manifest: bytes
     start: bytes
     final: bytes
+    diverged_leaf: int     # the first non-finite leaf, declared by the solver; 0: none
 
 
 @dataclass
 class Challenge(Record):
     challenger: bytes
-    interval: int          # -1 disputes the start checkpoint (and the manifest)
-    start_leaf: bytes
+    kind: ChallengeKind
+    interval: int          # COMPUTE: the interval, -1 for the start checkpoint; AVAILABLE: the
+                           # leaf whose checkpoint is not served, -1 for the manifest
+    start_leaf: bytes      # COMPUTE: the interval's two leaves; AVAILABLE: the missing blob twice
     end_leaf: bytes
     opened: int
-    deadline: int
+    respond_by: int        # AVAILABLE: the solver must serve the blob by this height
+    deadline: int          # no 2/3 decision by then: nobody is slashed, the bond is returned
+    bond: int              # verifier stake locked while the challenge is open
+    fee: int               # AVAILABLE: what the challenger pays if the blob is served in time
     votes: list = field(default_factory=list)   # [validator, fault]
+
+
+@dataclass
+class Selection(Record):
+    """One verifier drawn for a shard: its hash-chain element and what it locked and checked."""
+    verifier: bytes
+    secret_index: int      # the element of its hash chain that draws its intervals
+    locked: int            # verifier stake locked until the shard settles
+    attested: bool = False
+    intervals: list = field(default_factory=list)   # drawn from its secret when it attests
 
 
 @dataclass
@@ -105,13 +130,20 @@ class Shard(Record):
     status: ShardStatus = ShardStatus.UNASSIGNED
     assigned_at: int = 0
     deadline: int = 0
+    collateral: int = 0    # solver stake locked while the shard can be disputed
     commit: Commit | None = None
-    verifiers: list = field(default_factory=list)
-    intervals: list = field(default_factory=list)
+    beacon: bytes = b""    # of the block that drew the verifiers; with each secret, their intervals
+    verifiers: list[Selection] = field(default_factory=list)
     window_end: int = 0
-    attested: list = field(default_factory=list)
-    challenge: Challenge | None = None
-    tried: list = field(default_factory=list)
+    challenges: list[Challenge] = field(default_factory=list)
+    tried: list = field(default_factory=list)     # solvers that failed or declined this shard
+    declined: list = field(default_factory=list)  # of those, the ones that declined
+
+    def selection(self, addr: bytes) -> Selection | None:
+        return next((s for s in self.verifiers if s.verifier == addr), None)
+
+    def open_challenge(self, addr: bytes) -> Challenge | None:
+        return next((c for c in self.challenges if c.challenger == addr), None)
 
 
 @dataclass

@@ -1,14 +1,16 @@
-"""Outcomes: who is paid, who is slashed, and what happens to the shard and the job."""
+"""Outcomes: who is paid, who forfeits what, and what happens to the shard and the job."""
 from __future__ import annotations
 
 from .. import staking
-from ..ledger import View, add_balance, add_burned, get_params, get_valset
+from ..ledger import View, add_balance, add_burned, get_params
+from . import bonds
 from .lifecycle import move
-from .records import K_ACTIVE_JOBS, Job, JobStatus, Shard, ShardStatus, k_escrow, k_load
+from .records import (K_ACTIVE_JOBS, MANIFEST, START, Challenge, ChallengeKind, Job, JobStatus, Shard,
+                      ShardStatus, k_escrow, k_load)
 
 
 def slash_to(v: View, offender: bytes, role: str, ppm: int, winner: bytes | None) -> tuple[int, int]:
-    """Slash `offender`; a share goes to `winner`, the rest stays burned. (cut, share)"""
+    """Slash `offender` by ppm of its stake; a share goes to `winner`, the rest stays burned."""
     cut = staking.slash(v, offender, role, ppm)
     share = cut * get_params(v)["winner_share_ppm"] // staking.PPM if winner else 0
     if share:
@@ -18,57 +20,128 @@ def slash_to(v: View, offender: bytes, role: str, ppm: int, winner: bytes | None
 
 
 def release_solver(v: View, shard: Shard) -> None:
+    """The solver's slot and collateral are free again (nothing is forfeited here)."""
     if shard.solver is not None:
         v.write(k_load(shard.solver), max(0, v.read(k_load(shard.solver), 0) - 1) or None)
+        bonds.unlock(v, shard.solver, "solver", shard.collateral)
+        shard.collateral = 0
+
+
+def release_verifiers(v: View, shard: Shard) -> None:
+    for sel in shard.verifiers:
+        bonds.unlock(v, sel.verifier, "verifier", sel.locked)
+        sel.locked = 0
 
 
 def reopen_shard(v: View, shard: Shard, rule: str) -> None:
-    """The shard goes back to the pool; its failed solver will not get it again."""
+    """The shard goes back to the pool; its solver will not get it again."""
     release_solver(v, shard)
+    release_verifiers(v, shard)
     move(shard, rule)
     tried = shard.tried + ([shard.solver] if shard.solver else [])
-    shard.__dict__.update(Shard(tried=tried).__dict__)
+    shard.__dict__.update(Shard(tried=tried, declined=shard.declined).__dict__)
 
 
-def awaits_verifiers(shard: Shard, height: int) -> bool:
+def awaits_verifiers(shard: Shard, height: int, delay: int) -> bool:
     """Committed, and at least one draw of verifiers has already found none staked."""
-    return shard.status == ShardStatus.COMMITTED and height > shard.commit.height + 1
+    return shard.status == ShardStatus.COMMITTED and not shard.challenges and height > shard.commit.height + delay
 
 
-def resolve_dispute(v: View, job: Job, index: int, fault: bool, height: int) -> None:
-    shard = job.shards[index]
-    ch, params = shard.challenge, get_params(v)
-    if fault:
-        cut, share = slash_to(v, shard.solver, "solver", params["solver_slash_ppm"], ch.challenger)
-        job.log(height, "slashed", shard.solver, cut, f"solver: fraud proven on shard {index}")
-        job.log(height, "rewarded", ch.challenger, share, f"challenger proved shard {index} faulty")
-        for lazy in shard.attested:
-            c, _ = slash_to(v, lazy, "verifier", params["verifier_slash_ppm"], None)
-            job.log(height, "slashed", lazy, c, f"verifier attested a faulty shard {index}")
-        reopen_shard(v, shard, "fraud_proven")
-    else:
-        cut, share = slash_to(v, ch.challenger, "verifier", params["verifier_slash_ppm"], shard.solver)
-        job.log(height, "slashed", ch.challenger, cut, f"challenger: wrong about shard {index}")
-        job.log(height, "rewarded", shard.solver, share, f"solver cleared on shard {index}")
-        shard.challenge = None
-        # challenged before verifiers were drawn: draw them now, the full window still applies
-        move(shard, "cleared" if shard.verifiers else "cleared_before_draw")
-        shard.window_end = max(shard.window_end, height + 1)
+# -- challenges ------------------------------------------------------------------------------
 
-
-def expire_dispute(v: View, job: Job, index: int, height: int) -> None:
-    """Referees ran out of time: the side with more voted power wins; a tie clears the solver."""
-    vals = {x.address: x.power for x in get_valset(v)}
-    votes = job.shards[index].challenge.votes
-    fault = sum(vals.get(a, 0) for a, f in votes if f) > sum(vals.get(a, 0) for a, f in votes if not f)
-    resolve_dispute(v, job, index, fault, height)
-
-
-def pay(v: View, job: Job, to: bytes, amount: int, height: int, note: str) -> None:
+def _escrow_out(v: View, job: Job, amount: int) -> int:
     escrow = v.read(k_escrow(job.id), 0)
     amount = min(amount, escrow)
+    v.write(k_escrow(job.id), escrow - amount)
+    return amount
+
+
+def _return_challenge(v: View, shard: Shard, ch: Challenge, job: Job | None) -> None:
+    """Close a challenge with no loss to its challenger: bond unlocked, fee refunded."""
+    bonds.unlock(v, ch.challenger, "verifier", ch.bond)
+    if ch.fee and job is not None:
+        add_balance(v, ch.challenger, _escrow_out(v, job, ch.fee))
+    shard.challenges.remove(ch)
+
+
+def _faulty_leaves(ch: Challenge) -> set[int]:
+    """Leaves a proven fault touches: an interval's two ends, or the one unserved leaf."""
+    if ch.interval in (START, MANIFEST):
+        return {0}
+    return {ch.interval, ch.interval + 1} if ch.kind == ChallengeKind.COMPUTE else {ch.interval}
+
+
+def _checked(sel, leaves: set[int], whole: bool) -> bool:
+    """Did this verifier vouch for what the fault touches? Every verifier checks the start
+    and the manifest; otherwise only its own intervals count."""
+    return sel.attested and (whole or any(i in leaves or i + 1 in leaves for i in sel.intervals))
+
+
+def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
+    """The solver forfeits its collateral (a share to the challenger); verifiers that vouched
+    for the faulty part forfeit theirs; everyone else is released and the shard reopens."""
+    shard = job.shards[index]
+    cut, share = bonds.forfeit(v, shard.solver, "solver", shard.collateral, ch.challenger)
+    shard.collateral = 0
+    what = "did not serve a blob in time" if ch.kind == ChallengeKind.AVAILABLE else "fraud proven"
+    job.log(height, "slashed", shard.solver, cut, f"solver: {what} on shard {index}")
+    job.log(height, "rewarded", ch.challenger, share, f"challenger proved shard {index} faulty")
+    leaves, whole = _faulty_leaves(ch), ch.interval in (START, MANIFEST)
+    for sel in shard.verifiers:
+        if _checked(sel, leaves, whole):
+            c, _ = bonds.forfeit(v, sel.verifier, "verifier", sel.locked, None)
+            sel.locked = 0
+            job.log(height, "slashed", sel.verifier, c, f"verifier attested a faulty shard {index}")
+    _return_challenge(v, shard, ch, job)
+    for other in list(shard.challenges):
+        _return_challenge(v, shard, other, job)
+    reopen_shard(v, shard, "fault_proven")
+
+
+def challenge_rejected(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
+    """A wrong computation challenge forfeits the challenger's bond (a share to the solver);
+    an availability challenge answered in time costs only its fee."""
+    shard = job.shards[index]
+    if ch.kind == ChallengeKind.AVAILABLE:
+        add_burned(v, _escrow_out(v, job, ch.fee))
+        bonds.unlock(v, ch.challenger, "verifier", ch.bond)
+        job.log(height, "served", shard.solver, ch.fee, f"shard {index}: the blob was served; challenge fee burned")
+    else:
+        cut, share = bonds.forfeit(v, ch.challenger, "verifier", ch.bond, shard.solver)
+        job.log(height, "slashed", ch.challenger, cut, f"challenger: wrong about shard {index}")
+        job.log(height, "rewarded", shard.solver, share, f"solver cleared on shard {index}")
+    shard.challenges.remove(ch)
+    _after_challenge(job, shard, height)
+
+
+def challenge_expired(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
+    """No 2/3 decision by the deadline: nobody is slashed and the challenge is refunded."""
+    shard = job.shards[index]
+    _return_challenge(v, shard, ch, job)
+    job.log(height, "undecided", ch.challenger, 0, f"shard {index}: no 2/3 decision; challenge refunded")
+    _after_challenge(job, shard, height)
+
+
+def _after_challenge(job: Job, shard: Shard, height: int) -> None:
+    """With no challenge left the shard is verified again, its window reopened in full."""
+    if shard.challenges:
+        return
+    if shard.verifiers:
+        move(shard, "cleared")
+        shard.window_end = max(shard.window_end, height + job.spec["verify_blocks"])
+    else:
+        move(shard, "cleared_before_draw")
+
+
+def resolve_challenge(v: View, job: Job, index: int, ch: Challenge, fault: bool, height: int) -> None:
+    (fault_proven if fault else challenge_rejected)(v, job, index, ch, height)
+
+
+# -- payouts and the end of a job ------------------------------------------------------------
+
+def pay(v: View, job: Job, to: bytes, amount: int, height: int, note: str) -> None:
+    amount = _escrow_out(v, job, amount)
     if amount:
-        v.write(k_escrow(job.id), escrow - amount)
         add_balance(v, to, amount)
         job.log(height, "paid", to, amount, note)
 
@@ -76,14 +149,23 @@ def pay(v: View, job: Job, to: bytes, amount: int, height: int, note: str) -> No
 def settle_shard(v: View, job: Job, index: int, height: int) -> None:
     shard, spec = job.shards[index], job.spec
     pay(v, job, shard.solver, spec["reward_per_shard"], height, f"solver, shard {index} passed")
-    for verifier in shard.attested:
-        pay(v, job, verifier, spec["verification_fee"] * (len(shard.intervals) + 1), height,
-            f"verifier, shard {index}")
+    for sel in shard.verifiers:
+        if sel.attested:
+            pay(v, job, sel.verifier, spec["verification_fee"] * len(sel.intervals), height, f"verifier, shard {index}")
     release_solver(v, shard)
+    release_verifiers(v, shard)
     move(shard, "settle")
 
 
 def finish_round(v: View, job: Job, height: int) -> None:
+    diverged = [(i, s.commit.diverged_leaf) for i, s in enumerate(job.shards) if s.commit.diverged_leaf]
+    if diverged:
+        i, leaf = diverged[0]
+        close_job(v, job, height, JobStatus.DIVERGED,
+                  f"training diverged: shard {i} of round {job.round} is not finite from step "
+                  f"{leaf * job.spec['k']} (leaf {leaf}) on; the learning rate may be too high; "
+                  "unused escrow refunded")
+        return
     job.finals.append([s.commit.final for s in job.shards])
     if job.round + 1 < job.spec["rounds"]:
         job.round += 1
@@ -94,7 +176,14 @@ def finish_round(v: View, job: Job, height: int) -> None:
 
 
 def close_job(v: View, job: Job, height: int, status: JobStatus, note: str) -> None:
-    """The job leaves the active list and what is left of its escrow goes back to the submitter."""
+    """The job leaves the active list, every lock it holds is released, and what is left of
+    its escrow goes back to the submitter."""
+    for shard in job.shards:
+        if shard.status != ShardStatus.PASSED:
+            release_solver(v, shard)
+            release_verifiers(v, shard)
+            for ch in list(shard.challenges):
+                _return_challenge(v, shard, ch, job)
     job.status = status
     refund = v.read(k_escrow(job.id), 0)
     v.write(k_escrow(job.id), None)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from .. import merkle
 from ..ledger import Account, View, get_account, get_params, get_stake, get_valset, set_account
-from . import settle
+from ..sampling import verifier_intervals
+from . import bonds, settle
 from .errors import JobError
 from .lifecycle import move
-from .records import K_ACTIVE_JOBS, Challenge, Commit, Job, JobStatus, Shard, ShardStatus, k_escrow
+from .records import (K_ACTIVE_JOBS, MANIFEST, START, Challenge, ChallengeKind, Commit, Job, JobStatus, Shard, ShardStatus,
+                      k_escrow)
 from .spec import budget, check_spec, n_intervals
 
-START = -1  # the challenge 'interval' that disputes a shard's first checkpoint
+MAX_OPEN_CHALLENGES = 8
 
 
 def _shard(v: View, body: dict, *statuses: ShardStatus) -> tuple[Job, Shard]:
@@ -37,10 +39,20 @@ def _proof(body: dict, leaf: str, proof: str, index: int, commit: Commit) -> byt
     return body[leaf]
 
 
+def process_register_secrets(v: View, tx, sender: bytes, height: int) -> None:
+    """A solver or verifier commits to the hash chain its draws will come from."""
+    if tx.body.get("role") not in bonds.ROLES:
+        raise JobError(f"role must be one of {', '.join(bonds.ROLES)}")
+    bonds.register(v, sender, tx.body["role"], tx.body["tip"], tx.body["length"])
+
+
 def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
     spec = tx.body.get("spec")
     check_spec(spec)
     params = get_params(v)
+    if n_intervals(spec) < params["min_intervals"]:
+        raise JobError(f"a job needs at least {params['min_intervals']} intervals (steps / k) per shard, "
+                       "so that sampled verification is both cheap and sound")
     active = v.read(K_ACTIVE_JOBS, [])
     if len(active) >= params["max_active_jobs"]:
         raise JobError("too many active jobs; try later")
@@ -63,78 +75,131 @@ def process_commit_shard(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("this shard is not assigned to you")
     if height > shard.deadline:
         raise JobError("the commit deadline has passed")
-    if get_stake(v, sender, "solver") < get_params(v)["min_solver_stake"]:
-        raise JobError("a commit needs the solver stake that answers for it")
     leaves = n_intervals(job.spec) + 1
     if body.get("leaves") != leaves or type(body.get("root")) is not bytes or len(body["root"]) != 32:
         raise JobError(f"a commit needs a 32-byte root over exactly {leaves} leaves")
     if type(body.get("manifest")) is not bytes or len(body["manifest"]) != 32:
         raise JobError("a commit names its manifest blob (the list of leaf hashes) by a 32-byte hash")
+    diverged = body.get("diverged_leaf")
+    if type(diverged) is not int or not (diverged == 0 or 1 <= diverged < leaves):
+        raise JobError(f"diverged_leaf must be 0 (all leaves finite) or the first non-finite leaf, 1..{leaves - 1}")
     commit = Commit(root=body["root"], leaves=leaves, height=height, manifest=body["manifest"], start=b"",
-                    final=b"")
+                    final=b"", diverged_leaf=diverged)
     commit.start = _proof(body, "start", "start_proof", 0, commit)
     commit.final = _proof(body, "final", "final_proof", leaves - 1, commit)
     shard.commit = commit
     move(shard, "commit")
-    job.log(height, "commit", sender, 0, f"shard {body['shard']} root {body['root'].hex()[:16]}")
+    note = f"shard {body['shard']} root {body['root'].hex()[:16]}"
+    job.log(height, "commit", sender, 0, note + (f", diverged at leaf {diverged}" if diverged else ""))
+    job.save(v)
+
+
+def process_decline(v: View, tx, sender: bytes, height: int) -> None:
+    """A solver that cannot run its shard (its dataset is not served, say) hands it back
+    before its deadline: no slash, and it is not offered that shard again."""
+    job, shard = _shard(v, tx.body, ShardStatus.ASSIGNED)
+    if shard.solver != sender:
+        raise JobError("this shard is not assigned to you")
+    settle.reopen_shard(v, shard, "decline")
+    shard.declined.append(sender)
+    job.log(height, "declined", sender, 0, f"shard {tx.body['shard']}")
     job.save(v)
 
 
 def process_attest(v: View, tx, sender: bytes, height: int) -> None:
-    job, shard = _shard(v, tx.body, ShardStatus.VERIFYING)
-    if sender not in shard.verifiers:
+    """A drawn verifier vouches for its own intervals, revealing the secret that drew them."""
+    job, shard = _shard(v, tx.body, ShardStatus.VERIFYING, ShardStatus.DISPUTED)
+    sel = shard.selection(sender)
+    if sel is None:
         raise JobError("you were not selected to verify this shard")
-    if sender in shard.attested or height > shard.window_end:
+    if sel.attested or height > shard.window_end:
         raise JobError("already attested, or the verification window has closed")
-    shard.attested.append(sender)
+    bonds.reveal(v, sender, "verifier", sel.secret_index, tx.body.get("secret"))
+    sel.attested = True
+    sel.intervals = verifier_intervals(tx.body["secret"], shard.commit.root, shard.beacon,
+                                       n_intervals(job.spec), get_params(v)["samples_per_shard"],
+                                       shard.commit.diverged_leaf or None)
     job.save(v)
 
 
+def _challenged(body: dict, commit: Commit) -> tuple[ChallengeKind, int, bytes, bytes]:
+    """(kind, interval or leaf, start leaf, end leaf) of a challenge body, proofs checked."""
+    if "unavailable" in body:
+        leaf, blob = body.get("leaf"), body.get("unavailable")
+        if type(leaf) is not int or not MANIFEST <= leaf < commit.leaves:
+            raise JobError(f"leaf must be {MANIFEST} (the manifest) or a leaf index below {commit.leaves}")
+        if leaf == MANIFEST and blob != commit.manifest:
+            raise JobError("the blob named is not the commit's manifest")
+        if leaf != MANIFEST:
+            _proof(body, "unavailable", "proof", leaf, commit)
+        return ChallengeKind.AVAILABLE, leaf, blob, blob
+    interval = body.get("interval")
+    if type(interval) is not int or not START <= interval < commit.leaves - 1:
+        raise JobError(f"interval must be between {START} (the start checkpoint) and {commit.leaves - 2}")
+    if interval == START:
+        return ChallengeKind.COMPUTE, START, commit.start, commit.start
+    start = _proof(body, "start_leaf", "start_proof", interval, commit)
+    return ChallengeKind.COMPUTE, interval, start, _proof(body, "end_leaf", "end_proof", interval + 1, commit)
+
+
 def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
+    """Anyone with free verifier stake may challenge, while others' challenges are open too:
+    a colluder's losing challenge cannot shield the shard from an honest one."""
     body = tx.body
-    job, shard = _shard(v, body, ShardStatus.COMMITTED, ShardStatus.VERIFYING)
+    job, shard = _shard(v, body, ShardStatus.COMMITTED, ShardStatus.VERIFYING, ShardStatus.DISPUTED)
     params = get_params(v)
     if sender == shard.solver:
         raise JobError("a solver cannot challenge itself")
     if get_stake(v, sender, "verifier") < params["min_verifier_stake"]:
         raise JobError("challenging needs a verifier stake (it is at risk if you are wrong)")
-    if shard.status == ShardStatus.VERIFYING and height > shard.window_end:
+    if shard.verifiers and height > shard.window_end:
         raise JobError("the verification window has closed")
-    commit, interval = shard.commit, body.get("interval")
-    if type(interval) is not int or not START <= interval < commit.leaves - 1:
-        raise JobError(f"interval must be between {START} (the start checkpoint) and {commit.leaves - 2}")
-    if interval == START:  # the first checkpoint is wrong, or the solver does not serve its blobs
-        start = end = commit.start
-    else:
-        start = _proof(body, "start_leaf", "start_proof", interval, commit)
-        end = _proof(body, "end_leaf", "end_proof", interval + 1, commit)
-    shard.challenge = Challenge(challenger=sender, interval=interval, start_leaf=start, end_leaf=end,
-                                opened=height, deadline=height + params["dispute_blocks"])
+    if shard.open_challenge(sender) is not None:
+        raise JobError("you already have a challenge open on this shard")
+    if len(shard.challenges) >= MAX_OPEN_CHALLENGES:
+        raise JobError(f"{MAX_OPEN_CHALLENGES} challenges are already open on this shard; try when one closes")
+    kind, interval, start, end = _challenged(body, shard.commit)
+    fee = params["challenge_fee"] if kind == ChallengeKind.AVAILABLE else 0
+    if fee:
+        acct = get_account(v, sender)
+        if acct.balance < fee:
+            raise JobError(f"an availability challenge costs a fee of {fee}; balance {acct.balance}")
+        set_account(v, sender, Account(acct.balance - fee, acct.nonce))
+        v.write(k_escrow(job.id), v.read(k_escrow(job.id), 0) + fee)  # held with the job until decided
+    bond = bonds.verifier_collateral(params, job.spec)
+    bonds.lock(v, sender, "verifier", bond)
+    shard.challenges.append(Challenge(
+        challenger=sender, kind=kind, interval=interval, start_leaf=start, end_leaf=end, opened=height,
+        respond_by=height + params["response_blocks"], deadline=height + params["dispute_blocks"],
+        bond=bond, fee=fee))
     move(shard, "challenge")
-    job.log(height, "challenge", sender, 0, f"shard {body['shard']} interval {interval}")
+    job.log(height, "challenge", sender, 0, f"shard {body['shard']} {kind.value} {interval}")
     job.save(v)
 
 
 def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
+    """A validator's referee verdict on one open challenge; 2/3 of the power decides it."""
     job, shard = _shard(v, tx.body, ShardStatus.DISPUTED)
     if type(tx.body.get("fault")) is not bool:
         raise JobError("fault must be true or false")
+    ch = shard.open_challenge(tx.body.get("challenger"))
+    if ch is None:
+        raise JobError("no open challenge by that challenger on this shard")
     vals = {x.address: x.power for x in get_valset(v)}
     if sender not in vals:
         raise JobError("only validators referee disputes")
-    if height > shard.challenge.deadline:
+    if height > ch.deadline:
         raise JobError("the dispute's voting deadline has passed")
-    if sender in (shard.solver, shard.challenge.challenger):
+    if sender in (shard.solver, ch.challenger):
         raise JobError("a party to a dispute cannot referee it")
-    votes = shard.challenge.votes
-    if any(a == sender for a, _ in votes):
+    if any(a == sender for a, _ in ch.votes):
         raise JobError("already voted on this dispute")
-    votes.append([sender, tx.body["fault"]])
+    ch.votes.append([sender, tx.body["fault"]])
     total = sum(vals.values())
     for side in (True, False):
-        power = sum(vals.get(a, 0) for a, f in votes if f == side)
+        power = sum(vals.get(a, 0) for a, f in ch.votes if f == side)
         if 3 * power > 2 * total:
-            settle.resolve_dispute(v, job, tx.body["shard"], side, height)
+            settle.resolve_challenge(v, job, tx.body["shard"], ch, side, height)
             break
     job.save(v)
 
@@ -151,24 +216,26 @@ def process_cancel_job(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("only the job's submitter can cancel it")
     if job.status != JobStatus.ACTIVE:
         raise JobError(f"the job is already {job.status.value}")
+    delay = get_params(v)["draw_delay_blocks"]
     busy = [i for i, s in enumerate(job.shards)
-            if s.status not in (ShardStatus.UNASSIGNED, ShardStatus.PASSED) and not settle.awaits_verifiers(s, height)]
+            if s.status not in (ShardStatus.UNASSIGNED, ShardStatus.PASSED) and not settle.awaits_verifiers(s, height, delay)]
     if busy:
         raise JobError(f"shard(s) {', '.join(map(str, busy))} have a solver at work or a result pending; "
                        "cancel once none do")
     for index, shard in enumerate(job.shards):
-        if settle.awaits_verifiers(shard, height):
+        if settle.awaits_verifiers(shard, height, delay):
             settle.pay(v, job, shard.solver, job.spec["reward_per_shard"], height,
                        f"solver, shard {index} committed but no verifier was staked to check it")
-            settle.release_solver(v, shard)
     settle.close_job(v, job, height, JobStatus.CANCELLED, "job cancelled by its submitter; unused escrow refunded")
     job.save(v)
 
 
 TX_HANDLERS = {
+    "register_secrets": process_register_secrets,
     "submit_job": process_submit_job,
     "cancel_job": process_cancel_job,
     "commit_shard": process_commit_shard,
+    "decline": process_decline,
     "attest": process_attest,
     "challenge": process_challenge,
     "dispute_vote": process_dispute_vote,

@@ -21,6 +21,11 @@ from .home import DEFAULT_HOME, Home, HomeError
 from .jobspec import SpecError
 from .wallet import Keystore, WalletError
 
+# what `solver run --cheat` accepts (verifier.adversary's strategies, and the withholding ones
+# the solver worker plays itself); listed here so the CLI starts without importing torch
+CHEATS = ("skip-steps", "forge-final", "wrong-order", "wrong-lr", "stale", "one-interval", "nonfinite-absorbing",
+          "nonfinite-declared", "withhold", "withhold-then-serve")
+
 USER_ERRORS = (RpcError, WalletError, HomeError, GenesisError, StoreError, SpecError)
 
 
@@ -163,7 +168,7 @@ def cmd_solver(args) -> None:
 
 def cmd_verifier(args) -> None:
     from . import job_cmds
-    job_cmds.cmd_verifier_run(args, client, unlock)
+    job_cmds.cmd_verifier_run(args, client, unlock, home_of)
 
 
 def cmd_balance(args) -> None:
@@ -318,7 +323,7 @@ def _worker_commands(sub, common) -> None:
     s = s.add_parser("run", parents=[common], help="run a solver for a staked key")
     s.add_argument("--key", required=True, help="key name")
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    s.add_argument("--cheat", choices=("skip-steps", "forge-final", "wrong-order", "wrong-lr", "stale", "withhold"),
+    s.add_argument("--cheat", choices=CHEATS,
                    help="demonstrations and tests only: be a dishonest solver")
     s.set_defaults(func=cmd_solver)
     s = sub.add_parser("verifier", help="verify shards").add_subparsers(dest="verifier_command", required=True)

@@ -57,6 +57,12 @@ class Client:
     def post(self, path: str, body: dict) -> dict:
         return self._call(path, body)
 
+    def job(self, job_id: str):
+        """The job as the chain holds it: a consensus.jobs.Job parsed from the record's bytes."""
+        from consensus import codec
+        from consensus.jobs import Job
+        return Job.from_map(codec.decode(bytes.fromhex(self.get(f"/job/{job_id}")["record"])))
+
     def put_blob(self, data: bytes) -> str:
         return json.loads(self._request("/blob", raw=data))["hash"]
 

@@ -10,7 +10,6 @@ from consensus.jobs import budget
 
 from .client import RpcError, make_tx
 from .jobspec import SpecError, load as load_spec
-from .workers.common import train_spec
 
 
 def job_id(text: str) -> bytes:
@@ -32,7 +31,11 @@ def cmd_job_submit(args, client, unlock, emit) -> None:
     acct = c.account(format_address(address_of(key.pubkey)))
     if cost + 1 > acct["balance"]:
         raise SpecError(f"the job budget {cost} (+ fee 1) exceeds the balance {acct['balance']} of {args.sender}")
+    if spec["steps"] // spec["k"] < params["min_intervals"]:
+        raise SpecError(f"steps / k is {spec['steps'] // spec['k']} intervals; this network needs at least "
+                        f"{params['min_intervals']} (lower k or raise steps)")
     from verifier.training import checkpoint_bytes
+    from .workers.common import train_spec
     ckpt = checkpoint_bytes(train_spec(spec))
     if ckpt > params["max_blob_bytes"]:
         raise SpecError(f"a checkpoint of this model is {ckpt} bytes, over the blob limit of {params['max_blob_bytes']}")
@@ -51,12 +54,10 @@ def _shard_line(i: int, s: dict) -> str:
     line = f"  shard {i}: {s['status']:<10} solver {(s['solver'] or '-')[:16]}"
     if s["commit"]:
         line += f"  root {s['commit']['root'][:12]}"
-    if s["verifiers"]:
-        line += f"  verifiers {','.join(v[:10] for v in s['verifiers'])} intervals {s['intervals']}"
-        line += f"  attested {len(s['attested'])}"
-    if s["challenge"]:
-        ch = s["challenge"]
-        line += f"  CHALLENGED by {ch['challenger'][:10]} interval {ch['interval']} votes {len(ch['votes'])}"
+    for sel in s["verifiers"]:
+        line += f"  verifier {sel['verifier'][:10]} " + (f"attested {sel['intervals']}" if sel["attested"] else "checking")
+    for ch in s["challenges"]:
+        line += f"  CHALLENGED ({ch['kind']}) by {ch['challenger'][:10]} at {ch['interval']} votes {len(ch['votes'])}"
     return line
 
 
@@ -77,29 +78,33 @@ def cmd_job_status(args, client, emit) -> None:
 def cmd_job_fetch(args, client, emit) -> None:
     import torch
     from verifier import checkpoint, training
-    from .workers.common import fetch_checked, load_data
+    from .workers.common import JobContext, Unavailable
     c = client(args)
-    job = c.get(f"/job/{args.job}")
-    if job["status"] != "done":
-        raise SpecError(f"job {args.job[:16]} is {job['status']} (round {job['round']}): no final model yet")
+    job = c.job(args.job)
+    if job.status.value != "done":
+        raise SpecError(f"job {args.job[:16]} is {job.status.value} (round {job.round}): no final model")
+    ctx = JobContext(job, lambda digest: c.get_blob(digest.hex()))
     finals = []
-    for h in job["finals"][-1]:
-        raw = fetch_checked(c.get_blob, h)
+    for h in job.finals[-1]:
+        raw = ctx.fetch(h)
         if raw is None:
-            raise RpcError(f"final checkpoint {h[:16]} is not available or does not match the chain")
+            raise RpcError(f"final checkpoint {h.hex()[:16]} is not available or does not match the chain")
         finals.append(checkpoint.decode(raw))
     state = training.average_states(finals)
     model_bytes = checkpoint.encode(state)
-    spec = train_spec(job["spec"])
-    _, holdout = load_data(job["spec"], c.get_blob)
-    metric = training.evaluate(spec, state, holdout)
+    try:
+        _, holdout = ctx.data()
+    except Unavailable as exc:
+        raise RpcError(str(exc)) from None
+    metric = training.evaluate(ctx.spec, state, holdout)
     out = Path(args.out)
-    torch.save({"job": job["id"], "model": spec.model, "model_args": spec.model_args,
+    spec, job_hex = ctx.spec, job.id.hex()
+    torch.save({"job": job_hex, "model": spec.model, "model_args": spec.model_args,
                 "state_dict": training.state_dict(spec, state), "checkpoint_sha256": sha256(model_bytes).hex()}, out)
-    emit(args, {"job": job["id"], "out": str(out), "model_hash": sha256(model_bytes).hex(),
-                "metric": job["spec"]["metric"], "metric_ppm": metric},
+    emit(args, {"job": job_hex, "out": str(out), "model_hash": sha256(model_bytes).hex(),
+                "metric": job.spec["metric"], "metric_ppm": metric},
          f"saved {out} (model hash {sha256(model_bytes).hex()[:16]}, from {len(finals)} verified shards)\n"
-         f"{job['spec']['metric']} on held-out data: {metric / 10_000:.2f}%")
+         f"{job.spec['metric']} on held-out data: {metric / 10_000:.2f}%")
 
 
 def _worker_logging() -> None:
@@ -119,7 +124,9 @@ def cmd_solver_run(args, client, unlock, home_of) -> None:
     Solver(client(args), key, workdir, device=args.device, cheat=args.cheat).run()
 
 
-def cmd_verifier_run(args, client, unlock) -> None:
+def cmd_verifier_run(args, client, unlock, home_of) -> None:
     from .workers.verifier import Verifier
     _worker_logging()
-    Verifier(client(args), unlock(args, args.key), whistleblower=args.whistleblower, lazy=args.lazy).run()
+    key = unlock(args, args.key)
+    workdir = home_of(args).path / "verifier" / format_address(key.address)
+    Verifier(client(args), key, workdir, whistleblower=args.whistleblower, lazy=args.lazy).run()

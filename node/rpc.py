@@ -25,7 +25,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from consensus.crypto import format_address, parse_address
 from consensus.genesis import ROLES
-from consensus.jobs import K_ACTIVE_JOBS, k_escrow, k_job
+from consensus.jobs import K_ACTIVE_JOBS, k_escrow, k_job, k_secrets, locked
 from p2p.blobs import BlobError
 from consensus.ledger import get_account, get_params, get_stake
 from consensus.staking import jail_status, unbonding_entries
@@ -259,6 +259,8 @@ class Rpc:
             "next_nonce": next_nonce, "stake": {r: get_stake(v, addr, r) for r in ROLES},
             "unbonding": [{"release_height": e[0], "role": e[1], "amount": e[2]} for e in unbonding_entries(v, addr)],
             "jailed": None if jail is None else {"until": jail[0], "tombstoned": jail[1]},
+            "locked": {r: locked(v, addr, r) for r in ("solver", "verifier")},
+            "secrets": {r: jsonable(v.read(k_secrets(addr, r))) for r in ("solver", "verifier")},
             "height": self.chain.height})
 
     async def validators(self, request: web.Request) -> web.Response:
@@ -329,7 +331,10 @@ class Rpc:
         record = v.read(k_job(job_id))
         if record is None:
             return _error(404, "no such job")
-        return web.json_response(dict(jsonable(record), escrow=v.read(k_escrow(job_id), 0), height=self.chain.height))
+        # `record` is the stored map's codec bytes: workers parse those into the same typed
+        # record the chain uses (consensus.jobs.Job), the rest is for people and scripts
+        return web.json_response(dict(jsonable(record), escrow=v.read(k_escrow(job_id), 0), height=self.chain.height,
+                                      record=v.get(k_job(job_id)).hex()))
 
     async def peers(self, request: web.Request) -> web.Response:
         g = self.node.network.gossip

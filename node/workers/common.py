@@ -1,20 +1,48 @@
-"""What solvers, verifiers and referees share: the job's data, start state and checks.
+"""What solvers, verifiers and referees share: one view of a job, its data, and the checks.
 
-Everything here works from the on-chain job record (as the RPC renders it: hashes in hex)
-and a ``fetch(hash_hex) -> bytes | None`` for blobs, so the same code serves an RPC
-client (workers) and a validator node (referee).
+Everything here works from the chain's own job record (`consensus.jobs.Job`, parsed from the
+stored bytes whether they come from a node's state or from the RPC) and a `fetch(digest) ->
+bytes | None` for blobs, so the same code serves an RPC client (workers) and a validator
+node (referee).
+
+Checks answer with a `Judgement`: FAULT and SOUND are decisions; UNDECIDED means something
+needed could not be fetched, and a careful party neither attests, challenges nor votes on it
+until it can (every check fails closed).
 """
 from __future__ import annotations
 
+import enum
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from consensus import codec, merkle
 from consensus.crypto import sha256
+from consensus.jobs import Commit, Job, Shard
 
-Fetch = Callable[[str], "bytes | None"]
+Fetch = Callable[[bytes], "bytes | None"]
 POLL_S = 1.0
+
+
+class Unavailable(LookupError):
+    """A blob a check needs cannot be fetched right now."""
+
+
+class Verdict(enum.Enum):
+    FAULT = "fault"
+    SOUND = "sound"
+    UNDECIDED = "undecided"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    why: str
+
+    @classmethod
+    def of(cls, ok: bool, why: str) -> "Judgement":
+        return cls(Verdict.SOUND if ok else Verdict.FAULT, why)
 
 
 def poll(step: Callable[[], None], log: logging.Logger, once: bool = False) -> None:
@@ -33,6 +61,84 @@ def poll(step: Callable[[], None], log: logging.Logger, once: bool = False) -> N
         time.sleep(POLL_S)
 
 
+def checked(fetch: Fetch) -> Fetch:
+    """`fetch` that returns a blob only when its sha256 is the digest asked for."""
+    def get(digest: bytes) -> bytes | None:
+        raw = fetch(digest)
+        return raw if raw is not None and sha256(raw) == digest else None
+    return get
+
+
+_DATA_CACHE: dict[bytes, tuple] = {}
+_SPEC_CACHE: dict[bytes, object] = {}
+
+
+class JobContext:
+    """A job as the compute side sees it: the record, its TrainSpec and its data, each made
+    once however many checks use them."""
+
+    def __init__(self, job: Job, fetch: Fetch):
+        self.job, self.fetch = job, checked(fetch)
+
+    @property
+    def spec(self):
+        if self.job.id not in _SPEC_CACHE:
+            _SPEC_CACHE[self.job.id] = train_spec(self.job.spec)
+        return _SPEC_CACHE[self.job.id]
+
+    def data(self):
+        """(train, holdout); Unavailable when the dataset blob cannot be fetched."""
+        from verifier import data as vdata
+        d, spec = self.job.spec["data"], self.job.spec
+        key = sha256(codec.encode([d, spec["holdout_ppm"]]))
+        if key not in _DATA_CACHE:
+            if "generator" in d:
+                ds = vdata.generate(d["generator"], d["args"], d["seed"])
+            else:
+                raw = self.fetch(d["blob"])
+                if raw is None:
+                    raise Unavailable("the job's dataset blob is not available")
+                ds = vdata.load_npz(raw)
+            _DATA_CACHE[key] = vdata.split_holdout(ds, spec["holdout_ppm"])
+        return _DATA_CACHE[key]
+
+    def work(self, index: int, device: str = "cpu"):
+        """The work on shard `index` of the current round."""
+        from verifier.work import RoundShard, ShardWork
+        train, _ = self.data()
+        return ShardWork(self.spec, train, RoundShard(self.job.id, self.job.round, index, len(self.job.shards)),
+                         device)
+
+    def expected_start(self) -> bytes:
+        """The bytes every shard of the current round must start from: the job's initial
+        state, or the average of the previous round's finals (Unavailable if one is missing)."""
+        from verifier import replay
+        finals = []
+        if self.job.round:
+            finals = [self.fetch(h) for h in self.job.finals[self.job.round - 1]]
+            if any(f is None for f in finals):
+                raise Unavailable("a final checkpoint of the previous round is not available")
+        return replay.expected_round_start(self.spec, finals)
+
+    def manifest(self, commit: Commit) -> list[bytes]:
+        """The leaf hashes of a commit; Unavailable if the manifest is not served, and an
+        empty list if the served manifest does not match the committed root (a fault)."""
+        raw = self.fetch(commit.manifest)
+        if raw is None:
+            raise Unavailable("the manifest is not served")
+        return manifest_leaves(raw, commit)
+
+
+def manifest_leaves(raw: bytes, commit: Commit) -> list[bytes]:
+    try:
+        leaves = codec.decode(raw)
+    except codec.CodecError:
+        return []
+    if type(leaves) is not list or len(leaves) != commit.leaves or not all(type(x) is bytes for x in leaves):
+        return []
+    return leaves if merkle.root(leaves) == commit.root else []
+
+
 def train_spec(spec: dict):
     from verifier.training import TrainSpec
     return TrainSpec(model=spec["model"], model_args=spec["model_args"], optimizer=spec["optimizer"],
@@ -40,81 +146,32 @@ def train_spec(spec: dict):
                      profile=spec["profile"], seed=spec["seed"], tolerance_ppm=spec["tolerance_ppm"])
 
 
-_DATA_CACHE: dict[str, tuple] = {}
-
-
-def load_data(spec: dict, fetch: Fetch):
-    """(train, holdout) for a job; a dataset blob is checked against its hash by fetch."""
-    from verifier import data as vdata
-    d = spec["data"]
-    key = codec.encode([d, spec["holdout_ppm"]]).hex() if "generator" in d else d["blob"]
-    if key not in _DATA_CACHE:
-        if "generator" in d:
-            ds = vdata.generate(d["generator"], d["args"], d["seed"])
-        else:
-            raw = fetch(d["blob"])
-            if raw is None:
-                raise LookupError("the job's dataset blob is not available")
-            ds = vdata.load_npz(raw)
-        _DATA_CACHE[key] = vdata.split_holdout(ds, spec["holdout_ppm"])
-    return _DATA_CACHE[key]
-
-
-def fetch_checked(fetch: Fetch, digest_hex: str) -> bytes | None:
-    raw = fetch(digest_hex)
-    return raw if raw is not None and sha256(raw).hex() == digest_hex else None
-
-
-def expected_start(job: dict, round_: int, fetch: Fetch) -> bytes | None:
-    """Canonical bytes every shard of `round_` must start from: the job's initial state, or
-    the average of the previous round's final checkpoints. None if a final is unavailable."""
-    from verifier import checkpoint, training
-    spec = train_spec(job["spec"])
-    if round_ == 0:
-        return checkpoint.encode(training.init_state(spec))
-    finals = [fetch_checked(fetch, h) for h in job["finals"][round_ - 1]]
-    if any(f is None for f in finals):
-        return None
-    return checkpoint.encode(training.average_states([checkpoint.decode(f) for f in finals]))
-
-
-def manifest_ok(manifest: bytes | None, commit: dict) -> list[str] | None:
-    """The leaf hashes (hex) if the manifest matches the committed root, else None."""
-    if manifest is None:
-        return None
+def check_start(ctx: JobContext, shard: Shard) -> Judgement:
+    """The manifest matches the root, and the first checkpoint is the round's expected start."""
+    from verifier import replay
     try:
-        leaves = codec.decode(manifest)
-    except codec.CodecError:
-        return None
-    if type(leaves) is not list or len(leaves) != commit["leaves"] or not all(type(x) is bytes for x in leaves):
-        return None
-    if merkle.root(leaves).hex() != commit["root"]:
-        return None
-    return [x.hex() for x in leaves]
+        if not ctx.manifest(shard.commit):
+            return Judgement(Verdict.FAULT, "the manifest does not match the committed root")
+        start = ctx.fetch(shard.commit.start)
+        if start is None:
+            raise Unavailable("the start checkpoint is not served")
+        expected = ctx.expected_start()
+    except Unavailable as exc:
+        return Judgement(Verdict.UNDECIDED, str(exc))
+    ok = replay.start_matches(ctx.spec, expected, start)
+    return Judgement.of(ok, "start checkpoint matches" if ok else "start checkpoint is not the expected round start")
 
 
-def check_start(job: dict, round_: int, start_blob: bytes | None, fetch: Fetch) -> tuple[bool, str]:
-    if start_blob is None:
-        return False, "start checkpoint not served"
-    expected = expected_start(job, round_, fetch)
-    if expected is None:
-        return True, "previous round's finals unavailable here; cannot judge"
-    spec = train_spec(job["spec"])
-    if spec.profile == "tolerance":
-        from verifier.replay import states_close
-        ok = states_close(expected, start_blob, spec.tolerance_ppm)
-    else:
-        ok = sha256(expected) == sha256(start_blob)
-    return ok, "start checkpoint matches" if ok else "start checkpoint is not the expected round start"
-
-
-def check_interval(job: dict, round_: int, shard: int, interval: int, start_blob: bytes | None,
-                   end_blob: bytes | None, fetch: Fetch, device: str = "cpu") -> tuple[bool, str]:
-    """Recompute k steps from the interval's first checkpoint and compare with its last."""
-    if start_blob is None or end_blob is None:
-        return False, f"checkpoints of interval {interval} not served"
-    from verifier.replay import verify_interval
-    spec = train_spec(job["spec"])
-    train, _ = load_data(job["spec"], fetch)
-    return verify_interval(spec, train, bytes.fromhex(job["id"]), round_, shard, job["spec"]["shards"],
-                           start_blob, interval * spec.k, end_blob, spec.k)
+def check_interval(ctx: JobContext, index: int, interval: int, start_leaf: bytes, end_leaf: bytes,
+                   device: str = "cpu") -> Judgement:
+    """Recompute one interval of shard `index` from its first checkpoint and judge its last."""
+    from verifier import replay
+    start, end = ctx.fetch(start_leaf), ctx.fetch(end_leaf)
+    if start is None or end is None:
+        return Judgement(Verdict.UNDECIDED, f"checkpoints of interval {interval} are not served")
+    try:
+        work = ctx.work(index, device)
+    except Unavailable as exc:
+        return Judgement(Verdict.UNDECIDED, str(exc))
+    diverged = ctx.job.shards[index].commit.diverged_leaf or None
+    return Judgement.of(*replay.verify_interval(work, interval, start, end, diverged))

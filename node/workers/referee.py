@@ -1,9 +1,12 @@
-"""A validator's referee duty: recompute a disputed interval and vote on chain.
+"""A validator's referee duty: judge each open challenge and vote on chain.
 
-Runs inside the validator's node. torch is imported only when there is a dispute, and the
-recomputation runs in a daemon worker thread so consensus keeps its timers and a node told
-to stop does not wait for it. The vote is an ordinary tx signed with the node key, admitted
-to our own mempool and gossiped.
+Runs inside the validator's node, on the chain's own job record. torch is imported only when
+there is a dispute, and the recomputation runs in a daemon worker thread so consensus keeps
+its timers and a node told to stop does not wait for it. The vote is an ordinary tx signed
+with the node key, admitted to our own mempool and gossiped.
+
+A referee that cannot decide (a blob it needs is not reachable yet) does not vote: it tries
+again RETRY_BLOCKS later, until the dispute's deadline. It never votes by default.
 """
 from __future__ import annotations
 
@@ -11,68 +14,78 @@ import asyncio
 import logging
 import time
 
-from consensus.jobs import K_ACTIVE_JOBS, k_job
+from consensus.jobs import K_ACTIVE_JOBS, Challenge, ChallengeKind, Job, ShardStatus
+from consensus.jobs.records import START
 from consensus.ledger import get_account
 
 from ..client import make_tx
 from ..lifecycle import in_daemon_thread
-from ..rpc import jsonable
-from .common import check_interval, check_start, fetch_checked, manifest_ok
+from .common import Judgement, JobContext, Verdict, check_interval, check_start
 
 log = logging.getLogger("stepchain.referee")
+RETRY_BLOCKS = 2
 
 
-def judge(job: dict, index: int, fetch) -> tuple[bool, str]:
-    """(fault, why) for the open challenge on shard `index` of a job rendered as JSON."""
-    shard = job["shards"][index]
-    ch, commit = shard["challenge"], shard["commit"]
-    if ch["interval"] == -1:
-        if manifest_ok(fetch_checked(fetch, commit["manifest"]), commit) is None:
-            return True, "manifest not served or not matching the root"
-        ok, why = check_start(job, job["round"], fetch_checked(fetch, commit["start"]), fetch)
-        return not ok, why
-    ok, why = check_interval(job, job["round"], index, ch["interval"], fetch_checked(fetch, ch["start_leaf"]),
-                             fetch_checked(fetch, ch["end_leaf"]), fetch)
-    return not ok, why
+def judge(job: Job, index: int, ch: Challenge, height: int, fetch) -> Judgement:
+    """The referee's verdict on one open challenge of shard `index`, at chain height `height`."""
+    ctx, shard = JobContext(job, fetch), job.shards[index]
+    if ch.kind == ChallengeKind.AVAILABLE:
+        if ctx.fetch(ch.start_leaf) is not None:
+            return Judgement(Verdict.SOUND, "the challenged blob is served")
+        if height > ch.respond_by:
+            return Judgement(Verdict.FAULT, "the challenged blob was not served by the response deadline")
+        return Judgement(Verdict.UNDECIDED, "the challenged blob is not served yet; the solver still has time")
+    if ch.interval == START:
+        return check_start(ctx, shard)
+    return check_interval(ctx, index, ch.interval, ch.start_leaf, ch.end_leaf)
 
 
 class Referee:
     def __init__(self, node):
         self.node = node
         self.judging: set[tuple] = set()
+        self.retry_at: dict[tuple, int] = {}
 
     def on_commit(self) -> None:
         chain = self.node.chain
         me = self.node.key.address
         if me not in {v.address for v in chain.validators()}:
             return
-        v = chain.view()
+        v, height = chain.view(), chain.height
         for job_id in v.read(K_ACTIVE_JOBS, []):
-            job = v.read(k_job(job_id))
-            for i, shard in enumerate(job["shards"]):
-                ch = shard["challenge"]
-                if shard["status"] != "disputed" or any(a == me for a, _ in ch["votes"]):
+            job = Job.load(v, job_id)
+            for i, shard in enumerate(job.shards):
+                if shard.status != ShardStatus.DISPUTED:
                     continue
-                key = (job_id, job["round"], i, ch["opened"])
-                if key not in self.judging:
+                for ch in shard.challenges:
+                    key = (job_id, job.round, i, ch.challenger, ch.opened)
+                    if any(a == me for a, _ in ch.votes) or key in self.judging \
+                            or self.retry_at.get(key, 0) > height:
+                        continue
                     self.judging.add(key)
-                    asyncio.get_running_loop().create_task(self._judge(jsonable(job), i, key))
+                    asyncio.get_running_loop().create_task(self._judge(job, i, ch, height, key))
 
-    async def _judge(self, job: dict, index: int, key: tuple) -> None:
+    async def _judge(self, job: Job, index: int, ch: Challenge, height: int, key: tuple) -> None:
         loop = asyncio.get_running_loop()
 
-        def fetch(digest_hex: str):
-            future = asyncio.run_coroutine_threadsafe(self.node.network.fetch_blob(bytes.fromhex(digest_hex)), loop)
-            return future.result()
+        def fetch(digest: bytes):
+            return asyncio.run_coroutine_threadsafe(self.node.network.fetch_blob(digest), loop).result()
 
         try:
-            fault, why = await in_daemon_thread(judge, job, index, fetch)
+            judgement = await in_daemon_thread(judge, job, index, ch, height, fetch)
         except Exception:
-            log.exception("could not judge the dispute on job %s shard %d", job["id"][:8], index)
+            log.exception("could not judge the dispute on job %s shard %d", job.id.hex()[:8], index)
+            judgement = Judgement(Verdict.UNDECIDED, "the referee failed")
+        finally:
             self.judging.discard(key)
+        where = f"dispute on job {job.id.hex()[:8]} shard {index} ({ch.kind.value} {ch.interval})"
+        if judgement.verdict == Verdict.UNDECIDED:
+            log.info("%s: cannot decide yet (%s); retrying", where, judgement.why)
+            self.retry_at[key] = height + RETRY_BLOCKS
             return
-        log.info("dispute on job %s shard %d: %s (%s)", job["id"][:8], index, "FAULT" if fault else "no fault", why)
-        self._vote(job, index, fault)
+        log.info("%s: %s (%s)", where, "FAULT" if judgement.verdict == Verdict.FAULT else "no fault", judgement.why)
+        self.retry_at[key] = 1 << 62  # decided: never again
+        self._vote(job, index, ch, judgement.verdict == Verdict.FAULT)
 
     def keep_busy(self, seconds: float = 600.0) -> None:
         """Test networks only (misbehave = "busy-referee"): a referee thread in torch for a long
@@ -86,13 +99,13 @@ class Referee:
                 a = torch.tanh(a @ a / 256)
         self._busy = asyncio.get_running_loop().create_task(in_daemon_thread(spin))
 
-    def _vote(self, job: dict, index: int, fault: bool) -> None:
+    def _vote(self, job: Job, index: int, ch: Challenge, fault: bool) -> None:
         chain, key = self.node.chain, self.node.key
         pending = chain.mempool.by_sender.get(key.address, {})
         nonce = get_account(chain.view(), key.address).nonce
         while nonce in pending:
             nonce += 1
-        body = {"job": bytes.fromhex(job["id"]), "round": job["round"], "shard": index, "fault": fault}
+        body = {"job": job.id, "round": job.round, "shard": index, "challenger": ch.challenger, "fault": fault}
         tx = make_tx(key, chain.chain_id, "dispute_vote", body, nonce, 1)
         try:
             chain.mempool.add(tx, chain.view())

@@ -1,97 +1,216 @@
-"""`stepchain verifier run`: re-run the intervals the chain picked for this key; attest or challenge.
+"""`stepchain verifier run`: re-run the intervals the chain drew for this key; attest or challenge.
 
-With `--whistleblower` it also checks shards it was not picked for (the start checkpoint,
-the last interval and one more drawn locally) and challenges any fault it finds. A
-challenge puts the verifier stake at risk, so it is only sent for a fault seen here.
+A drawn verifier's intervals come from its own hash-chain secret (registered on first start,
+kept in its work directory), the commit root and the beacon that drew it, plus the last
+interval. With `--whistleblower` it also checks shards it was not drawn for (the start, the
+last interval and one more chosen locally) and challenges any fault it finds.
+
+Every check fails closed: a blob that cannot be fetched is never attested. If it stays
+missing for GRACE_SCANS scans, the verifier opens an availability challenge naming it (the
+solver must serve it within the chain's response deadline); if a check cannot be decided
+for another reason (the previous round's finals are not reachable), it waits and retries.
+A computation challenge carries both checkpoints, which the verifier also uploads to its
+node, so referees can always get them.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import secrets as pysecrets
+from dataclasses import dataclass
+from pathlib import Path
 
-from consensus import merkle
+from consensus import hashchain, merkle
 from consensus.crypto import PrivateKey, format_address
+from consensus.jobs import Job, Shard, ShardStatus
+from consensus.sampling import verifier_intervals
 
 from ..client import Client, RpcError, make_tx
-from .common import check_interval, check_start, fetch_checked, manifest_ok, poll
+from .common import JobContext, Unavailable, Verdict, check_interval, check_start, poll
 
 log = logging.getLogger("stepchain.verifier")
+GRACE_SCANS = 3
+SECRET_LENGTH = 10_000
 
 
-def check_task(job: dict, index: int, shard: dict, me: str, whistleblower: bool) -> tuple | None:
-    """What this verifier owes a shard now, as a key to do it once: (job, round, shard, root,
-    selected). `selected` is part of the key because a whistleblower may check a commitment
-    before the chain draws its verifiers; if it is then drawn, only an attestation (or a
-    challenge) sent as a drawn verifier counts, so that check is a different task."""
-    if shard["status"] not in ("committed", "verifying"):
-        return None
-    selected = me in shard["verifiers"] and shard["status"] == "verifying"
-    if not selected and not (whistleblower and shard["solver"] != me):
-        return None
-    return job["id"], job["round"], index, shard["commit"]["root"], selected
+class SecretStore:
+    """This verifier's hash-chain seed (file mode 0600, never logged) and the elements it gives."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.exists():
+            raw = json.loads(path.read_text())
+            self.seed, self.length = bytes.fromhex(raw["seed"]), raw["length"]
+        else:
+            self.renew()
+
+    def renew(self) -> None:
+        self.seed, self.length = pysecrets.token_bytes(32), SECRET_LENGTH
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"seed": self.seed.hex(), "length": self.length}, f)
+
+    @property
+    def tip(self) -> bytes:
+        return hashchain.tip(self.seed, self.length)
+
+    def element(self, index: int) -> bytes:
+        return hashchain.element(self.seed, self.length, index)
+
+    def matches(self, registered: dict | None) -> bool:
+        """Is the chain registered on chain this seed's, with elements left?"""
+        if not registered or registered["length"] != self.length or registered["next"] > self.length:
+            return False
+        return self.element(registered["index"]).hex() == registered["anchor"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What inspecting a shard found: a challenge body to send, or nothing (sound), or None
+    for the body when it could not be decided yet."""
+    verdict: Verdict
+    why: str
+    challenge: dict | None = None
 
 
 class Verifier:
-    def __init__(self, client: Client, key: PrivateKey, whistleblower: bool = False, lazy: bool = False):
+    def __init__(self, client: Client, key: PrivateKey, workdir: Path, whistleblower: bool = False,
+                 lazy: bool = False):
         self.client, self.key = client, key
         self.me = format_address(key.address)
+        self.secrets = SecretStore(workdir / "secrets.json")
         self.whistleblower = whistleblower
         self.lazy = lazy  # test-only: attest without checking (to show that it gets slashed)
         self.done: set[tuple] = set()
+        self.missing: dict[tuple, int] = {}
 
-    def fetch(self, digest_hex: str) -> bytes | None:
-        return self.client.get_blob(digest_hex)
+    def fetch(self, digest: bytes) -> bytes | None:
+        return self.client.get_blob(digest.hex())
 
     def run(self, once: bool = False) -> None:
         log.info("verifier %s watching for shards to check%s", self.me,
                  " (whistleblower)" if self.whistleblower else "")
         poll(self.scan, log, once)
 
-    def scan(self) -> None:
-        for job_id in self.client.get("/jobs")["active"]:
-            job = self.client.get(f"/job/{job_id}")
-            for i, shard in enumerate(job["shards"]):
-                task = check_task(job, i, shard, self.me, self.whistleblower)
-                if task is not None and task not in self.done:
-                    self.done.add(task)
-                    self.check_shard(job, i, shard, selected=task[-1])
+    def ensure_registered(self) -> None:
+        acct = self.client.account(self.me)
+        if self.secrets.matches(acct["secrets"]["verifier"]):
+            return
+        if acct["locked"]["verifier"]:
+            log.warning("the registered hash chain is not this verifier's and collateral is locked: "
+                        "waiting for it to be released before registering a new one")
+            return
+        if acct["secrets"]["verifier"]:
+            self.secrets.renew()
+        self.send("register_secrets", None, {"role": "verifier", "tip": self.secrets.tip,
+                                             "length": self.secrets.length}, wait=True)
+        log.info("registered a hash chain of %d secrets", self.secrets.length)
 
-    def _intervals(self, shard: dict, selected: bool) -> list[int]:
+    def scan(self) -> None:
+        self.ensure_registered()
+        samples = self.client.get("/params")["samples_per_shard"]
+        for job_id in self.client.get("/jobs")["active"]:
+            job = self.client.job(job_id)
+            for i, shard in enumerate(job.shards):
+                task = self.task(job, i, shard)
+                if task is not None and task not in self.done:
+                    if self.check_shard(job, i, shard, samples, selected=task[-1]):
+                        self.done.add(task)
+
+    def task(self, job: Job, index: int, shard: Shard) -> tuple | None:
+        """What this verifier owes a shard now, as a key to do it once. `selected` is part of
+        the key: a whistleblower may check a commit before verifiers are drawn; if it is then
+        drawn, only an attestation sent as a drawn verifier counts."""
+        if shard.status not in (ShardStatus.COMMITTED, ShardStatus.VERIFYING, ShardStatus.DISPUTED):
+            return None
+        sel = shard.selection(self.key.address)
+        selected = sel is not None and not sel.attested and shard.status != ShardStatus.COMMITTED
+        if not selected and not (self.whistleblower and shard.solver != self.key.address):
+            return None
+        if shard.open_challenge(self.key.address) is not None:
+            return None
+        return job.id, job.round, index, shard.commit.root, selected
+
+    def intervals(self, shard: Shard, samples: int, selected: bool) -> list[int]:
+        n = shard.commit.leaves - 1
         if selected:
-            return shard["intervals"]
-        n = shard["commit"]["leaves"] - 1
+            secret = self.secrets.element(shard.selection(self.key.address).secret_index)
+            return verifier_intervals(secret, shard.commit.root, shard.beacon, n, samples,
+                                      shard.commit.diverged_leaf or None)
         return sorted({n - 1, random.randrange(n)})
 
-    def check_shard(self, job: dict, index: int, shard: dict, selected: bool) -> None:
-        commit, rnd = shard["commit"], job["round"]
-        where = f"job {job['id'][:8]} r{rnd} shard {index}"
+    def check_shard(self, job: Job, index: int, shard: Shard, samples: int, selected: bool) -> bool:
+        """Inspect, then attest or challenge; False when nothing could be decided yet."""
+        where = f"job {job.id.hex()[:8]} r{job.round} shard {index}"
         if self.lazy and selected:
-            return self.send("attest", job, index, {})
-        leaves = manifest_ok(fetch_checked(self.fetch, commit["manifest"]), commit)
-        start_ok, detail = (False, "manifest not served or not matching the root") if leaves is None else \
-            check_start(job, rnd, fetch_checked(self.fetch, commit["start"]), self.fetch)
-        if not start_ok:
-            log.warning("%s: %s: challenging", where, detail)
-            return self.send("challenge", job, index, {"interval": -1})
-        for i in self._intervals(shard, selected):
-            ok, detail = check_interval(job, rnd, index, i, fetch_checked(self.fetch, leaves[i]),
-                                        fetch_checked(self.fetch, leaves[i + 1]), self.fetch)
-            log.info("%s interval %d: %s", where, i, detail)
-            if not ok:
-                raw = [bytes.fromhex(x) for x in leaves]
-                return self.send("challenge", job, index, {
-                    "interval": i, "start_leaf": raw[i], "start_proof": merkle.proof(raw, i),
-                    "end_leaf": raw[i + 1], "end_proof": merkle.proof(raw, i + 1)})
-        if selected:
-            self.send("attest", job, index, {})
+            return self.attest(job, index, shard)
+        finding = self.inspect(JobContext(job, self.fetch), index, shard, self.intervals(shard, samples, selected))
+        log.info("%s: %s", where, finding.why)
+        if finding.challenge is not None:
+            self.send("challenge", job, {"shard": index, **finding.challenge})
+            return True
+        if finding.verdict == Verdict.SOUND:
+            return self.attest(job, index, shard) if selected else True
+        return False
 
-    def send(self, kind: str, job: dict, index: int, extra: dict) -> None:
-        body = {"job": bytes.fromhex(job["id"]), "round": job["round"], "shard": index, **extra}
+    def inspect(self, ctx: JobContext, index: int, shard: Shard, intervals: list[int]) -> Finding:
+        try:
+            leaves = ctx.manifest(shard.commit)
+        except Unavailable as exc:
+            return self._missing(ctx, index, -1, shard.commit.manifest, [], str(exc))
+        if not leaves:
+            return Finding(Verdict.FAULT, "manifest does not match the root", {"interval": -1})
+        start = check_start(ctx, shard)
+        if start.verdict == Verdict.UNDECIDED:
+            if ctx.fetch(shard.commit.start) is None:
+                return self._missing(ctx, index, 0, leaves[0], leaves, start.why)
+            return Finding(Verdict.UNDECIDED, start.why)
+        if start.verdict == Verdict.FAULT:
+            return Finding(Verdict.FAULT, start.why, {"interval": -1})
+        for i in intervals:
+            for leaf in (i, i + 1):
+                if ctx.fetch(leaves[leaf]) is None:
+                    return self._missing(ctx, index, leaf, leaves[leaf], leaves, f"checkpoint {leaf} is not served")
+            judged = check_interval(ctx, index, i, leaves[i], leaves[i + 1])
+            if judged.verdict == Verdict.UNDECIDED:
+                return Finding(Verdict.UNDECIDED, judged.why)
+            if judged.verdict == Verdict.FAULT:
+                for leaf in (i, i + 1):  # so referees can fetch them whatever the solver does
+                    self.client.put_blob(ctx.fetch(leaves[leaf]))
+                return Finding(Verdict.FAULT, f"interval {i}: {judged.why}", {
+                    "interval": i, "start_leaf": leaves[i], "start_proof": merkle.proof(leaves, i),
+                    "end_leaf": leaves[i + 1], "end_proof": merkle.proof(leaves, i + 1)})
+        return Finding(Verdict.SOUND, f"intervals {intervals} check out")
+
+    def _missing(self, ctx: JobContext, index: int, leaf: int, blob: bytes, leaves: list[bytes], why: str) -> Finding:
+        """A blob is not served: wait GRACE_SCANS scans, then challenge its availability."""
+        key = (ctx.job.id, ctx.job.round, index, blob)
+        self.missing[key] = self.missing.get(key, 0) + 1
+        if self.missing[key] < GRACE_SCANS:
+            return Finding(Verdict.UNDECIDED, f"{why}; retrying")
+        proof = merkle.proof(leaves, leaf) if leaf >= 0 else []
+        return Finding(Verdict.UNDECIDED, f"{why}: challenging its availability",
+                       {"unavailable": blob, "leaf": leaf, "proof": proof})
+
+    def attest(self, job: Job, index: int, shard: Shard) -> bool:
+        secret = self.secrets.element(shard.selection(self.key.address).secret_index)
+        return self.send("attest", job, {"shard": index, "secret": secret})
+
+    def send(self, kind: str, job: Job | None, body: dict, wait: bool = False) -> bool:
+        if job is not None:
+            body = {"job": job.id, "round": job.round, **body}
         status = self.client.status()
         nonce = self.client.account(self.me)["next_nonce"]
         tx = make_tx(self.key, status["chain_id"], kind, body, nonce, 1)
         try:  # no waiting for inclusion: the next shard's window is running too
             self.client.broadcast(tx)
-            log.info("%s job %s r%d shard %d sent (tx %s)", kind, job["id"][:8], job["round"], index, tx.hash.hex()[:16])
+            if wait:
+                self.client.wait_for_tx(tx.hash.hex())
+            log.info("%s sent (tx %s)", kind, tx.hash.hex()[:16])
+            return True
         except RpcError as exc:
-            log.warning("%s for job %s shard %d not accepted: %s", kind, job["id"][:8], index, exc)
+            log.warning("%s not accepted: %s", kind, exc)
+            return False

@@ -9,7 +9,7 @@ from consensus.crypto import address_of, format_address, sha256
 from consensus.jobs import budget
 
 from .client import RpcError, make_tx
-from .jobspec import SpecError, load as load_spec
+from .jobspec import SpecError, check_chain_rules, load as load_spec
 
 
 def job_id(text: str) -> bytes:
@@ -26,6 +26,7 @@ def cmd_job_submit(args, client, unlock, emit) -> None:
     spec, blob = load_spec(args.spec)
     c = client(args)
     params = c.get("/params")
+    check_chain_rules(spec, params["max_blob_bytes"])  # the sizes against this network's blob limit
     cost = budget(spec, params)
     key = unlock(args, args.sender)
     acct = c.account(format_address(address_of(key.pubkey)))
@@ -34,14 +35,7 @@ def cmd_job_submit(args, client, unlock, emit) -> None:
     if spec["steps"] // spec["k"] < params["min_intervals"]:
         raise SpecError(f"steps / k is {spec['steps'] // spec['k']} intervals; this network needs at least "
                         f"{params['min_intervals']} (lower k or raise steps)")
-    from verifier.training import checkpoint_bytes
-    from .workers.common import train_spec
-    ckpt = checkpoint_bytes(train_spec(spec))
-    if ckpt > params["max_blob_bytes"]:
-        raise SpecError(f"a checkpoint of this model is {ckpt} bytes, over the blob limit of {params['max_blob_bytes']}")
     if blob is not None:
-        if len(blob) > params["max_blob_bytes"]:
-            raise SpecError(f"dataset of {len(blob)} bytes exceeds the limit of {params['max_blob_bytes']}")
         c.put_blob(blob)
     tx = make_tx(key, c.status()["chain_id"], "submit_job", {"spec": spec}, acct["next_nonce"], 1)
     c.broadcast(tx)

@@ -1,8 +1,8 @@
 """Job spec files (TOML) → the on-chain spec, validated before anything is signed.
 
 A user writes fractions and learning rates as decimals; the chain holds only integers, so
-they become parts per million here. Every check the chain makes is made here first, plus
-the ones only torch and numpy can make (model arguments, dataset shapes).
+they become parts per million here. Every check the chain makes is made here first (the
+structural ones and consensus.runnable's), plus the ones that need an uploaded dataset's arrays.
 """
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import tomllib
 from pathlib import Path
 
 from consensus.jobs import JobError, check_spec
+from consensus.runnable import check_model, check_runnable, split_error
 
 PPM = 1_000_000
+NO_CAP = 2**63  # the network's blob limit, until `job submit` has asked the node for it
 TOP_LEVEL = {"model", "data", "training", "payment"}
 
 
@@ -92,20 +94,30 @@ def _data(data: dict, base_dir: Path) -> tuple[dict, bytes | None]:
     return {"generator": name, "args": data, "seed": seed}, None
 
 
-def check(spec: dict, blob: bytes | None) -> None:
-    """Everything but the budget: chain rules, the model registry, the dataset's shape."""
-    from verifier import data as vdata
-    from verifier import models
+def check(spec: dict, blob: bytes | None, max_blob_bytes: int = NO_CAP) -> None:
+    """Everything but the budget: the chain's rules, then an uploaded dataset's arrays (shapes,
+    values, enough items for the shards), which only a holder of the blob can check."""
     try:
-        models.validate_model(spec["model"], spec["model_args"])
+        check_model(spec["model"], spec["model_args"], JobError)  # first: its messages name the model
         check_spec(spec)
+        check_runnable(spec, max_blob_bytes, JobError)
         if blob is not None:
+            from verifier import data as vdata
             ds = vdata.load_npz(blob)
-        else:
-            vdata.validate_generator(spec["data"]["generator"], spec["data"]["args"])
-            ds = vdata.generate(spec["data"]["generator"], spec["data"]["args"], spec["data"]["seed"])
-        vdata.check_compatible(ds, spec["model"], spec["model_args"])
+            vdata.check_compatible(ds, spec["model"], spec["model_args"])
+            broken = split_error(len(ds), spec["holdout_ppm"], spec["shards"])
+            if broken:
+                raise JobError(broken)
     except (JobError, ValueError) as exc:
+        raise SpecError(str(exc)) from None
+
+
+def check_chain_rules(spec: dict, max_blob_bytes: int) -> None:
+    """The chain's runnability rules against a known blob limit (the sizes of an uploaded
+    dataset and of every checkpoint): what `job submit` checks once it has the node's params."""
+    try:
+        check_runnable(spec, max_blob_bytes, JobError)
+    except JobError as exc:
         raise SpecError(str(exc)) from None
 
 

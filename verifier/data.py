@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import generators, models
-from consensus.args import check_args
+from consensus import runnable
 
-MAX_NPZ_BYTES = 32 * 1024 * 1024
+MAX_NPZ_BYTES = runnable.MAX_NPZ_BYTES
 MAX_ITEMS = 1_000_000
 HOLDOUT_SEED = 0x5EED  # one fixed permutation decides the held-out items of every dataset
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
@@ -126,13 +126,7 @@ def save_npz(ds: Dataset) -> bytes:
 
 def validate_generator(name: str, args: dict) -> dict:
     """Raise DataError unless the generator exists and its arguments are in range; returns them."""
-    if type(name) is not str or name not in generators.GENERATORS:
-        raise DataError(f"unknown data generator {name!r} (built-in: {', '.join(generators.GENERATORS)})")
-    schema, _, values = generators.GENERATORS[name]
-    norm = check_args(f"generator {name}", args, schema, DataError)
-    if values(norm) > generators.MAX_VALUES:
-        raise DataError(f"generator {name}: {values(norm):,} values is more than the cap of {generators.MAX_VALUES:,}")
-    return norm
+    return runnable.check_generator(name, args, DataError)
 
 
 def generate(name: str, args: dict, seed: int) -> Dataset:
@@ -147,19 +141,21 @@ def generate(name: str, args: dict, seed: int) -> Dataset:
 # -- fitting a model, holding out, sharding --------------------------------------------------
 
 
+def _int_range(arr: np.ndarray) -> tuple[int, int] | None:
+    return (int(arr.min()), int(arr.max())) if arr.dtype.kind in "iu" and arr.size else None
+
+
+def items_of(ds: Dataset) -> runnable.Items:
+    """The dataset as the shared rules see it: shapes and integer value ranges."""
+    return runnable.Items(len(ds), tuple(ds.x.shape[1:]), _int_range(ds.x), tuple(ds.y.shape[1:]), _int_range(ds.y))
+
+
 def check_compatible(ds: Dataset, model_name: str, model_args: dict) -> None:
-    """Raise DataError unless the dataset's shapes and value ranges fit the model."""
-    spec = models.model_input_spec(model_name, model_args)
-    if ds.x.shape[1:] not in spec.x_shapes:
-        want = " or ".join(str(("n", *s)) for s in spec.x_shapes)
-        raise DataError(f"model {model_name} needs x of shape {want}, got {ds.x.shape}")
-    if ds.y.shape[1:] != spec.y_shape:
-        raise DataError(f"model {model_name} needs y of shape {('n', *spec.y_shape)}, got {ds.y.shape}")
-    if spec.x_vocab is not None:
-        if ds.x.dtype.kind not in "iu" or ds.x.min() < 0 or ds.x.max() >= spec.x_vocab:
-            raise DataError(f"model {model_name} needs x to hold integer token ids in [0, {spec.x_vocab})")
-    if ds.y.dtype.kind not in "iu" or ds.y.min() < 0 or ds.y.max() >= spec.classes:
-        raise DataError(f"model {model_name} needs y to hold integer labels in [0, {spec.classes})")
+    """Raise DataError unless the dataset's shapes and value ranges fit the model (the rule the
+    chain applies to a generator's items, here applied to the actual arrays)."""
+    broken = runnable.compat_error(model_name, models.model_input_spec(model_name, model_args), items_of(ds))
+    if broken:
+        raise DataError(broken)
 
 
 def split_holdout(ds: Dataset, fraction_ppm: int) -> tuple[Dataset, Dataset]:
@@ -170,7 +166,7 @@ def split_holdout(ds: Dataset, fraction_ppm: int) -> tuple[Dataset, Dataset]:
     """
     if type(fraction_ppm) is not int or not 0 <= fraction_ppm < 1_000_000:
         raise DataError(f"holdout fraction must be an integer ppm in [0, 10^6), got {fraction_ppm!r}")
-    n_hold = len(ds) * fraction_ppm // 1_000_000
+    n_hold = runnable.held_out(len(ds), fraction_ppm)
     perm = generators.pcg64(HOLDOUT_SEED).permutation(len(ds))
     return ds.subset(np.sort(perm[n_hold:])), ds.subset(np.sort(perm[:n_hold]))
 

@@ -15,10 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from consensus import runnable
 from consensus.args import Arg
 from consensus.registry import GENERATOR_SCHEMAS as S
 
-MAX_VALUES = 16_000_000  # elements of x, so a tiny job spec cannot ask for gigabytes
+MAX_VALUES = runnable.MAX_VALUES  # elements of x, so a tiny job spec cannot ask for gigabytes
 
 
 def pcg64(seed: int) -> np.random.Generator:
@@ -102,7 +103,7 @@ def digits(a: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 # A small grammar of short sentences: enough structure that a tiny model visibly learns it.
-ALPHABET = " .abcdefghijklmnopqrstuvwxyz"
+ALPHABET = runnable.TEXT_ALPHABET  # the chain knows the token range from it
 WORDS = (
     ("the cat", "a dog", "the old man", "my sister", "the bird", "a small child", "the farmer", "our teacher"),
     ("sees", "likes", "finds", "follows", "paints", "feeds", "calls", "hears"),
@@ -137,10 +138,12 @@ def text(a: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 # -- the registry ----------------------------------------------------------------------------
 
-GENERATORS: dict[str, tuple[dict[str, Arg], Callable, Callable[[dict], int]]] = {
-    # name: (argument schema, generator, number of x values it makes)
-    "blobs": (S["blobs"], blobs, lambda a: a["n"] * a["dim"]),
-    "spirals": (S["spirals"], spirals, lambda a: a["n"] * 2),
-    "digits": (S["digits"], digits, lambda a: a["n"] * a["side"] ** 2),
-    "text": (S["text"], text, lambda a: a["n"] * a["context"]),
+# Item shapes, value ranges and the size cap are consensus.runnable's (GENERATOR_ITEMS), which
+# the chain checks every job against without numpy: a generator must make exactly those.
+GENERATORS: dict[str, tuple[dict[str, Arg], Callable]] = {
+    # name: (argument schema, generator)
+    "blobs": (S["blobs"], blobs),
+    "spirals": (S["spirals"], spirals),
+    "digits": (S["digits"], digits),
+    "text": (S["text"], text),
 }

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from consensus.args import Arg, check_args
+from consensus import runnable
+from consensus.args import Arg
 from consensus.registry import MODEL_SCHEMAS
+from consensus.runnable import InputSpec
 
-MAX_PARAMS = 2_000_000  # keeps a float64 Adam checkpoint (3 copies) under the 64 MiB cap
+MAX_PARAMS = runnable.MAX_PARAMS
 EMBED_BOUND = 0.035  # uniform bound for embeddings: a standard deviation of about 0.02
 
 
@@ -112,63 +114,24 @@ class CharTransformer(nn.Module):
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """What a dataset must look like for a model (shapes are per item, without the batch)."""
-    x_shapes: tuple[tuple[int, ...], ...]  # accepted item shapes of x
-    x_vocab: int | None  # tokens: x holds integer ids below this; None: x holds numbers
-    y_shape: tuple[int, ...]
-    classes: int  # y holds integer labels in [0, classes)
-
-
-@dataclass(frozen=True)
 class Arch:
     schema: dict[str, Arg]
     make: Callable[[dict], nn.Module]
-    inputs: Callable[[dict], InputSpec]
-    rules: Callable[[dict], str | None] = lambda a: None  # cross-argument rule; message if broken
 
 
-def _cnn_rules(a: dict) -> str | None:
-    # Two 2x2 pools floor the side twice; any other side would silently drop pixels.
-    return None if a["side"] % 4 == 0 else "side must be a multiple of 4"
-
-
-def _transformer_rules(a: dict) -> str | None:
-    return None if a["d_model"] % a["heads"] == 0 else "d_model must be divisible by heads"
-
-
+# Input shapes, parameter shapes and cross-argument rules are consensus.runnable's, which the
+# chain applies to every job without torch; `make` must build exactly the parameters it lists.
 REGISTRY: dict[str, Arch] = {
-    "mlp": Arch(
-        schema=MODEL_SCHEMAS["mlp"],
-        make=lambda a: MLP(a["in_dim"], a["hidden"], a["out_dim"], a["activation"]),
-        inputs=lambda a: InputSpec(((a["in_dim"],),), None, (), a["out_dim"])),
-    "cnn": Arch(
-        schema=MODEL_SCHEMAS["cnn"],
-        make=lambda a: CNN(a["side"], a["channels"], a["out_dim"]),
-        inputs=lambda a: InputSpec(((1, a["side"], a["side"]), (a["side"], a["side"])), None, (), a["out_dim"]),
-        rules=_cnn_rules),
-    "char_transformer": Arch(
-        schema=MODEL_SCHEMAS["char_transformer"],
-        make=lambda a: CharTransformer(a["vocab"], a["context"], a["d_model"], a["heads"], a["layers"]),
-        inputs=lambda a: InputSpec(((a["context"],),), a["vocab"], (a["context"],), a["vocab"]),
-        rules=_transformer_rules),
+    "mlp": Arch(MODEL_SCHEMAS["mlp"], lambda a: MLP(a["in_dim"], a["hidden"], a["out_dim"], a["activation"])),
+    "cnn": Arch(MODEL_SCHEMAS["cnn"], lambda a: CNN(a["side"], a["channels"], a["out_dim"])),
+    "char_transformer": Arch(MODEL_SCHEMAS["char_transformer"], lambda a: CharTransformer(
+        a["vocab"], a["context"], a["d_model"], a["heads"], a["layers"])),
 }
-
-
-def _arch(name: str) -> Arch:
-    if type(name) is not str or name not in REGISTRY:
-        raise SpecError(f"unknown model {name!r} (built-in models: {', '.join(REGISTRY)})")
-    return REGISTRY[name]
 
 
 def normalise_args(name: str, args: dict) -> dict:
     """Checked arguments with defaults filled in; raises SpecError."""
-    arch = _arch(name)
-    norm = check_args(f"model {name}", args, arch.schema, SpecError)
-    broken = arch.rules(norm)
-    if broken:
-        raise SpecError(f"model {name}: {broken}")
-    return norm
+    return runnable.normalise_model(name, args, SpecError)
 
 
 def _skeleton(name: str, norm: dict) -> nn.Module:
@@ -179,15 +142,12 @@ def _skeleton(name: str, norm: dict) -> nn.Module:
 
 def validate_model(name: str, args: dict) -> None:
     """Raise SpecError unless (name, args) is a registry model within the size cap."""
-    norm = normalise_args(name, args)
-    count = sum(p.numel() for p in _skeleton(name, norm).parameters())
-    if count > MAX_PARAMS:
-        raise SpecError(f"model {name} would have {count:,} parameters, more than the cap of {MAX_PARAMS:,}")
+    runnable.check_model(name, args, SpecError)
 
 
 def model_input_spec(name: str, args: dict) -> InputSpec:
     """Shapes and value ranges a dataset needs for this model (used to validate datasets)."""
-    return _arch(name).inputs(normalise_args(name, args))
+    return runnable.model_inputs(name, normalise_args(name, args))
 
 
 # -- building and initialising ---------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, data, models, optim
+from consensus.runnable import MAX_TOLERANCE_PPM
 from .checkpoint import CheckpointError, TrainState
 from .data import Dataset
 
@@ -62,7 +63,7 @@ class TrainSpec:
         if self.profile not in PROFILES:
             raise bad(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
         for name, lo, hi in (("lr_ppm", 1, MAX_LR_PPM), ("batch_size", 1, 1 << 16), ("steps", 1, 1 << 30),
-                             ("k", 1, 1 << 30), ("seed", 0, 2**63 - 1), ("tolerance_ppm", 0, 1 << 40)):
+                             ("k", 1, 1 << 30), ("seed", 0, 2**63 - 1), ("tolerance_ppm", 0, MAX_TOLERANCE_PPM)):
             value = getattr(self, name)
             if type(value) is not int or not lo <= value <= hi:
                 raise bad(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
@@ -182,12 +183,6 @@ def average_states(states: list[TrainState]) -> TrainState:
     opt = {n: mean(lambda s, n=n: s.opt[n]) for n in sorted(first.opt)}
     rng = hashlib.sha256(b"stepchain/rng-average" + b"".join(s.rng for s in states)).digest()
     return TrainState(params, opt, 0, rng)
-
-
-def checkpoint_bytes(spec: TrainSpec) -> int:
-    """The exact size of every checkpoint of this job (all its tensors have fixed sizes), to
-    check against the network's blob size limit before a job is accepted."""
-    return len(checkpoint.encode(init_state(spec)))
 
 
 def state_dict(spec: TrainSpec, state: TrainState) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import merkle
 from ..ledger import Account, View, get_account, get_params, get_stake, get_valset, set_account
+from ..runnable import check_runnable
 from ..sampling import verifier_intervals
 from . import bonds, settle
 from .errors import JobError
@@ -50,6 +51,7 @@ def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
     spec = tx.body.get("spec")
     check_spec(spec)
     params = get_params(v)
+    check_runnable(spec, params["max_blob_bytes"], JobError)
     if n_intervals(spec) < params["min_intervals"]:
         raise JobError(f"a job needs at least {params['min_intervals']} intervals (steps / k) per shard, "
                        "so that sampled verification is both cheap and sound")

@@ -43,3 +43,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def net(tmp_path):
+    """The two-validator job network of tests/jobnet.py: (nodes, worker list, tmp_path)."""
+    from tests.jobnet import job_network
+    yield from job_network(tmp_path)

@@ -1,92 +1,16 @@
 """A training job on a real network: every kind of cheating solver is caught and slashed,
 a lazy verifier is caught, a wrong challenger pays, honest solvers are paid, the model
 is fetched and checked. Also the user-facing errors of `job submit`."""
-import time
-
 import pytest
 import torch
 
 from node.client import make_tx
 from node.wallet import Keystore
-from tests.nodes import (PASSWORD, init_network, new_funded_key, set_genesis_params, start_worker,
-                         wait_all)
+from tests.jobnet import SPEC, STAKE, events_of, submit, wait_job
+from tests.nodes import PASSWORD, new_funded_key, start_worker, wait_all
 from verifier.adversary import STRATEGIES
 
 pytestmark = pytest.mark.slow
-
-SPEC = """
-[model]
-name = "mlp"
-in_dim = 2
-hidden = [16]
-out_dim = 3
-
-[data]
-generator = "blobs"
-seed = 3
-n = 900
-dim = 2
-classes = 3
-holdout = 0.2
-
-[training]
-optimizer = "adam"
-lr = 0.02
-batch_size = 32
-shards = {shards}
-rounds = 1
-steps = 40
-k = 10
-profile = "cpu-f32-1thread"
-seed = 5
-
-[payment]
-reward_per_shard = 50000
-verification_fee = 100
-commit_blocks = {commit_blocks}
-verify_blocks = {verify_blocks}
-"""
-STAKE = 1_000_000
-
-
-@pytest.fixture
-def net(tmp_path):
-    nodes = init_network(tmp_path, 2)
-    # verifiers re-run every interval (4 of 4), so each cheat is found by whoever is drawn
-    set_genesis_params(nodes, samples_per_shard=4, dispute_blocks=30)
-    for n in nodes:
-        n.start(wait=False)
-    for n in nodes:
-        n.wait_rpc()
-    workers = []
-    yield nodes, workers, tmp_path
-    for w in workers:
-        w.terminate()
-        w.wait(20)
-    for n in nodes:
-        if n.proc is not None:
-            assert n.stop() == 0, n.log()
-
-
-def events_of(job: dict, kind: str) -> list[list]:
-    return [e for e in job["events"] if e[1] == kind]
-
-
-def wait_job(node, job_id: str, until, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = node.rpc.get(f"/job/{job_id}")
-        if until(job):
-            return job
-        assert time.monotonic() < deadline, f"job stuck: {job['events'][-5:]}\n{node.log()}"
-        time.sleep(0.5)
-
-
-def submit(node, tmp_path, name: str, **fmt) -> str:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(SPEC.format(**fmt))
-    return node.cli("job", "submit", "--from", "dev", str(path))["job"]
-
 
 def test_cheats_are_caught_honest_work_is_paid(net):
     nodes, workers, tmp_path = net
@@ -171,7 +95,8 @@ def wrong_challenger_pays(nodes, workers, tmp_path, honest) -> None:
     solver = job["shards"][0]["solver"]
     assert solver in honest.values()
     assert any(e[2] == solver for e in events_of(job, "rewarded"))
-    assert n0.cli("balance", "troll")["stake"]["verifier"] == STAKE - STAKE * 100_000 // 1_000_000
+    bond = 50000 * 300_000 // 1_000_000  # verifier_collateral_ppm of the shard's reward
+    assert n0.cli("balance", "troll")["stake"]["verifier"] == STAKE - bond
     wait_job(n0, job_id, lambda j: j["status"] == "done")
 
 
@@ -182,7 +107,7 @@ def bad_commits_are_refused(n0, done_job_id: str) -> None:
     before = n0.rpc.get(f"/job/{done_job_id}")
     body = {"job": bytes.fromhex(done_job_id), "round": 0, "shard": 0, "root": b"\x00" * 32, "leaves": 5,
             "manifest": b"\x00" * 32, "start": b"\x00" * 32, "start_proof": [], "final": b"\x00" * 32,
-            "final_proof": []}
+            "final_proof": [], "diverged_leaf": 0}
     tx = make_tx(key, n0.rpc.status()["chain_id"], "commit_shard", body, n0.rpc.account(addr)["next_nonce"], 1)
     n0.rpc.broadcast(tx)
     with pytest.raises(Exception, match="not open"):

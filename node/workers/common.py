@@ -109,16 +109,20 @@ class JobContext:
         return ShardWork(self.spec, train, RoundShard(self.job.id, self.job.round, index, len(self.job.shards)),
                          device)
 
+    def previous_finals(self) -> list[bytes]:
+        """The previous round's final checkpoints (none in round 0); Unavailable if one is missing."""
+        if not self.job.round:
+            return []
+        finals = [self.fetch(h) for h in self.job.finals[self.job.round - 1]]
+        if any(f is None for f in finals):
+            raise Unavailable("a final checkpoint of the previous round is not available")
+        return finals
+
     def expected_start(self) -> bytes:
         """The bytes every shard of the current round must start from: the job's initial
-        state, or the average of the previous round's finals (Unavailable if one is missing)."""
+        state, or the average of the previous round's finals."""
         from verifier import replay
-        finals = []
-        if self.job.round:
-            finals = [self.fetch(h) for h in self.job.finals[self.job.round - 1]]
-            if any(f is None for f in finals):
-                raise Unavailable("a final checkpoint of the previous round is not available")
-        return replay.expected_round_start(self.spec, finals)
+        return replay.expected_round_start(self.spec, self.previous_finals())
 
     def manifest(self, commit: Commit) -> list[bytes]:
         """The leaf hashes of a commit; Unavailable if the manifest is not served, and an
@@ -155,10 +159,10 @@ def check_start(ctx: JobContext, shard: Shard) -> Judgement:
         start = ctx.fetch(shard.commit.start)
         if start is None:
             raise Unavailable("the start checkpoint is not served")
-        expected = ctx.expected_start()
+        finals = ctx.previous_finals()
     except Unavailable as exc:
         return Judgement(Verdict.UNDECIDED, str(exc))
-    ok = replay.start_matches(ctx.spec, expected, start)
+    ok = replay.verify_round_start(ctx.spec, finals, start)
     return Judgement.of(ok, "start checkpoint matches" if ok else "start checkpoint is not the expected round start")
 
 

@@ -150,8 +150,9 @@ class Verifier:
         finding = self.inspect(JobContext(job, self.fetch), index, shard, self.intervals(shard, samples, selected))
         log.info("%s: %s", where, finding.why)
         if finding.challenge is not None:
-            self.send("challenge", job, {"shard": index, **finding.challenge})
-            return True
+            sent = self.send("challenge", job, {"shard": index, **finding.challenge})
+            # an answered availability challenge leaves the shard to be checked again
+            return sent and "unavailable" not in finding.challenge
         if finding.verdict == Verdict.SOUND:
             return self.attest(job, index, shard) if selected else True
         return False

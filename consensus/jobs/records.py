@@ -131,6 +131,7 @@ class Shard(Record):
     assigned_at: int = 0
     deadline: int = 0
     collateral: int = 0    # solver stake locked while the shard can be disputed
+    late_fees: int = 0     # taken off the reward: blobs served only once a challenge demanded them
     commit: Commit | None = None
     beacon: bytes = b""    # of the block that drew the verifiers; with each secret, their intervals
     verifiers: list[Selection] = field(default_factory=list)

@@ -99,13 +99,17 @@ def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int) -> N
 
 
 def challenge_rejected(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
-    """A wrong computation challenge forfeits the challenger's bond (a share to the solver);
-    an availability challenge answered in time costs only its fee."""
+    """A wrong computation challenge forfeits the challenger's bond (a share to the solver).
+    An availability challenge answered in time costs the challenger only its fee (burned),
+    and the solver as much off its reward (left to the submitter): withholding until asked
+    then never pays, and making a solver serve costs a griefer what it costs the solver."""
     shard = job.shards[index]
     if ch.kind == ChallengeKind.AVAILABLE:
         add_burned(v, _escrow_out(v, job, ch.fee))
         bonds.unlock(v, ch.challenger, "verifier", ch.bond)
-        job.log(height, "served", shard.solver, ch.fee, f"shard {index}: the blob was served; challenge fee burned")
+        shard.late_fees += ch.fee
+        job.log(height, "served", shard.solver, ch.fee, f"shard {index}: the blob was served when challenged; "
+                "challenge fee burned, as much off the solver's reward")
     else:
         cut, share = bonds.forfeit(v, ch.challenger, "verifier", ch.bond, shard.solver)
         job.log(height, "slashed", ch.challenger, cut, f"challenger: wrong about shard {index}")
@@ -148,7 +152,8 @@ def pay(v: View, job: Job, to: bytes, amount: int, height: int, note: str) -> No
 
 def settle_shard(v: View, job: Job, index: int, height: int) -> None:
     shard, spec = job.shards[index], job.spec
-    pay(v, job, shard.solver, spec["reward_per_shard"], height, f"solver, shard {index} passed")
+    pay(v, job, shard.solver, max(0, spec["reward_per_shard"] - shard.late_fees), height,
+        f"solver, shard {index} passed")
     for sel in shard.verifiers:
         if sel.attested:
             pay(v, job, sel.verifier, spec["verification_fee"] * len(sel.intervals), height, f"verifier, shard {index}")

@@ -1,0 +1,244 @@
+"""Does any cheat pay? Detection, compute saved and expected profit per strategy, at the
+genesis defaults, with the chain's own draws.
+
+For each strategy the project knows (verifier.adversary.publish, plus the two withholding
+ones the solver worker plays) and each of `--trials` trials:
+  1. a solver with a fresh job id trains a shard of a 50-interval job (exact profile for
+     the classic cheats, `tolerance` for the precision and bias cheats) following the
+     strategy and commits the root of its leaves and its declared divergence;
+  2. a random beacon and one hash-chain secret per drawn verifier (verifiers_per_shard of
+     them) give each verifier its intervals exactly as the chain does
+     (consensus.sampling.verifier_intervals: samples_per_shard drawn, plus the last, or
+     every interval before a declared divergence);
+  3. each verifier checks the start and re-runs its intervals with verifier.replay; the
+     cheat is detected when any check fails. A withholding solver is detected by rule: a
+     blob that cannot be fetched is challenged for availability, and one still not served
+     by the response deadline is a fault.
+
+compute_saved is the larger of the measured saving (1 - the cheat's median wall time over an
+honest run's, same shards) and the strategy's nominal saving on hardware where it would pay
+(bf16/fp16 autocast halve the step on a GPU, though not on this CPU).
+
+expected_profit_per_shard, in units of the shard's reward, values the training compute at
+the reward (the worst case: an honest solver then just breaks even) and uses the collateral
+the chain locks (collateral_ratio_ppm): undetected, the cheater keeps the reward and saves
+compute_saved; detected, it loses the reward and the collateral. So
+    expected_profit = compute_saved - detection_rate x (1 + collateral_ratio)
+and for "withheld-then-served" (honest work, blobs served only when a challenge demands
+them) it is minus the challenge fee the chain takes off its reward.
+
+verify_cost_fraction_at_defaults is one verifier's measured compute (its start check and
+its drawn intervals) over the honest solver's (training and hashing the shard) for
+examples/spirals.toml at the genesis defaults. `redraw` reports what withholding one block
+buys a proposer: a second draw of verifiers (never of a verifier's own intervals).
+
+Progress goes to stderr; the last line of stdout is one JSON object.
+
+    .venv/bin/python benchmarks/soundness.py [--trials 40] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import run_benchmark  # noqa: E402
+from consensus import merkle  # noqa: E402
+from consensus.crypto import sha256  # noqa: E402
+from consensus.genesis import DEFAULT_PARAMS  # noqa: E402
+from consensus.sampling import verifier_intervals, weighted_sample  # noqa: E402
+from verifier import adversary, checkpoint, data, replay, training  # noqa: E402
+from verifier.training import TrainSpec  # noqa: E402
+from verifier.work import RoundShard, ShardWork  # noqa: E402
+
+PPM = 1_000_000
+EXACT_JOB = (TrainSpec("mlp", {"in_dim": 4, "hidden": [16, 16], "out_dim": 3}, "adam", 10_000, 16, 100, 2,
+                       "cpu-f32-1thread", seed=1),
+             ("blobs", {"n": 400, "dim": 4, "classes": 3}))
+TOLERANCE_JOB = (TrainSpec("mlp", {"in_dim": 16, "hidden": [64, 64], "out_dim": 10}, "adam", 1_000, 32, 200, 4,
+                           "tolerance", seed=1),
+                 ("blobs", {"n": 1000, "dim": 16, "classes": 10}))
+# strategy -> (job, nominal compute saved: what it skips where it pays best)
+STRATEGIES = {
+    "skip-steps": (EXACT_JOB, 0.5), "forge-final": (EXACT_JOB, 1 / 50), "wrong-order": (EXACT_JOB, 0.0),
+    "wrong-lr": (EXACT_JOB, 0.0), "stale": (EXACT_JOB, 1.0), "withhold": (EXACT_JOB, 0.0),
+    "one-interval": (EXACT_JOB, 1 / 50), "nonfinite-absorbing": (EXACT_JOB, 0.5),
+    "nonfinite-declared": (EXACT_JOB, 0.5), "withheld-then-served": (EXACT_JOB, 0.0),
+    "skip-one-step": (TOLERANCE_JOB, 1 / 4), "half-batch": (TOLERANCE_JOB, 0.5),
+    "bf16-autocast": (TOLERANCE_JOB, 0.5), "fp16-autocast": (TOLERANCE_JOB, 0.5),
+    "bias-under-bound": (TOLERANCE_JOB, 0.0), "optimizer-bias": (TOLERANCE_JOB, 0.0),
+}
+BY_RULE = ("withhold", "withheld-then-served")  # judged by availability, not by replay
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
+    if n == 0:
+        return [0.0, 1.0]
+    p = hits / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [round(max(0.0, (centre - half) / (1 + z * z / n)), 4), round(min(1.0, (centre + half) / (1 + z * z / n)), 4)]
+
+
+def work_for(job, job_id: bytes) -> ShardWork:
+    spec, (gen, args) = job
+    return ShardWork(spec, data.generate(gen, args, 5), RoundShard(job_id, 0, 0, 1))
+
+
+def publish(strategy: str, work: ShardWork, start, seed: bytes):
+    if strategy in BY_RULE:
+        return adversary.Published(tuple(training.train_shard(work, start)), None)
+    return adversary.publish(strategy, work, start, seed)
+
+
+def verifier_detects(work: ShardWork, published, intervals: list[int], verdicts: dict[int, bool]) -> bool:
+    """A verifier's checks: the start, then each of its intervals (replays shared between the
+    verifiers of one trial: the same interval gives the same verdict)."""
+    leaves = published.leaves
+    if not replay.verify_round_start(work.spec, [], leaves[0]):
+        return True
+    for i in intervals:
+        if i not in verdicts:
+            verdicts[i] = replay.verify_interval(work, i, leaves[i], leaves[i + 1], published.diverged_leaf)[0]
+        if not verdicts[i]:
+            return True
+    return False
+
+
+def trial(strategy: str, job, t: int, seed: int, params: dict) -> tuple[bool, float, float]:
+    """(detected, cheat seconds, honest seconds) of one trial."""
+    job_id = sha256(b"soundness/job" + strategy.encode() + seed.to_bytes(8, "big") + t.to_bytes(8, "big"))
+    work = work_for(job, job_id)
+    start = training.init_state(work.spec)
+    t0 = time.perf_counter()
+    published = publish(strategy, work, start, job_id)
+    cheat_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    training.train_shard(work, start)
+    honest_s = time.perf_counter() - t0
+    if strategy in BY_RULE:
+        return True, cheat_s, honest_s
+    hashes = [checkpoint.checkpoint_hash(leaf) for leaf in published.leaves]
+    root, beacon = merkle.root(hashes), sha256(b"soundness/beacon" + job_id)
+    verdicts: dict[int, bool] = {}
+    for v in range(params["verifiers_per_shard"]):
+        secret = sha256(b"soundness/secret" + job_id + bytes([v]))
+        intervals = verifier_intervals(secret, root, beacon, work.intervals, params["samples_per_shard"],
+                                       published.diverged_leaf)
+        if verifier_detects(work, published, intervals, verdicts):
+            return True, cheat_s, honest_s
+    return False, cheat_s, honest_s
+
+
+def measure_strategies(result: dict, trials: int, seed: int, params: dict) -> None:
+    ratio = params["collateral_ratio_ppm"] / PPM
+    out = result["strategies"] = {}
+    for name, (job, nominal) in STRATEGIES.items():
+        hits, cheat_s, honest_s = 0, [], []
+        for t in range(trials):
+            detected, c, h = trial(name, job, t, seed, params)
+            hits += detected
+            cheat_s.append(c)
+            honest_s.append(h)
+        measured = 1 - statistics.median(cheat_s) / statistics.median(honest_s)
+        # a cheat that skips work saves its nominal share (or more, if measured so); one that
+        # does all the honest work and more (a bias, a wrong order) saves what was measured,
+        # which is below zero
+        saved = max(measured, nominal) if nominal > 0 else min(measured, 0.0)
+        rate = hits / trials
+        profit = saved - rate * (1 + ratio)
+        if name == "withheld-then-served":  # honest work: never caught, but the chain takes the
+            rate, saved = 0.0, 0.0           # answered challenge's fee off its reward
+            profit = -params["challenge_fee"] / reward_of_spirals()
+        out[name] = {"detection_rate": round(rate, 4), "detection_95": wilson(hits, trials),
+                     "compute_saved": round(saved, 4), "compute_saved_measured": round(measured, 4),
+                     "expected_profit_per_shard": round(profit, 4), "profile": job[0].profile}
+        say(f"{name:22s} detected {hits}/{trials}  saved {saved:.3f}  profit {profit:+.3f}")
+    result["max_expected_profit"] = max(s["expected_profit_per_shard"] for s in out.values())
+    result["trials"] = trials
+
+
+def reward_of_spirals() -> int:
+    from node.jobspec import load
+    return load(str(Path(__file__).resolve().parent.parent / "examples" / "spirals.toml"))[0]["reward_per_shard"]
+
+
+def measure_verify_cost(result: dict, params: dict, runs: int = 5) -> None:
+    """One verifier's compute over the solver's, for examples/spirals.toml at the defaults."""
+    from node.jobspec import load
+    from node.workers.common import train_spec
+    spec_dict, _ = load(str(Path(__file__).resolve().parent.parent / "examples" / "spirals.toml"))
+    spec = train_spec(spec_dict)
+    d = spec_dict["data"]
+    train, _ = data.split_holdout(data.generate(d["generator"], d["args"], d["seed"]), spec_dict["holdout_ppm"])
+    fractions = []
+    for r in range(runs):
+        work = ShardWork(spec, train, RoundShard(sha256(b"soundness/cost" + bytes([r])), 0, 0, spec_dict["shards"]))
+        start = training.init_state(spec)
+        t0 = time.perf_counter()
+        leaves = training.train_shard(work, start)
+        root = merkle.root([checkpoint.checkpoint_hash(leaf) for leaf in leaves])
+        solver_s = time.perf_counter() - t0
+        intervals = verifier_intervals(sha256(b"secret" + bytes([r])), root, sha256(b"beacon" + bytes([r])),
+                                       work.intervals, params["samples_per_shard"])
+        t0 = time.perf_counter()
+        assert replay.verify_round_start(spec, [], leaves[0])
+        for i in intervals:
+            assert replay.verify_interval(work, i, leaves[i], leaves[i + 1])[0]
+        fractions.append((time.perf_counter() - t0) / solver_s)
+    result["verify_cost_fraction_at_defaults"] = round(statistics.median(fractions), 4)
+    result["verify_cost_fraction_runs"] = [round(f, 4) for f in fractions]
+    result["verify_intervals_at_defaults"] = f"{params['samples_per_shard'] + 1} of {spec.steps // spec.k}"
+    say(f"verify cost fraction at defaults: {result['verify_cost_fraction_at_defaults']} (runs {fractions})")
+
+
+def measure_redraw(result: dict, params: dict, trials: int = 20_000) -> None:
+    """A proposer that withholds its block at the draw height gets one more draw of verifiers.
+    With colluders holding a share f of the verifier stake, how often is every drawn verifier
+    a colluder, with one draw and with the better of two?"""
+    rng = random.Random(7)
+    pool = [(bytes([i]) * 20, 1) for i in range(20)]
+    colluders = {pool[i][0] for i in range(2)}  # f = 10%
+    one = two = 0
+    for t in range(trials):
+        draws = [weighted_sample(pool, params["verifiers_per_shard"], rng.randbytes(32), "redraw", t)
+                 for _ in range(2)]
+        bad = [set(d) <= colluders for d in draws]
+        one += bad[0]
+        two += bad[0] or bad[1]
+    result["redraw"] = {"colluding_stake_share": 0.1, "all_drawn_colluding_one_draw": round(one / trials, 4),
+                        "all_drawn_colluding_with_one_withheld_block": round(two / trials, 4),
+                        "intervals_of_a_drawn_verifier_redrawn": False}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    params = dict(DEFAULT_PARAMS)
+
+    def body(result: dict) -> None:
+        result["params"] = {k: params[k] for k in ("verifiers_per_shard", "samples_per_shard", "min_intervals",
+                                                  "collateral_ratio_ppm", "challenge_fee")}
+        measure_strategies(result, args.trials, args.seed, params)
+        measure_verify_cost(result, params)
+        measure_redraw(result, params)
+
+    run_benchmark("soundness", body, timeout_s=3600)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ R1, R2, R3 = key(30), key(31), key(32)        # verifiers
 NEWCOMER = key(50)                            # funded, stakes nothing until a test says so
 
 VALIDATORS = ((VAL, 4_000), (V2, 3_000), (V3, 1_500), (V4, 1_500))  # total 10_000: 2/3+ is > 6_666
+REFEREES = (VAL, V2)                          # 7_000 of 10_000: enough to decide a dispute
 SOLVERS = (S1, S2, S3)
 VERIFIERS = (R1, R2, R3)
 STAKE = 10_000

@@ -1,7 +1,8 @@
 """consensus.jobs, from commit to payout: the delayed draw of verifiers and the collateral they
-lock, the intervals recorded when they attest, who may attest and when, what a passed shard pays, rounds that follow one another to the refund of the unspent
-budget, and a whole busy job (challenges, a proven fault, a missed deadline) replayed twice to
-the same app hashes with the supply conserved after every block.
+lock, the intervals recorded when they attest, who may attest and when, what a passed shard
+pays, rounds that follow one another to the refund of the unspent budget, and a whole busy job
+(challenges, a proven fault, a missed deadline) replayed twice to the same app hashes with the
+supply conserved after every block.
 
 The world and its moves are in tests/jobworld.py.
 """

@@ -172,8 +172,9 @@ def leaves_for(c: Chain, jid: bytes, i: int = 0) -> list[bytes]:
     return fake_leaves(jobs.n_intervals(j["spec"]) + 1, tag)
 
 
-def commit(c: Chain, jid: bytes, *indexes: int) -> dict[int, list[bytes]]:
-    """The assigned solvers of `indexes` (default: every shard) commit in one block."""
+def commit(c: Chain, jid: bytes, *indexes: int, **overrides) -> dict[int, list[bytes]]:
+    """The assigned solvers of `indexes` (default: every shard) commit in one block; `overrides`
+    change fields of every commit body (diverged_leaf, say)."""
     j = job(c, jid)
     indexes = indexes or tuple(range(len(j["shards"])))
     nonces, txs, leaves = {}, [], {}
@@ -182,7 +183,7 @@ def commit(c: Chain, jid: bytes, *indexes: int) -> dict[int, list[bytes]]:
         nonce = nonces.get(solver.address, c.nonce(solver))
         nonces[solver.address] = nonce + 1
         leaves[i] = leaves_for(c, jid, i)
-        txs.append(tx(c, solver, "commit_shard", commit_body(jid, j["round"], i, leaves[i]), nonce))
+        txs.append(tx(c, solver, "commit_shard", commit_body(jid, j["round"], i, leaves[i], **overrides), nonce))
     block(c, *txs)
     return leaves
 

@@ -199,13 +199,19 @@ def fake_leaves(n: int, tag: bytes = b"") -> list[bytes]:
     return [sha256(b"checkpoint/" + tag + i.to_bytes(4, "big")) for i in range(n)]
 
 
+def manifest_of(leaves: list[bytes]) -> bytes:
+    """The hash of a shard's manifest blob (the list of its leaf hashes)."""
+    from consensus import codec
+    from consensus.crypto import sha256
+    return sha256(codec.encode(leaves))
+
+
 def commit_body(job_id: bytes, round_: int, shard: int, leaves: list[bytes], **overrides) -> dict:
     """A commit_shard body as an honest solver builds it: the Merkle root over `leaves`, the
     manifest's hash, and the first and last leaves with their inclusion proofs."""
-    from consensus import codec, merkle
-    from consensus.crypto import sha256
+    from consensus import merkle
     body = {"job": job_id, "round": round_, "shard": shard, "root": merkle.root(leaves), "leaves": len(leaves),
-            "manifest": sha256(codec.encode(leaves)),
+            "manifest": manifest_of(leaves),
             "start": leaves[0], "start_proof": merkle.proof(leaves, 0),
             "final": leaves[-1], "final_proof": merkle.proof(leaves, len(leaves) - 1), "diverged_leaf": 0}
     body.update(overrides)
@@ -220,5 +226,17 @@ def challenge_body(job_id: bytes, round_: int, shard: int, interval: int, leaves
     if interval >= 0 and leaves is not None:
         body.update(start_leaf=leaves[interval], start_proof=merkle.proof(leaves, interval),
                     end_leaf=leaves[interval + 1], end_proof=merkle.proof(leaves, interval + 1))
+    body.update(overrides)
+    return body
+
+
+def availability_body(job_id: bytes, round_: int, shard: int, leaves: list[bytes], leaf: int,
+                      **overrides) -> dict:
+    """An availability challenge: leaf -1 names the manifest, any other leaf its checkpoint
+    hash with the inclusion proof."""
+    from consensus import merkle
+    body = {"job": job_id, "round": round_, "shard": shard, "leaf": leaf,
+            "unavailable": manifest_of(leaves) if leaf == -1 else leaves[leaf],
+            "proof": [] if leaf == -1 else merkle.proof(leaves, leaf)}
     body.update(overrides)
     return body

@@ -18,7 +18,7 @@ from consensus import hashchain, jobs
 from consensus.crypto import sha256
 from consensus.ledger import get_params
 from consensus.state import BlockError
-from tests.chainfactory import ALICE, VAL, Chain, commit_body, fake_leaves, job_spec, key, make_tx
+from tests.chainfactory import ALICE, VAL, Chain, challenge_body, commit_body, fake_leaves, job_spec, key, make_tx
 from tests.statechecks import burned  # noqa: F401  (part of this world's moves)
 
 V2, V3, V4 = key(5), key(6), key(7)           # more validators, so that disputes need several votes
@@ -27,6 +27,7 @@ R1, R2, R3 = key(30), key(31), key(32)        # verifiers
 NEWCOMER = key(50)                            # funded, stakes nothing until a test says so
 
 VALIDATORS = ((VAL, 4_000), (V2, 3_000), (V3, 1_500), (V4, 1_500))  # total 10_000: 2/3+ is > 6_666
+REFEREES = (VAL, V2)                          # 7_000 of 10_000: enough to decide a dispute
 SOLVERS = (S1, S2, S3)
 VERIFIERS = (R1, R2, R3)
 STAKE = 10_000
@@ -63,7 +64,10 @@ def register_secrets(c: Chain, *who) -> None:
 def world(solvers=SOLVERS, verifiers=VERIFIERS, validators=VALIDATORS, **params) -> Chain:
     """Four validators (VAL proposes), ALICE with 1_000_000 to pay for jobs, everyone else 1_000
     for fees; `solvers` and `verifiers` (keys, or (key, amount)) bonded in genesis, and the
-    verifiers' hash chains registered in block 1."""
+    verifiers' hash chains registered in block 1. A `dispute_blocks` below the default
+    response_blocks brings response_blocks below it (genesis requires it) unless given."""
+    if "dispute_blocks" in params:
+        params.setdefault("response_blocks", min(10, params["dispute_blocks"] - 1))
     accounts = [(ALICE, 1_000_000)] + [(k, 1_000) for k in EVERYONE if k is not ALICE]
     extra = [(k, "solver", a) for k, a in _with_amounts(solvers)] \
         + [(k, "verifier", a) for k, a in _with_amounts(verifiers)]
@@ -129,6 +133,11 @@ def load(c: Chain, k) -> int:
     return c.view().read(jobs.k_load(k.address), 0)
 
 
+def locked(c: Chain, k, role: str = "verifier") -> int:
+    """Stake of k's `role` locked as collateral (solver shards, verifier selections, bonds)."""
+    return jobs.locked(c.view(), k.address, role)
+
+
 def solver_of(c: Chain, jid: bytes, i: int = 0):
     return KEYS[shard(c, jid, i)["solver"]]
 
@@ -137,10 +146,18 @@ def verifiers_of(c: Chain, jid: bytes, i: int = 0) -> list:
     return [KEYS[sel["verifier"]] for sel in shard(c, jid, i)["verifiers"]]
 
 
+def shard_body(c: Chain, jid: bytes, i: int = 0) -> dict:
+    """The job, current round and shard that every shard tx names."""
+    return {"job": jid, "round": job(c, jid)["round"], "shard": i}
+
+
+def selection(c: Chain, jid: bytes, i: int, k) -> dict:
+    return next(s for s in shard(c, jid, i)["verifiers"] if s["verifier"] == k.address)
+
+
 def attest_body(c: Chain, jid: bytes, i: int, k) -> dict:
     """What a drawn verifier sends: the shard, and the secret its selection reserved."""
-    sel = next(s for s in shard(c, jid, i)["verifiers"] if s["verifier"] == k.address)
-    return {"job": jid, "round": job(c, jid)["round"], "shard": i, "secret": secret(k, sel["secret_index"])}
+    return dict(shard_body(c, jid, i), secret=secret(k, selection(c, jid, i, k)["secret_index"]))
 
 
 def submit(c: Chain, **spec) -> bytes:
@@ -155,8 +172,9 @@ def leaves_for(c: Chain, jid: bytes, i: int = 0) -> list[bytes]:
     return fake_leaves(jobs.n_intervals(j["spec"]) + 1, tag)
 
 
-def commit(c: Chain, jid: bytes, *indexes: int) -> dict[int, list[bytes]]:
-    """The assigned solvers of `indexes` (default: every shard) commit in one block."""
+def commit(c: Chain, jid: bytes, *indexes: int, **overrides) -> dict[int, list[bytes]]:
+    """The assigned solvers of `indexes` (default: every shard) commit in one block; `overrides`
+    change fields of every commit body (diverged_leaf, say)."""
     j = job(c, jid)
     indexes = indexes or tuple(range(len(j["shards"])))
     nonces, txs, leaves = {}, [], {}
@@ -165,7 +183,7 @@ def commit(c: Chain, jid: bytes, *indexes: int) -> dict[int, list[bytes]]:
         nonce = nonces.get(solver.address, c.nonce(solver))
         nonces[solver.address] = nonce + 1
         leaves[i] = leaves_for(c, jid, i)
-        txs.append(tx(c, solver, "commit_shard", commit_body(jid, j["round"], i, leaves[i]), nonce))
+        txs.append(tx(c, solver, "commit_shard", commit_body(jid, j["round"], i, leaves[i], **overrides), nonce))
     block(c, *txs)
     return leaves
 
@@ -188,6 +206,30 @@ def pass_round(c: Chain, jid: bytes) -> dict[int, list[bytes]]:
     return leaves
 
 
+def decline(c: Chain, jid: bytes, i: int = 0) -> None:
+    """The assigned solver of shard i hands it back."""
+    block(c, tx(c, solver_of(c, jid, i), "decline", shard_body(c, jid, i)))
+
+
+def challenges(c: Chain, jid: bytes, i: int = 0) -> list[dict]:
+    """The open challenges of shard i, in the order they were opened."""
+    return shard(c, jid, i)["challenges"]
+
+
+def challenge(c: Chain, jid: bytes, k, interval: int, leaves: list[bytes] | None = None, i: int = 0) -> None:
+    """k opens a computation challenge of shard i's `interval` (-1: its start checkpoint)."""
+    block(c, tx(c, k, "challenge", challenge_body(jid, job(c, jid)["round"], i, interval, leaves)))
+
+
+def vote_body(c: Chain, jid: bytes, challenger, fault: bool, i: int = 0) -> dict:
+    return dict(shard_body(c, jid, i), challenger=challenger.address, fault=fault)
+
+
+def vote(c: Chain, jid: bytes, challenger, fault: bool, *who, i: int = 0) -> None:
+    """Validators `who` referee `challenger`'s open challenge of shard i, in one block."""
+    block(c, *(tx(c, k, "dispute_vote", vote_body(c, jid, challenger, fault, i)) for k in who))
+
+
 def draw(c: Chain) -> None:
     """Blocks until the verifiers of the last commit are drawn (draw_delay_blocks after it)."""
     for _ in range(get_params(c.view())["draw_delay_blocks"]):
@@ -207,7 +249,8 @@ def verifying_world(**params):
     jid = submit(c, shards=1, verify_blocks=3)
     leaves = commit(c, jid)[0]
     draw(c)
-    selected = verifiers_of(c, jid)[0]
-    challenger = next(k for k in VERIFIERS if k is not selected)
+    drawn = verifiers_of(c, jid)
+    challenger = next(k for k in VERIFIERS if k not in drawn)
+    selected = drawn[0]
     return c, jid, leaves, solver_of(c, jid), selected, challenger
 

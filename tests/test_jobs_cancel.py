@@ -10,7 +10,7 @@ import pytest
 
 from consensus import jobs
 from tests.chainfactory import ALICE, challenge_body, commit_body, fake_leaves, job_spec
-from tests.jobworld import (NEWCOMER, S1, block, commit, escrow, events, job, pass_round, refused, shard,
+from tests.jobworld import (NEWCOMER, S1, attest_body, block, commit, escrow, events, job, pass_round, refused, shard,
                             solver_of, submit, tx, until, verifying_world, world)
 
 
@@ -57,10 +57,11 @@ def test_a_commitment_no_verifier_can_check_is_paid_when_the_job_is_cancelled():
     until(c, lambda: shard(c, jid)["status"] == "assigned")
     commit(c, jid)
     solver = solver_of(c, jid)
-    # the verifier draw has not run yet: the result is still pending
-    assert "have a solver at work or a result pending" in refused(c, ALICE, "cancel_job", {"job": jid})
-    block(c)  # the draw finds no verifier staked
-    assert shard(c, jid)["status"] == "committed"
+    # the verifier draw has not run yet (draw_delay_blocks after the commit): the result is pending
+    for _ in range(c.genesis.params["draw_delay_blocks"]):
+        assert "have a solver at work or a result pending" in refused(c, ALICE, "cancel_job", {"job": jid})
+        block(c)
+    assert shard(c, jid)["status"] == "committed"  # the draw found no verifier staked
     earned, budget = c.balance(solver), escrow(c, jid)
     cancel(c, jid)
     reward = job(c, jid)["spec"]["reward_per_shard"]
@@ -123,4 +124,4 @@ def test_a_start_checkpoint_challenge_carries_no_leaves():
     body = dict(challenge_body(jid, 0, 0, 0, leaves), interval=jobs.START)
     assert "unknown: end_leaf" in refused(c, challenger, "challenge", body)
     for extra in ({"note": 1}, {"fault": True}):
-        assert "unknown: " in refused(c, selected, "attest", {"job": jid, "round": 0, "shard": 0, **extra})
+        assert "unknown: " in refused(c, selected, "attest", {**attest_body(c, jid, 0, selected), **extra})

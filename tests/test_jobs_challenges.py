@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from consensus import merkle
 from tests.chainfactory import VAL, challenge_body, fake_leaves
-from tests.jobworld import (NEWCOMER, R1, R2, S1, S2, S3, STAKE, block, commit, events, fork, job, refused, shard,
-                            solver_of, submit, tx, until, verifying_world, world)
+from tests.jobworld import (NEWCOMER, R1, R2, S1, S2, S3, STAKE, attest, block, challenges, commit, events, fork, job,
+                            locked, refused, selection, shard, solver_of, submit, tx, until, verifying_world, world)
 
 
 # -- challenges ---------------------------------------------------------------------------------
@@ -25,17 +25,18 @@ def test_challenge_needs_a_verifier_stake_and_not_the_solvers_own_key():
 
 def test_challenge_interval_ranges_from_the_start_checkpoint_to_the_last_interval():
     c, jid, leaves, solver, selected, challenger = verifying_world()
+    padded = leaves + leaves[:2]  # so that a body can name leaves past the last one
     assert "challenge takes exactly the fields" in refused(
-        c, challenger, "challenge", challenge_body(jid, 0, 0, -2, leaves[:5] + leaves[:2]))
-    for interval in (4, 5):
-        assert "interval must be between -1" in refused(c, challenger, "challenge",
-                                                        challenge_body(jid, 0, 0, interval, leaves[:5] + leaves[:2]))
+        c, challenger, "challenge", challenge_body(jid, 0, 0, -2, padded))
+    for interval in (50, 51):
+        assert "interval must be between -1 (the start checkpoint) and 49" in refused(
+            c, challenger, "challenge", challenge_body(jid, 0, 0, interval, padded))
     assert "challenge takes exactly the fields" in refused(c, challenger, "challenge",
                                                            {"job": jid, "round": 0, "shard": 0, "interval": True})
-    for interval in (-1, 0, 3):
+    for interval in (-1, 0, 49):
         f = fork(c)
         block(f, tx(f, challenger, "challenge", challenge_body(jid, 0, 0, interval, leaves)))
-        assert shard(f, jid)["challenge"]["interval"] == interval
+        assert [ch["interval"] for ch in challenges(f, jid)] == [interval]
 
 
 def test_challenge_of_an_interval_must_prove_both_of_its_ends():
@@ -57,23 +58,35 @@ def test_challenge_of_an_interval_must_prove_both_of_its_ends():
     assert "is not leaf" in refused(c, challenger, "challenge", challenge_body(jid, 0, 0, 1, other))
 
 
-def test_a_challenge_opens_a_dispute_that_freezes_the_shard():
+def test_a_challenge_opens_a_dispute_that_keeps_the_shard_from_settling():
+    """The challenge is recorded with its bond (0.3 x the reward) locked; the shard cannot
+    settle while it is open, even past its window, but the drawn verifiers may still attest and
+    others may still challenge (several challenges may be open at once, one per challenger)."""
     c, jid, leaves, solver, selected, challenger = verifying_world(dispute_blocks=7)
+    window_end = shard(c, jid)["window_end"]
     block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, 2, leaves)))
     s = shard(c, jid)
     assert s["status"] == "disputed"
-    assert s["challenge"] == {"challenger": challenger.address, "interval": 2, "start_leaf": leaves[2],
-                              "end_leaf": leaves[3], "opened": c.height, "deadline": c.height + 7, "votes": []}
-    body = {"job": jid, "round": 0, "shard": 0}
-    assert "shard is disputed" in refused(c, selected, "attest", body)
-    assert "shard is disputed" in refused(c, selected, "challenge", dict(body, interval=-1))
-    assert events(c, jid, "challenge")[0][2] == challenger.address
+    assert s["challenges"] == [{"challenger": challenger.address, "kind": "compute", "interval": 2,
+                                "start_leaf": leaves[2], "end_leaf": leaves[3], "opened": c.height,
+                                "respond_by": c.height + 6, "deadline": c.height + 7, "bond": 30, "fee": 0,
+                                "votes": []}]
+    assert locked(c, challenger) == 30
+    assert "already have a challenge open" in refused(c, challenger, "challenge", challenge_body(jid, 0, 0, -1))
+    attest(c, jid, 0, selected)
+    assert selection(c, jid, 0, selected)["attested"]
+    block(c, tx(c, selected, "challenge", challenge_body(jid, 0, 0, -1)))
+    assert [ch["challenger"] for ch in challenges(c, jid)] == [challenger.address, selected.address]
+    until(c, lambda: c.height == window_end + 2)
+    assert shard(c, jid)["status"] == "disputed"
+    assert [e[2] for e in events(c, jid, "challenge")] == [challenger.address, selected.address]
+    assert events(c, jid, "paid") == []
 
 
 def test_a_start_challenge_names_the_committed_first_checkpoint():
     c, jid, leaves, solver, selected, challenger = verifying_world()
     block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, -1)))
-    ch = shard(c, jid)["challenge"]
+    [ch] = challenges(c, jid)
     assert ch["interval"] == -1 and ch["start_leaf"] == ch["end_leaf"] == leaves[0]
 
 

@@ -1,92 +1,116 @@
-"""consensus.jobs, from commit to payout: the draw of verifiers and intervals, who may attest and
-when, what a passed shard pays, rounds that follow one another to the refund of the unspent
-budget, and a whole busy job (challenges, a proven fault, a missed deadline) replayed twice to
-the same app hashes with the supply conserved after every block.
+"""consensus.jobs, from commit to payout: the delayed draw of verifiers and the collateral they
+lock, the intervals recorded when they attest, who may attest and when, what a passed shard
+pays, rounds that follow one another to the refund of the unspent budget, and a whole busy job
+(challenges, a proven fault, a missed deadline) replayed twice to the same app hashes with the
+supply conserved after every block.
 
 The world and its moves are in tests/jobworld.py.
 """
 from __future__ import annotations
 
 from consensus import codec, jobs
-from tests.chainfactory import ALICE, VAL, challenge_body, commit_body, job_spec, stake
-from tests.jobworld import (NEWCOMER, R1, R2, S1, SOLVERS, V2, VERIFIERS, attest, block, blocks, commit, escrow,
-                            events, fork, job, leaves_for, load, pass_round, refused, shard, solver_of, submit, tx,
-                            until, verifiers_of, world)
+from tests.chainfactory import ALICE, VAL, commit_body, job_spec, stake
+from tests.jobworld import (NEWCOMER, R1, R2, S1, SOLVERS, V2, VERIFIERS, attest, attest_body, block, blocks,
+                            challenge, commit, draw, escrow, events, fork, job, leaves_for, load, locked, pass_round,
+                            refused, register_secrets, secret, selection, shard, solver_of, submit, until,
+                            verifiers_of, vote, world)
 
 
 # -- verification -------------------------------------------------------------------------------
 
-def test_verifiers_and_intervals_are_drawn_in_the_block_after_the_commit():
-    c = world(verifiers_per_shard=2, samples_per_shard=2)
+def test_verifiers_are_drawn_draw_delay_blocks_after_the_commit_and_lock_their_collateral():
+    c = world(samples_per_shard=2, draw_delay_blocks=3)
     jid = submit(c, shards=1, verify_blocks=4)
     commit(c, jid)
     committed_at = c.height
+    for _ in range(2):
+        block(c)
+        s = shard(c, jid)
+        assert s["status"] == "committed" and s["verifiers"] == [] and s["beacon"] == b""
+    block(c)   # committed_at + 3: this block's beacon draws
     s = shard(c, jid)
-    assert s["status"] == "committed" and s["verifiers"] == [] and s["intervals"] == []
-    block(c)
-    s = shard(c, jid)
-    assert s["status"] == "verifying"
-    assert len(s["verifiers"]) == 2 and len(set(s["verifiers"])) == 2
-    assert set(s["verifiers"]) <= {k.address for k in VERIFIERS}
-    assert len(s["intervals"]) == 2 and s["intervals"] == sorted(set(s["intervals"]))
-    assert all(0 <= i < 4 for i in s["intervals"])
-    assert s["intervals"][-1] == 3  # the last interval, which feeds the next round, is always checked
-    assert s["window_end"] == committed_at + 1 + 4
+    assert s["status"] == "verifying" and s["beacon"] == c.chain_tip()[1]
+    drawn = verifiers_of(c, jid)
+    assert len(drawn) == 2 and len(set(drawn)) == 2 and set(drawn) <= set(VERIFIERS)
+    # each reserves the first element of its hash chain and locks 0.3 x the reward of 100
+    assert s["verifiers"] == [{"verifier": k.address, "secret_index": 1, "locked": 30, "attested": False,
+                               "intervals": []} for k in drawn]
+    assert [locked(c, k) for k in VERIFIERS] == [30 if k in drawn else 0 for k in VERIFIERS]
+    assert s["window_end"] == committed_at + 3 + 4
+    # a verifier's intervals are recorded when it attests: 2 drawn from its secret, and the last
+    attest(c, jid, 0, drawn[0])
+    intervals = selection(c, jid, 0, drawn[0])["intervals"]
+    assert len(intervals) == 3 and intervals == sorted(set(intervals)) and intervals[-1] == 49
+    assert all(0 <= i < 50 for i in intervals)
+    assert selection(c, jid, 0, drawn[1])["intervals"] == []
 
 
 def test_a_solver_never_verifies_its_own_shard():
     """S1 holds nearly all verifier stake, yet the two verifiers of its shard are the others."""
-    c = world(solvers=(S1,), verifiers=((S1, 1_000_000), (R1, 10), (R2, 10)), verifiers_per_shard=2)
+    c = world(solvers=(S1,), verifiers=((S1, 1_000_000), (R1, 100), (R2, 100)))
     jid = submit(c, shards=1)
     commit(c, jid)
-    block(c)
-    assert sorted(shard(c, jid)["verifiers"]) == sorted([R1.address, R2.address])
+    draw(c)
+    assert sorted(k.address for k in verifiers_of(c, jid)) == sorted([R1.address, R2.address])
 
 
-def test_the_draw_waits_for_a_verifier_to_stake():
+def test_the_draw_waits_for_a_verifier_with_stake_and_a_hash_chain():
     c = world(verifiers=())
     jid = submit(c, shards=1)
     commit(c, jid)
     blocks(c, 3)
     assert shard(c, jid)["status"] == "committed"
     block(c, stake(NEWCOMER, "verifier", 50, c.nonce(NEWCOMER)))
+    assert shard(c, jid)["status"] == "committed", "a verifier with no hash chain was drawn"
+    register_secrets(c, NEWCOMER)
     s = shard(c, jid)
-    assert s["status"] == "verifying" and s["verifiers"] == [NEWCOMER.address]
+    assert s["status"] == "verifying" and [sel["verifier"] for sel in s["verifiers"]] == [NEWCOMER.address]
     assert s["window_end"] == c.height + job(c, jid)["spec"]["verify_blocks"]
+    assert locked(c, NEWCOMER) == 30
+
+
+def test_the_draw_needs_free_stake_for_the_verifier_collateral():
+    """A verifier whose stake is below 0.3 x the reward is never drawn, however long it waits."""
+    c = world(verifiers=((R1, 29), (R2, 30)))
+    jid = submit(c, shards=1)
+    commit(c, jid)
+    draw(c)
+    assert verifiers_of(c, jid) == [R2]
+    assert locked(c, R1) == 0 and locked(c, R2) == 30
 
 
 def test_attest_only_by_a_selected_verifier_once_within_the_window():
-    c = world(verifiers_per_shard=2)
+    c = world()
     jid = submit(c, shards=1, verify_blocks=3)
     commit(c, jid)
-    body = {"job": jid, "round": 0, "shard": 0}
-    # before the draw (the block after the commit runs its txs first) nobody can attest
+    body = {"job": jid, "round": 0, "shard": 0, "secret": secret(R1, 1)}
+    # before the draw nobody can attest
     assert "shard is committed, not verifying" in refused(c, R1, "attest", body)
-    block(c)
+    draw(c)
     first, second = verifiers_of(c, jid)
     outsider = next(k for k in VERIFIERS if k not in (first, second))
-    assert "not selected" in refused(c, outsider, "attest", body)
+    assert "not selected" in refused(c, outsider, "attest", dict(body, secret=secret(outsider, 1)))
     assert "not selected" in refused(c, solver_of(c, jid), "attest", body)
-    assert "round is not open" in refused(c, first, "attest", dict(body, round=1))
+    assert "round is not open" in refused(c, first, "attest", dict(attest_body(c, jid, 0, first), round=1))
     attest(c, jid, 0, first)
-    assert shard(c, jid)["attested"] == [first.address]
-    assert "already attested" in refused(c, first, "attest", body)
+    assert [sel["attested"] for sel in shard(c, jid)["verifiers"]] == [True, False]
+    assert "already attested" in refused(c, first, "attest", attest_body(c, jid, 0, first))
     window_end = shard(c, jid)["window_end"]
     until(c, lambda: c.height == window_end - 1)
     in_time = fork(c)
     attest(in_time, jid, 0, second)  # the last block of the window
-    assert shard(in_time, jid)["attested"] == [first.address, second.address]
+    assert [sel["attested"] for sel in shard(in_time, jid)["verifiers"]] == [True, True]
     block(c)
-    assert "window has closed" in refused(c, second, "attest", body)
+    assert "window has closed" in refused(c, second, "attest", attest_body(c, jid, 0, second))
 
 
 # -- settlement, rounds, completion -------------------------------------------------------------
 
 def test_a_passed_shard_pays_its_solver_and_each_attesting_verifier_per_checked_interval():
-    c = world(verifiers_per_shard=2, samples_per_shard=2)
+    c = world(samples_per_shard=2)
     jid = submit(c, shards=1, reward_per_shard=100, verification_fee=10, verify_blocks=2)
     commit(c, jid)
-    block(c)
+    draw(c)
     solver = solver_of(c, jid)
     worker, idle = verifiers_of(c, jid)
     attest(c, jid, 0, worker)
@@ -94,14 +118,18 @@ def test_a_passed_shard_pays_its_solver_and_each_attesting_verifier_per_checked_
     until(c, lambda: c.height == window_end)
     assert shard(c, jid)["status"] == "verifying"
     before = {k: c.balance(k) for k in (solver, worker, idle)}
+    stakes = {k: c.stake_of(k, "verifier") for k in (worker, idle)}
     held = escrow(c, jid)
     block(c)
-    intervals = len(shard(c, jid)["intervals"])
-    assert intervals == 2
+    intervals = len(selection(c, jid, 0, worker)["intervals"])
+    assert intervals == 3   # two drawn and the last
     assert shard(c, jid)["status"] == "passed"
     assert c.balance(solver) == before[solver] + 100
-    assert c.balance(worker) == before[worker] + 10 * (intervals + 1)
+    assert c.balance(worker) == before[worker] + 10 * intervals
     assert c.balance(idle) == before[idle]
+    # a drawn verifier that did not attest is not paid and not slashed; every lock is released
+    assert {k: c.stake_of(k, "verifier") for k in (worker, idle)} == stakes
+    assert locked(c, worker) == locked(c, idle) == locked(c, solver, "solver") == 0
     assert load(c, solver) == 0
     paid = 100 + 30
     # the job had one shard and one round: it is done and the rest of the escrow went back
@@ -111,18 +139,18 @@ def test_a_passed_shard_pays_its_solver_and_each_attesting_verifier_per_checked_
 
 
 def test_a_job_runs_round_after_round_then_refunds_the_rest_and_leaves_the_active_list():
-    c = world(verifiers_per_shard=2)
+    c = world()
     spec = dict(shards=2, rounds=2, reward_per_shard=100, verification_fee=10)
     start_balance = c.balance(ALICE)
     jid = submit(c, **spec)
     cost = jobs.budget(job_spec(**spec), c.genesis.params)
-    assert cost == (100 + 10 * 3 * 2) * 2 * 2
+    assert cost == (100 + 10 * 2 * 2) * 2 * 2
 
     leaves0 = pass_round(c, jid)
     j = job(c, jid)
     assert j["round"] == 1 and j["status"] == "active"
     assert j["finals"] == [[leaves0[0][-1], leaves0[1][-1]]]
-    assert escrow(c, jid) == cost - 2 * (100 + 2 * 30)
+    assert escrow(c, jid) == cost - 2 * (100 + 2 * 20)
     assert all(load(c, k) == 0 for k in SOLVERS)
     # the new round's shards are fresh and get solvers (at the latest in the next block)
     assert all(s["commit"] is None and s["tried"] == [] for s in j["shards"])
@@ -142,20 +170,21 @@ def test_a_job_runs_round_after_round_then_refunds_the_rest_and_leaves_the_activ
     assert c.balance(ALICE) == before_last == start_balance - cost - 1
     assert events(c, jid, "done")[0][3] == 0
     # a finished job takes no more txs
-    assert "round is not open" in refused(c, R1, "attest", {"job": jid, "round": 1, "shard": 0})
+    assert "round is not open" in refused(c, R1, "attest", {"job": jid, "round": 1, "shard": 0,
+                                                            "secret": secret(R1, 1)})
     blocks(c, 3)  # and the chain keeps running without it
 
 
 def test_unearned_verification_fees_are_refunded_to_the_submitter():
-    c = world(verifiers_per_shard=2)
+    c = world()
     jid = submit(c, shards=2, rounds=1, reward_per_shard=100, verification_fee=10)
     cost = escrow(c, jid)
     after_submit = c.balance(ALICE)
     commit(c, jid)
-    block(c)
+    draw(c)
     attest(c, jid, 0, verifiers_of(c, jid, 0)[0])  # one of four selected verifiers does the work
     until(c, lambda: job(c, jid)["status"] == "done")
-    assert c.balance(ALICE) == after_submit + cost - (2 * 100 + 30)
+    assert c.balance(ALICE) == after_submit + cost - (2 * 100 + 20)
 
 
 def test_a_shard_nobody_attests_still_passes_when_its_window_closes():
@@ -173,23 +202,22 @@ def test_a_shard_nobody_attests_still_passes_when_its_window_closes():
 def scenario() -> tuple[list[bytes], dict]:
     """A busy job history: two shards over two rounds, a failed challenge, a proven fault, a missed
     deadline, payouts and the refund. Returns the app hash of every block and the final state."""
-    c = world(verifiers_per_shard=2, dispute_blocks=5)
+    c = world(dispute_blocks=5)
     jid = submit(c, shards=2, rounds=2, commit_blocks=3)
     leaves = commit(c, jid)
-    block(c)
+    draw(c)
     attest(c, jid, 0)
-    rnd_body = {"job": jid, "round": 0}
     outsider0 = next(k for k in VERIFIERS if k not in verifiers_of(c, jid, 1))
-    block(c, tx(c, outsider0, "challenge", dict(challenge_body(jid, 0, 1, 2, leaves[1]))))
-    block(c, *(tx(c, k, "dispute_vote", dict(rnd_body, shard=1, fault=False)) for k in (VAL, V2)))
+    challenge(c, jid, outsider0, 2, leaves[1], i=1)
+    vote(c, jid, outsider0, False, VAL, V2, i=1)
     attest(c, jid, 1)
     until(c, lambda: job(c, jid)["round"] == 1)
     until(c, lambda: all(s["status"] == "assigned" for s in job(c, jid)["shards"]))
     commit(c, jid, 0)  # shard 1's solver misses its deadline
-    block(c)
+    draw(c)
     outsider = next(k for k in VERIFIERS if k not in verifiers_of(c, jid, 0))
-    block(c, tx(c, outsider, "challenge", challenge_body(jid, 1, 0, -1)))
-    block(c, *(tx(c, k, "dispute_vote", {"job": jid, "round": 1, "shard": 0, "fault": True}) for k in (VAL, V2)))
+    challenge(c, jid, outsider, -1)
+    vote(c, jid, outsider, True, VAL, V2)
     until(c, lambda: all(s["status"] in ("assigned", "passed") for s in job(c, jid)["shards"]))
     for i, s in enumerate(job(c, jid)["shards"]):
         if s["status"] == "assigned":

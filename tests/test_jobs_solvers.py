@@ -7,9 +7,10 @@ The world and its moves are in tests/jobworld.py.
 from __future__ import annotations
 
 from consensus import merkle
-from tests.chainfactory import ALICE, commit_body, fake_leaves, job_spec, stake
-from tests.jobworld import (NEWCOMER, S1, S2, S3, SOLVERS, STAKE, attest, block, blocks, burned, commit, events,
-                            fork, job, leaves_for, load, refused, shard, solver_of, submit, tx, until, world)
+from tests.chainfactory import ALICE, commit_body, fake_leaves, job_spec, manifest_of, stake
+from tests.jobworld import (NEWCOMER, S1, S2, S3, SOLVERS, STAKE, attest, block, blocks, burned, commit, draw,
+                            events, fork, job, leaves_for, load, locked, refused, shard, solver_of, submit, tx,
+                            until, world)
 
 
 # -- assignment ---------------------------------------------------------------------------------
@@ -45,13 +46,15 @@ def test_only_solver_stake_at_or_above_the_minimum_counts():
 
 
 def test_shards_wait_unassigned_until_a_solver_stakes():
+    """A solver that stakes the collateral of both shards (3 x 100 each) takes both."""
     c = world(solvers=())
     jid = submit(c, shards=2)
     blocks(c, 3)
     assert [s["status"] for s in job(c, jid)["shards"]] == ["unassigned", "unassigned"]
-    block(c, stake(NEWCOMER, "solver", 500, c.nonce(NEWCOMER)))
+    block(c, stake(NEWCOMER, "solver", 600, c.nonce(NEWCOMER)))
     assert [s["solver"] for s in job(c, jid)["shards"]] == [NEWCOMER.address] * 2
     assert shard(c, jid, 0)["assigned_at"] == c.height
+    assert locked(c, NEWCOMER, "solver") == 600
 
 
 def test_solver_capacity_limits_open_shards_across_the_job():
@@ -60,7 +63,7 @@ def test_solver_capacity_limits_open_shards_across_the_job():
     assert [s["status"] for s in job(c, jid)["shards"]] == ["assigned", "unassigned"]
     assert load(c, S1) == 1
     commit(c, jid, 0)
-    block(c)
+    draw(c)
     attest(c, jid, 0)
     until(c, lambda: shard(c, jid, 0)["status"] == "passed")
     # the solver's slot is freed when shard 0 settles and shard 1 takes it in the same block
@@ -94,15 +97,15 @@ def test_assigned_solver_commits_root_leaves_manifest_start_and_final():
     leaves = commit(c, jid, 0)[0]
     s = shard(c, jid, 0)
     assert s["status"] == "committed"
-    assert s["commit"] == {"root": merkle.root(leaves), "leaves": 5, "height": c.height,
-                           "manifest": commit_body(jid, 0, 0, leaves)["manifest"],
-                           "start": leaves[0], "final": leaves[-1]}
+    assert s["commit"] == {"root": merkle.root(leaves), "leaves": 51, "height": c.height,
+                           "manifest": manifest_of(leaves), "start": leaves[0], "final": leaves[-1],
+                           "diverged_leaf": 0}
     assert shard(c, jid, 1)["status"] == "assigned"
     assert events(c, jid, "commit")[0][2] == solver_of(c, jid, 0).address
 
 
 def _bad_commits(jid, leaves):
-    four = leaves[:4]
+    fifty = leaves[:50]
     return [
         ("wrong round", dict(round=1), "round is not open"),
         ("no such shard", dict(shard=2), "no such shard"),
@@ -110,8 +113,8 @@ def _bad_commits(jid, leaves):
         ("unknown job", dict(job=b"\x00" * 32), "no job"),
         ("job id as hex", dict(job=jid.hex()), "commit_shard.job must be 32 bytes"),
         ("round as string", dict(round="0"), "commit_shard.round must be an integer"),
-        ("one leaf short", dict(root=merkle.root(four), leaves=4), "exactly 5 leaves"),
-        ("one leaf too many", dict(leaves=6), "exactly 5 leaves"),
+        ("one leaf short", dict(root=merkle.root(fifty), leaves=50), "exactly 51 leaves"),
+        ("one leaf too many", dict(leaves=52), "exactly 51 leaves"),
         ("root too short", dict(root=merkle.root(leaves)[:31]), "commit_shard.root must be 32 bytes"),
         ("root missing", dict(root=None), "missing: root"),
         ("manifest missing", dict(manifest=None), "manifest"),
@@ -120,9 +123,10 @@ def _bad_commits(jid, leaves):
         ("start proof tampered", dict(start_proof=[b"\x00" * 32] + merkle.proof(leaves, 0)[1:]),
          "start is not leaf 0"),
         ("start proof missing", dict(start_proof=None), "missing: start_proof"),
-        ("final is not the last leaf", dict(final=leaves[3], final_proof=merkle.proof(leaves, 3)),
-         "final is not leaf 4"),
-        ("final proof too long", dict(final_proof=merkle.proof(leaves, 4) + [b"\x00" * 32]), "final is not leaf 4"),
+        ("final is not the last leaf", dict(final=leaves[49], final_proof=merkle.proof(leaves, 49)),
+         "final is not leaf 50"),
+        ("final proof too long", dict(final_proof=merkle.proof(leaves, 50) + [b"\x00" * 32]),
+         "final is not leaf 50"),
         ("final missing", dict(final=None), "missing: final"),
     ]
 
@@ -199,5 +203,5 @@ def test_a_solver_that_failed_a_shard_never_gets_it_again():
     assert sorted(s["tried"]) == sorted([S1.address, S2.address])
     assert s["status"] == "unassigned" and s["solver"] is None
     assert load(c, S1) == 0 and load(c, S2) == 0
-    block(c, stake(NEWCOMER, "solver", 100, c.nonce(NEWCOMER)))
+    block(c, stake(NEWCOMER, "solver", 300, c.nonce(NEWCOMER)))  # exactly the collateral
     assert shard(c, jid)["solver"] == NEWCOMER.address

@@ -25,7 +25,8 @@ def test_submit_job_escrows_exactly_the_budget():
     c = world()
     spec = job_spec(shards=2, rounds=2)
     cost = jobs.budget(spec, c.genesis.params)
-    assert cost == (100 + 10 * (2 + 1) * 1) * 2 * 2
+    # reward + fee x (samples_per_shard 1 + the last interval) x verifiers_per_shard 2
+    assert cost == (100 + 10 * (1 + 1) * 2) * 2 * 2
     before = c.balance(ALICE)
     t = tx(c, ALICE, "submit_job", {"spec": spec})
     block(c, t)
@@ -130,3 +131,17 @@ def test_too_many_active_jobs_are_refused():
     submit(c)
     submit(c)
     assert "too many active jobs" in refused(c, ALICE, "submit_job", {"spec": job_spec()})
+
+
+def test_a_shard_with_fewer_than_min_intervals_is_refused_at_submit():
+    """Sampled verification needs enough intervals to be cheap and sound: 49 of 2 steps are
+    one too few at the default of 50, whatever else the spec says."""
+    c = world()
+    assert c.genesis.params["min_intervals"] == 50
+    for short in (dict(steps=98, k=2), dict(steps=100, k=4), dict(steps=8, k=8)):
+        assert "at least 50 intervals" in refused(c, ALICE, "submit_job", {"spec": job_spec(**short)})
+    jid = submit(c, steps=50, k=1)
+    assert job(c, jid)["status"] == "active"
+    small = world(min_intervals=4)
+    assert job(small, submit(small, steps=8, k=2))["status"] == "active"
+    assert "at least 4 intervals" in refused(small, ALICE, "submit_job", {"spec": job_spec(steps=6, k=2)})

@@ -64,17 +64,18 @@ def _return_challenge(v: View, shard: Shard, ch: Challenge, job: Job | None) -> 
     shard.challenges.remove(ch)
 
 
-def _faulty_leaves(ch: Challenge) -> set[int]:
-    """Leaves a proven fault touches: an interval's two ends, or the one unserved leaf."""
+def _checked(sel, ch: Challenge) -> bool:
+    """Did this verifier vouch for what the fault is in? Every verifier checks the start and
+    the manifest; a wrong interval only the verifiers that re-ran that very interval (one that
+    re-ran a neighbour shares a leaf with it, but honestly checked a different step); an unserved
+    checkpoint those whose intervals start or end at it."""
+    if not sel.attested:
+        return False
     if ch.interval in (START, MANIFEST):
-        return {0}
-    return {ch.interval, ch.interval + 1} if ch.kind == ChallengeKind.COMPUTE else {ch.interval}
-
-
-def _checked(sel, leaves: set[int], whole: bool) -> bool:
-    """Did this verifier vouch for what the fault touches? Every verifier checks the start
-    and the manifest; otherwise only its own intervals count."""
-    return sel.attested and (whole or any(i in leaves or i + 1 in leaves for i in sel.intervals))
+        return True
+    if ch.kind == ChallengeKind.COMPUTE:
+        return ch.interval in sel.intervals
+    return any(ch.interval in (i, i + 1) for i in sel.intervals)
 
 
 def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
@@ -86,9 +87,8 @@ def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int) -> N
     what = "did not serve a blob in time" if ch.kind == ChallengeKind.AVAILABLE else "fraud proven"
     job.log(height, "slashed", shard.solver, cut, f"solver: {what} on shard {index}")
     job.log(height, "rewarded", ch.challenger, share, f"challenger proved shard {index} faulty")
-    leaves, whole = _faulty_leaves(ch), ch.interval in (START, MANIFEST)
     for sel in shard.verifiers:
-        if _checked(sel, leaves, whole):
+        if _checked(sel, ch):
             c, _ = bonds.forfeit(v, sel.verifier, "verifier", sel.locked, None)
             sel.locked = 0
             job.log(height, "slashed", sel.verifier, c, f"verifier attested a faulty shard {index}")

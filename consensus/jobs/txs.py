@@ -102,6 +102,8 @@ def process_decline(v: View, tx, sender: bytes, height: int) -> None:
     job, shard = _shard(v, tx.body, ShardStatus.ASSIGNED)
     if shard.solver != sender:
         raise JobError("this shard is not assigned to you")
+    if height > shard.deadline:  # else a solver that missed its deadline dodges the slash
+        raise JobError("the commit deadline has passed; a decline comes before it")
     settle.reopen_shard(v, shard, "decline")
     shard.declined.append(sender)
     job.log(height, "declined", sender, 0, f"shard {tx.body['shard']}")

@@ -93,7 +93,8 @@ def test_served_by_two_thirds_costs_the_challenger_only_its_fee():
 
 def test_no_decision_by_the_deadline_refunds_the_fee_slashes_nobody_and_reopens_the_window():
     c, jid, leaves, solver, selected, challenger, before = unavailable_world()
-    deadline = challenges(c, jid)[0]["deadline"]
+    deadline, respond_by = challenges(c, jid)[0]["deadline"], challenges(c, jid)[0]["respond_by"]
+    until(c, lambda: c.height > respond_by)
     vote(c, jid, challenger, True, REFEREES[0])        # 4_000 of 10_000: not enough
     until(c, lambda: c.height == deadline)
     assert shard(c, jid)["status"] == "disputed"
@@ -106,10 +107,22 @@ def test_no_decision_by_the_deadline_refunds_the_fee_slashes_nobody_and_reopens_
     assert events(c, jid, "slashed") == [] and events(c, jid, "undecided")[0][2] == challenger.address
 
 
-def test_a_solver_that_serves_in_time_keeps_its_shard_and_is_paid():
-    c, jid, leaves, solver, selected, challenger, before = unavailable_world(leaf=50)
+def test_a_solver_that_serves_in_time_keeps_its_shard_and_is_paid_less_the_fee():
+    """Withholding until asked saves nothing and costs the challenge fee off the reward."""
+    c, jid, leaves, solver, selected, challenger, before = unavailable_world(leaf=50, challenge_fee=40)
     vote(c, jid, challenger, False, *REFEREES)
     paid_before = c.balance(solver)
     until(c, lambda: shard(c, jid)["status"] == "passed" or shard(c, jid)["solver"] is None)
-    assert c.balance(solver) == paid_before + 100 and locked(c, solver, "solver") == 0
+    assert c.balance(solver) == paid_before + 100 - 40 and locked(c, solver, "solver") == 0
+    assert escrow(c, jid) is None and events(c, jid, "done")  # the 40 went back to the submitter
+
+
+def test_a_blob_cannot_be_voted_unserved_before_the_response_deadline():
+    """Referees wait for the solver's deadline; the chain refuses an early "not served" vote
+    (a "served" vote may come at once)."""
+    c, jid, leaves, solver, selected, challenger, before = unavailable_world()
+    body = {"job": jid, "round": 0, "shard": 0, "challenger": challenger.address, "fault": True}
+    assert "before the solver's response deadline" in refused(c, REFEREES[0], "dispute_vote", body)
+    until(c, lambda: c.height >= challenges(c, jid)[0]["respond_by"])
+    block(c, tx(c, REFEREES[0], "dispute_vote", body))
 

@@ -108,7 +108,9 @@ def test_a_float_cannot_even_be_signed_into_a_spec():
 def test_limits_themselves_are_accepted():
     c = world(solver_capacity=100)
     for spec in (dict(shards=16), dict(steps=256, k=1), dict(rounds=10), dict(commit_blocks=10_000),
-                 dict(lr_ppm=10_000_000, holdout_ppm=999_999), dict(reward_per_shard=0, verification_fee=0)):
+                 dict(lr_ppm=10_000_000, holdout_ppm=999_999, shards=1,  # one training item left
+                      data={"generator": "spirals", "args": {"n": 1_000_000, "classes": 3}, "seed": 7}),
+                 dict(reward_per_shard=0, verification_fee=0)):
         submit(c, **spec)
     assert len(c.view().read(jobs.K_ACTIVE_JOBS)) == 6
 

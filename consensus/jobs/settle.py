@@ -5,7 +5,7 @@ from .. import staking
 from ..ledger import View, add_balance, add_burned, get_params
 from . import bonds
 from .lifecycle import move
-from .records import (K_ACTIVE_JOBS, MANIFEST, START, Challenge, ChallengeKind, Job, JobStatus, Shard,
+from .records import (K_ACTIVE_JOBS, START, Challenge, ChallengeKind, Job, JobStatus, Shard,
                       ShardStatus, k_escrow, k_load)
 
 
@@ -65,17 +65,13 @@ def _return_challenge(v: View, shard: Shard, ch: Challenge, job: Job | None) -> 
 
 
 def _checked(sel, ch: Challenge) -> bool:
-    """Did this verifier vouch for what the fault is in? Every verifier checks the start and
-    the manifest; a wrong interval only the verifiers that re-ran that very interval (one that
-    re-ran a neighbour shares a leaf with it, but honestly checked a different step); an unserved
-    checkpoint those whose intervals start or end at it."""
-    if not sel.attested:
+    """Did this verifier vouch for what the fault is in? Every verifier checks the start; a
+    wrong interval only the verifiers that re-ran that very interval (one that re-ran a
+    neighbour shares a leaf with it, but honestly checked a different step). An unserved blob
+    says nothing about an attester: it may have fetched the blob while it was still served."""
+    if not sel.attested or ch.kind == ChallengeKind.AVAILABLE:
         return False
-    if ch.interval in (START, MANIFEST):
-        return True
-    if ch.kind == ChallengeKind.COMPUTE:
-        return ch.interval in sel.intervals
-    return any(ch.interval in (i, i + 1) for i in sel.intervals)
+    return ch.interval == START or ch.interval in sel.intervals
 
 
 def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:

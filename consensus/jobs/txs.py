@@ -196,6 +196,8 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("the dispute's voting deadline has passed")
     if sender in (shard.solver, ch.challenger):
         raise JobError("a party to a dispute cannot referee it")
+    if ch.kind == ChallengeKind.AVAILABLE and tx.body["fault"] and height <= ch.respond_by:
+        raise JobError("a blob cannot be judged unserved before the solver's response deadline")
     if any(a == sender for a, _ in ch.votes):
         raise JobError("already voted on this dispute")
     ch.votes.append([sender, tx.body["fault"]])

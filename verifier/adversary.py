@@ -24,8 +24,8 @@ import torch
 
 from . import checkpoint, training
 from .checkpoint import TrainState
-from .data import Dataset
-from .training import MAX_LR_PPM, ShardData, Trainer, TrainSpec
+from .training import MAX_LR_PPM, ShardData, Trainer
+from .work import ShardWork
 
 STRATEGIES = ("skip-steps", "forge-final", "wrong-order", "wrong-lr", "stale", "withhold")
 
@@ -44,13 +44,12 @@ def _bumped(state: TrainState, step: int) -> TrainState:
     return dataclasses.replace(state, step=step, rng=rng)
 
 
-def skip_steps(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-               start: TrainState, device: str = "cpu") -> list[bytes]:
-    dev = training.resolve_device(spec, device)
-    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
+def skip_steps(work: ShardWork, start: TrainState) -> list[bytes]:
+    spec = work.spec
+    shard_data = ShardData(work)
     leaves = [checkpoint.encode(start)]
     with training.determinism(spec):
-        trainer = Trainer(spec, start, dev)
+        trainer = Trainer(spec, start, shard_data.device)
         for leaf in range(1, spec.steps // spec.k + 1):
             for x, y in shard_data.batches(trainer.step, spec.k // 2):
                 trainer.train_step(x, y)
@@ -60,41 +59,41 @@ def skip_steps(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, sh
     return leaves
 
 
-def forge_final(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                start: TrainState, device: str = "cpu") -> list[bytes]:
-    honest = training.train_shard(spec, dataset, job_id, round_, shard, shards, start, device)
+def forge_final(work: ShardWork, start: TrainState) -> list[bytes]:
+    honest = training.train_shard(work, start)
     final = checkpoint.decode(honest[-1])
     forged = dataclasses.replace(final, params=_noise_like(final.params, honest[-1]))
     return honest[:-1] + [checkpoint.encode(forged)]
 
 
-def wrong_order(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                start: TrainState, device: str = "cpu") -> list[bytes]:
-    return training.train_shard(spec, dataset, job_id, round_ + 1, shard, shards, start, device)
+def wrong_order(work: ShardWork, start: TrainState) -> list[bytes]:
+    return training.train_shard(work.with_round(work.shard.round + 1), start)
 
 
-def wrong_lr(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-             start: TrainState, device: str = "cpu") -> list[bytes]:
-    lr = spec.lr_ppm * 2 if spec.lr_ppm * 2 <= MAX_LR_PPM else spec.lr_ppm // 2
-    return training.train_shard(dataclasses.replace(spec, lr_ppm=lr), dataset, job_id, round_, shard, shards,
-                                start, device)
+def wrong_lr(work: ShardWork, start: TrainState) -> list[bytes]:
+    lr_ppm = work.spec.lr_ppm
+    lr = lr_ppm * 2 if lr_ppm * 2 <= MAX_LR_PPM else lr_ppm // 2
+    return training.train_shard(work.with_spec(dataclasses.replace(work.spec, lr_ppm=lr)), start)
 
 
-def stale(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-          start: TrainState, device: str = "cpu") -> list[bytes]:
+def stale(work: ShardWork, start: TrainState) -> list[bytes]:
+    spec = work.spec
     return [checkpoint.encode(_bumped(start, leaf * spec.k)) for leaf in range(spec.steps // spec.k + 1)]
 
 
+def withhold(work: ShardWork, start: TrainState) -> list[bytes]:
+    return training.train_shard(work, start)
+
+
 CHEATS = {"skip-steps": skip_steps, "forge-final": forge_final, "wrong-order": wrong_order,
-          "wrong-lr": wrong_lr, "stale": stale, "withhold": training.train_shard}
+          "wrong-lr": wrong_lr, "stale": stale, "withhold": withhold}
 
 
-def cheat(strategy: str, spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-          start: TrainState, device: str = "cpu") -> list[bytes]:
+def cheat(strategy: str, work: ShardWork, start: TrainState) -> list[bytes]:
     """The leaves a solver following `strategy` publishes for this shard."""
     if strategy not in CHEATS:
         raise ValueError(f"unknown cheat {strategy!r} (one of {', '.join(STRATEGIES)})")
-    return CHEATS[strategy](spec, dataset, job_id, round_, shard, shards, start, device=device)
+    return CHEATS[strategy](work, start)
 
 
 def perturb(state: TrainState, relative: float, seed: bytes) -> TrainState:
@@ -107,8 +106,7 @@ def perturb(state: TrainState, relative: float, seed: bytes) -> TrainState:
     return dataclasses.replace(state, params=params)
 
 
-def corrupt_interval(checkpoints: list[bytes], interval_index: int, spec: TrainSpec, dataset: Dataset,
-                     job_id: bytes, round_: int, shard: int, shards: int, device: str = "cpu") -> list[bytes]:
+def corrupt_interval(checkpoints: list[bytes], interval_index: int, work: ShardWork) -> list[bytes]:
     """A forced error: interval `interval_index` ends in a perturbed checkpoint, and training
     continues from it, so that interval, and only that one, fails verification.
 
@@ -119,8 +117,6 @@ def corrupt_interval(checkpoints: list[bytes], interval_index: int, spec: TrainS
     if not 0 <= interval_index < intervals:
         raise ValueError(f"interval {interval_index} does not exist (there are {intervals})")
     end = checkpoint.decode(checkpoints[interval_index + 1])
-    relative = max(0.01, 4 * spec.tolerance_ppm / 1_000_000)
+    relative = max(0.01, 4 * work.spec.tolerance_ppm / 1_000_000)
     bad = perturb(end, relative, b"stepchain/forced-error" + checkpoints[interval_index + 1])
-    dev = training.resolve_device(spec, device)
-    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
-    return checkpoints[:interval_index + 1] + training.train_leaves(spec, shard_data, bad, dev)
+    return checkpoints[:interval_index + 1] + training.train_leaves(ShardData(work), bad)

@@ -22,8 +22,9 @@ import torch
 
 from . import checkpoint, training
 from .checkpoint import CheckpointError, TrainState
-from .data import Dataset, DataError
+from .data import DataError
 from .training import TrainSpec
+from .work import ShardWork
 
 OPT_FACTOR = 100
 OPT_CAP_PPM = 500_000
@@ -128,19 +129,20 @@ def compare(spec: TrainSpec, ours: bytes, claimed: bytes) -> tuple[bool, str]:
     return _close(checkpoint.decode(ours), theirs, spec.tolerance_ppm)
 
 
-def verify_interval(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                    start_ckpt: bytes, start_step: int, claimed_end_ckpt: bytes, k: int,
-                    device: str = "cpu") -> tuple[bool, str]:
-    """Recompute k steps from start_ckpt (taken at start_step) and judge the claimed end."""
+def verify_interval(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes) -> tuple[bool, str]:
+    """Recompute interval `interval` (k steps from leaf `interval`) and judge the claimed end."""
+    spec = work.spec
+    if type(interval) is not int or not 0 <= interval < work.intervals:
+        return False, f"interval {interval!r} does not exist (there are {work.intervals})"
+    start_step = interval * spec.k
     try:
-        ours = training.run_interval(spec, dataset, job_id, round_, shard, shards, start_ckpt, start_step, k,
-                                     device)
+        ours = training.run_interval(work, start_ckpt, start_step, spec.k)
     except CheckpointError as exc:
         return False, f"start checkpoint rejected: {exc}"
     except (DataError, ValueError) as exc:
         return False, f"interval cannot be recomputed: {exc}"
     ok, why = compare(spec, ours, claimed_end_ckpt)
-    return ok, f"steps {start_step}..{start_step + k}: {why}"
+    return ok, f"steps {start_step}..{start_step + spec.k}: {why}"
 
 
 def expected_round_start(spec: TrainSpec, previous_finals: list[bytes]) -> bytes:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from . import checkpoint, data, models, optim
 from .checkpoint import CheckpointError, TrainState
 from .data import Dataset
+from .work import ShardWork
 
 log = logging.getLogger("stepchain.verifier")
 
@@ -258,14 +259,15 @@ def train_step(state: TrainState, spec: TrainSpec, batch_x, batch_y) -> TrainSta
 class ShardData:
     """One shard's items, already on the training device, and its fixed batch order."""
 
-    def __init__(self, spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                 device: torch.device = torch.device("cpu")):
-        data.check_compatible(dataset, spec.model, spec.model_args)
-        idx = data.shard_indices(len(dataset), shards, shard)
-        self.spec, self.size, self.device = spec, len(idx), device
-        self.x = _inputs(spec, dataset.x[idx]).to(device)
-        self.y = torch.as_tensor(dataset.y[idx]).long().to(device)
-        self.seed = data.order_seed(job_id, round_, shard)
+    def __init__(self, work: ShardWork):
+        spec, shard = work.spec, work.shard
+        data.check_compatible(work.dataset, spec.model, spec.model_args)
+        idx = data.shard_indices(len(work.dataset), shard.count, shard.index)
+        self.spec, self.size = spec, len(idx)
+        self.device = resolve_device(spec, work.device)
+        self.x = _inputs(spec, work.dataset.x[idx]).to(self.device)
+        self.y = torch.as_tensor(work.dataset.y[idx]).long().to(self.device)
+        self.seed = data.order_seed(shard.job_id, shard.round, shard.index)
 
     def batches(self, first_step: int, n_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of steps first_step .. first_step + n_steps - 1."""
@@ -274,10 +276,11 @@ class ShardData:
             yield self.x.index_select(0, row), self.y.index_select(0, row)
 
 
-def train_leaves(spec: TrainSpec, shard_data: ShardData, start_state: TrainState, device: torch.device,
+def train_leaves(shard_data: ShardData, start_state: TrainState,
                  on_checkpoint: Callable[[int, bytes], None] | None = None,
                  progress: Callable[[int], None] | None = None) -> list[bytes]:
     """Checkpoints from start_state (a multiple of k) to the end of the round, every k steps."""
+    spec = shard_data.spec
     if start_state.step % spec.k or start_state.step > spec.steps:
         raise CheckpointError(f"a shard resumes at a multiple of k={spec.k} up to {spec.steps}, "
                               f"not at step {start_state.step}")
@@ -286,7 +289,7 @@ def train_leaves(spec: TrainSpec, shard_data: ShardData, start_state: TrainState
     if on_checkpoint:
         on_checkpoint(first_leaf, leaves[0])
     with determinism(spec):
-        trainer = Trainer(spec, start_state, device)
+        trainer = Trainer(spec, start_state, shard_data.device)
         for leaf in range(first_leaf + 1, spec.steps // spec.k + 1):
             for x, y in shard_data.batches(trainer.step, spec.k):
                 trainer.train_step(x, y)
@@ -298,8 +301,7 @@ def train_leaves(spec: TrainSpec, shard_data: ShardData, start_state: TrainState
     return leaves
 
 
-def train_shard(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                start_state: TrainState, device: str = "cpu",
+def train_shard(work: ShardWork, start_state: TrainState,
                 on_checkpoint: Callable[[int, bytes], None] | None = None,
                 progress: Callable[[int], None] | None = None) -> list[bytes]:
     """A solver's work: canonical checkpoints at steps 0, k, 2k, ..., steps (leaf 0 = start).
@@ -309,28 +311,29 @@ def train_shard(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, s
     """
     if start_state.step != 0:
         raise CheckpointError(f"a round starts at step 0, not {start_state.step}")
-    dev = resolve_device(spec, device)
-    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
-    return train_leaves(spec, shard_data, start_state, dev, on_checkpoint, progress)
+    return train_leaves(ShardData(work), start_state, on_checkpoint, progress)
 
 
-def run_interval(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                 start_ckpt: bytes, start_step: int, n_steps: int, device: str = "cpu") -> bytes:
+def run_interval(work: ShardWork, start_ckpt: bytes, start_step: int, n_steps: int) -> bytes:
     """Recompute n_steps steps from a checkpoint taken at start_step; the result's bytes.
 
     Raises CheckpointError when the start checkpoint is malformed, is not at start_step, or
     does not fit the job: a solver who published it is at fault.
     """
+    spec = work.spec
     if not (0 <= start_step and 0 <= n_steps and start_step + n_steps <= spec.steps):
         raise ValueError(f"steps {start_step}..{start_step + n_steps} are outside the round's {spec.steps}")
     state = checkpoint.decode(start_ckpt)
     if state.step != start_step:
         raise CheckpointError(f"start checkpoint is at step {state.step}, not {start_step}")
-    dev = resolve_device(spec, device)
-    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
-    with determinism(spec):
-        trainer = Trainer(spec, state, dev)
-        for x, y in shard_data.batches(start_step, n_steps):
+    return run_steps(ShardData(work), state, n_steps)
+
+
+def run_steps(shard_data: ShardData, state: TrainState, n_steps: int) -> bytes:
+    """n_steps steps from a decoded state on the shard's batches; the result's bytes."""
+    with determinism(shard_data.spec):
+        trainer = Trainer(shard_data.spec, state, shard_data.device)
+        for x, y in shard_data.batches(state.step, n_steps):
             trainer.train_step(x, y)
         return trainer.encode()
 

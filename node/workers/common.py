@@ -114,7 +114,8 @@ def check_interval(job: dict, round_: int, shard: int, interval: int, start_blob
     if start_blob is None or end_blob is None:
         return False, f"checkpoints of interval {interval} not served"
     from verifier.replay import verify_interval
+    from verifier.work import RoundShard, ShardWork
     spec = train_spec(job["spec"])
     train, _ = load_data(job["spec"], fetch)
-    return verify_interval(spec, train, bytes.fromhex(job["id"]), round_, shard, job["spec"]["shards"],
-                           start_blob, interval * spec.k, end_blob, spec.k)
+    work = ShardWork(spec, train, RoundShard(bytes.fromhex(job["id"]), round_, shard, job["spec"]["shards"]))
+    return verify_interval(work, interval, start_blob, end_blob)

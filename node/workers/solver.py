@@ -51,18 +51,19 @@ class Solver:
 
     def _train(self, job: dict, index: int) -> list[bytes]:
         from verifier import adversary, checkpoint, training
+        from verifier.work import RoundShard, ShardWork
         spec = train_spec(job["spec"])
         train, _ = load_data(job["spec"], self.fetch)
         start = expected_start(job, job["round"], self.fetch)
         if start is None:
             raise LookupError("previous round's checkpoints are unavailable")
-        args = (spec, train, bytes.fromhex(job["id"]), job["round"], index, job["spec"]["shards"])
+        work = ShardWork(spec, train, RoundShard(bytes.fromhex(job["id"]), job["round"], index, job["spec"]["shards"]),
+                         self.device)
         bar = _progress(f"job {job['id'][:8]} r{job['round']} shard {index}", spec.steps) if self.progress else None
         try:
             if self.cheat:
-                return adversary.cheat(self.cheat, *args, checkpoint.decode(start), device=self.device)
-            return training.train_shard(*args, checkpoint.decode(start), device=self.device,
-                                        progress=bar.update if bar else None)
+                return adversary.cheat(self.cheat, work, checkpoint.decode(start))
+            return training.train_shard(work, checkpoint.decode(start), progress=bar.update if bar else None)
         finally:
             if bar:
                 bar.close()

@@ -170,6 +170,9 @@ def average_states(states: list[TrainState]) -> TrainState:
     for s in states[1:]:
         if s.step != first.step or s.params.keys() != first.params.keys() or s.opt.keys() != first.opt.keys():
             raise ValueError("states to average differ in step or in their tensors")
+    for i, s in enumerate(states):
+        if not checkpoint.is_finite(s):  # a diverged shard ends the job; it never seeds a round
+            raise ValueError(f"state {i} to average is not finite (its training diverged)")
 
     def mean(pick: Callable[[TrainState], torch.Tensor]) -> torch.Tensor:
         total = torch.zeros(pick(first).shape, dtype=torch.float64)
@@ -194,6 +197,15 @@ def checkpoint_bytes(spec: TrainSpec) -> int:
 def state_dict(spec: TrainSpec, state: TrainState) -> dict[str, torch.Tensor]:
     """Weights that `models.build_model(...).load_state_dict` accepts."""
     return {n: t.detach().to("cpu", copy=True) for n, t in sorted(state.params.items())}
+
+
+def first_nonfinite_leaf(leaves: list[bytes]) -> int | None:
+    """What a solver declares with its commit: the index of its first leaf holding an inf or
+    a NaN anywhere (weights or optimizer state), or None when every leaf is finite."""
+    for i, raw in enumerate(leaves):
+        if not checkpoint.is_finite(checkpoint.decode(raw)):
+            return i
+    return None
 
 
 # -- the step --------------------------------------------------------------------------------

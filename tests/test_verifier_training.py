@@ -331,8 +331,14 @@ def test_tolerance_checks_every_part_of_the_claimed_end():
     }.items():
         ok, detail = replay.verify_interval(*args, checkpoint.encode(forged))
         assert not ok, why
-    slightly = _forged(honest[3], m=lambda t: t * 1.001)  # honest runs differ like this
-    assert replay.verify_interval(*args, checkpoint.encode(slightly))[0]
+    # Adam's m off by half the tolerance times its own movement passes, by twice that fails
+    start, end, tol = checkpoint.decode(honest[2]), checkpoint.decode(honest[3]), spec.tolerance_ppm / 1e6
+
+    def m_off_by(fraction: float) -> bytes:
+        opt = {n: t + fraction * tol * (t - start.opt[n]) if n.startswith("m/") else t for n, t in end.opt.items()}
+        return checkpoint.encode(dataclasses.replace(end, opt=opt))
+    assert replay.verify_interval(*args, m_off_by(0.5))[0]
+    assert not replay.verify_interval(*args, m_off_by(2.0))[0]
 
 
 # -- rounds ----------------------------------------------------------------------------------

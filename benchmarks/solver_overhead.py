@@ -44,6 +44,7 @@ from benchmarks.common import run_benchmark  # noqa: E402
 from consensus import merkle  # noqa: E402
 from consensus.crypto import sha256  # noqa: E402
 from verifier import checkpoint, data, models, replay, training  # noqa: E402
+from verifier.work import RoundShard, ShardWork  # noqa: E402
 
 JOB_ID = bytes(32)
 TARGET = 1.05
@@ -110,7 +111,7 @@ def plain_loop(s: Setup) -> tuple[float, dict[str, torch.Tensor]]:
 def solver(s: Setup) -> tuple[float, list[bytes], bytes]:
     """train_shard, then the leaf hashes and Merkle root; seconds, leaves, root."""
     start = time.perf_counter()
-    leaves = training.train_shard(s.spec, s.train, JOB_ID, 0, 0, 1, s.start)
+    leaves = training.train_shard(ShardWork(s.spec, s.train, RoundShard(JOB_ID, 0, 0, 1)), s.start)
     root = merkle.root([checkpoint.checkpoint_hash(leaf) for leaf in leaves])
     return time.perf_counter() - start, leaves, root
 
@@ -118,7 +119,7 @@ def solver(s: Setup) -> tuple[float, list[bytes], bytes]:
 def steps_only(s: Setup) -> float:
     """The verifier's own training step over the same batches, without any checkpoint."""
     start = time.perf_counter()
-    shard_data = training.ShardData(s.spec, s.train, JOB_ID, 0, 0, 1)
+    shard_data = training.ShardData(ShardWork(s.spec, s.train, RoundShard(JOB_ID, 0, 0, 1)))
     with training.determinism(s.spec):
         trainer = training.Trainer(s.spec, s.start)
         for x, y in shard_data.batches(0, s.spec.steps):

@@ -44,6 +44,7 @@ from consensus import merkle  # noqa: E402
 from consensus.crypto import sha256  # noqa: E402
 from consensus.sampling import sample_intervals  # noqa: E402
 from verifier import adversary, checkpoint, data, replay, training  # noqa: E402
+from verifier.work import RoundShard, ShardWork  # noqa: E402
 
 ROUND, SHARD, SHARDS = 0, 1, 2
 CHEATS = [s for s in adversary.STRATEGIES if s != "withhold"]
@@ -123,17 +124,19 @@ class Bench:
         self.verify_s = {s: [] for s in self.rates}  # verifier seconds per shard, over every (trial, strategy)
         self.interval_s = []
 
+    def work(self, job_id: bytes) -> ShardWork:
+        return ShardWork(self.spec, self.dataset, RoundShard(job_id, ROUND, SHARD, SHARDS))
+
     def warm_up(self) -> None:
         """First-call costs of torch kernels and allocators, paid here so that no trial pays them."""
-        warm = training.train_shard(self.spec, self.dataset, b"warm-up", ROUND, SHARD, SHARDS, self.start)
-        replay.verify_interval(self.spec, self.dataset, b"warm-up", ROUND, SHARD, SHARDS, warm[0], 0, warm[1],
-                               self.spec.k)
+        warm = training.train_shard(self.work(b"warm-up"), self.start)
+        replay.verify_interval(self.work(b"warm-up"), 0, warm[0], warm[1])
 
     def run_trial(self, trial: int) -> None:
         """The honest solver's timed shard, then every strategy's leaves verified at every rate."""
         job_id = sha256(b"benchmark/verification/job" + trial.to_bytes(4, "big"))
         t0 = time.perf_counter()
-        honest = training.train_shard(self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS, self.start)
+        honest = training.train_shard(self.work(job_id), self.start)
         merkle.root([checkpoint.checkpoint_hash(leaf) for leaf in honest])
         self.solver_s.append(time.perf_counter() - t0)
         for strategy in ALL_STRATEGIES:
@@ -149,8 +152,8 @@ class Bench:
             return frozen_optimizer(self.spec, honest)
         if strategy == "forced-error":
             bad = self.rng.randrange(self.intervals)
-            return adversary.corrupt_interval(honest, bad, self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS)
-        return adversary.cheat(strategy, self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS, self.start)
+            return adversary.corrupt_interval(honest, bad, self.work(job_id))
+        return adversary.cheat(strategy, self.work(job_id), self.start)
 
     def verify_sampled(self, strategy: str, job_id: bytes, leaves: list[bytes], root: bytes,
                        beacon: bytes) -> None:
@@ -161,8 +164,7 @@ class Bench:
         def check(i: int) -> tuple[bool, float]:
             if i not in verdicts:
                 t = time.perf_counter()
-                ok, _ = replay.verify_interval(self.spec, self.dataset, job_id, ROUND, SHARD, SHARDS, leaves[i],
-                                               i * self.spec.k, leaves[i + 1], self.spec.k)
+                ok, _ = replay.verify_interval(self.work(job_id), i, leaves[i], leaves[i + 1])
                 verdicts[i] = (ok, time.perf_counter() - t)
                 self.interval_s.append(verdicts[i][1])
                 if not ok:

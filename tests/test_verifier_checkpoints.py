@@ -16,7 +16,7 @@ import torch
 
 from consensus import codec
 from consensus.crypto import sha256
-from tests.tinyjobs import EXACT_CASES, JOB, shard_root, tiny
+from tests.tinyjobs import EXACT_CASES, JOB, shard_root, tiny, work
 from verifier import checkpoint, data, replay, training
 from verifier.checkpoint import CheckpointError
 
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("profile", ["cpu-f32-1thread", "cpu-f64"])
 def test_checkpoint_round_trip_is_byte_identical(optimizer, profile):
     spec, ds = tiny("mlp", profile, optimizer, steps=4, k=2)
-    leaves = training.train_shard(spec, ds, JOB, 0, 0, 1, training.init_state(spec))
+    leaves = training.train_shard(work(spec, ds, 0, 1), training.init_state(spec))
     assert len(leaves) == 3 and len(set(leaves)) == 3
     for raw in leaves:
         state = checkpoint.decode(raw)
@@ -119,7 +119,7 @@ def test_checkpoint_that_does_not_fit_the_job_is_refused():
     wrong_opt = checkpoint.encode(training.init_state(other))
     with pytest.raises(CheckpointError, match="optimizer"):
         training.check_state(spec, checkpoint.decode(wrong_opt))
-    ok, why = replay.verify_interval(spec, ds, JOB, 0, 0, 1, wrong_opt, 0, wrong_opt, 3)
+    ok, why = replay.verify_interval(work(spec, ds, 0, 1), 0, wrong_opt, wrong_opt)
     assert not ok and "start checkpoint rejected" in why
     f64 = checkpoint.encode(training.init_state(dataclasses.replace(spec, profile="cpu-f64")))
     with pytest.raises(CheckpointError, match="float64"):
@@ -138,7 +138,7 @@ def test_same_shard_twice_gives_identical_leaves_and_root(kind, profile):
     assert torch.get_num_threads() == threads, "an exact profile did not restore the thread count"
     # another shard of the same job trains on other data
     spec, ds = tiny(kind, profile)
-    other = training.train_shard(spec, ds, JOB, 0, 0, 2, training.init_state(spec))
+    other = training.train_shard(work(spec, ds, 0, 2), training.init_state(spec))
     assert checkpoint.checkpoint_hash(other[0]) == hashes[0]
     assert checkpoint.checkpoint_hash(other[-1]) != hashes[-1]
 
@@ -167,7 +167,7 @@ def test_exact_profile_ignores_the_callers_thread_setting():
 
 def test_referee_step_matches_the_training_loop():
     spec, ds = tiny("mlp", steps=3, k=3)
-    leaves = training.train_shard(spec, ds, JOB, 0, 0, 1, training.init_state(spec))
+    leaves = training.train_shard(work(spec, ds, 0, 1), training.init_state(spec))
     shard = ds.subset(data.shard_indices(len(ds), 1, 0))
     state = checkpoint.decode(leaves[0])
     for row in data.batch_order(JOB, 0, 0, len(shard), 3, spec.batch_size):

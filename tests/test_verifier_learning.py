@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.tinyjobs import JOB, tiny
+from tests.tinyjobs import tiny, work
 from verifier import checkpoint, data, training
 from verifier.data import Dataset
 from verifier.training import TrainSpec
@@ -27,7 +27,7 @@ def train_rounds(spec: TrainSpec, train: Dataset, hold: Dataset, rounds: int, sh
     state = training.init_state(spec)
     accs = [training.evaluate(spec, state, hold)]
     for r in range(rounds):
-        finals = [checkpoint.decode(training.train_shard(spec, train, JOB, r, s, shards, state)[-1])
+        finals = [checkpoint.decode(training.train_shard(work(spec, train, s, shards, r), state)[-1])
                   for s in range(shards)]
         state = training.average_states(finals)
         assert state.step == 0
@@ -65,7 +65,7 @@ def test_char_transformer_learns_text():
 
 def test_average_states_is_the_mean_in_shard_order():
     spec, ds = tiny("mlp", profile="cpu-f64", steps=2, k=2)
-    finals = [checkpoint.decode(training.train_shard(spec, ds, JOB, 0, s, 3, training.init_state(spec))[-1])
+    finals = [checkpoint.decode(training.train_shard(work(spec, ds, s, 3), training.init_state(spec))[-1])
               for s in range(3)]
     avg = training.average_states(finals)
     for n in avg.params:

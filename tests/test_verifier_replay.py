@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.tinyjobs import JOB, JOBS, tiny
+from tests.tinyjobs import JOBS, tiny, work
 from verifier import adversary, checkpoint, data, replay, training
 from verifier.checkpoint import TrainState
 from verifier.data import Dataset
@@ -35,7 +35,7 @@ def tolerance_runs():
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            runs[n] = training.train_shard(spec, ds, JOB, 0, 0, 1, training.init_state(spec))
+            runs[n] = training.train_shard(work(spec, ds, 0, 1), training.init_state(spec))
     finally:
         torch.set_num_threads(threads)
     return spec, ds, runs
@@ -51,10 +51,10 @@ def test_tolerance_accepts_another_thread_count(tolerance_runs):
     # a verifier with 1 thread accepts every interval of the 2-thread solver, and vice versa
     torch.set_num_threads(1)
     for i in range(len(two) - 1):
-        ok, why = replay.verify_interval(spec, ds, JOB, 0, 0, 1, two[i], i * spec.k, two[i + 1], spec.k)
+        ok, why = replay.verify_interval(work(spec, ds, 0, 1), i, two[i], two[i + 1])
         assert ok, why
     torch.set_num_threads(2)
-    ok, why = replay.verify_interval(spec, ds, JOB, 0, 0, 1, one[0], 0, one[1], spec.k)
+    ok, why = replay.verify_interval(work(spec, ds, 0, 1), 0, one[0], one[1])
     assert ok, why
 
 
@@ -64,36 +64,31 @@ def test_tolerance_rejects_a_perturbed_checkpoint(tolerance_runs):
     bumped = dataclasses.replace(end, params={n: t + 1e-2 for n, t in end.params.items()})
     raw = checkpoint.encode(bumped)
     assert not replay.states_close(runs[1][1], raw, spec.tolerance_ppm)
-    ok, why = replay.verify_interval(spec, ds, JOB, 0, 0, 1, runs[1][0], 0, raw, spec.k)
+    ok, why = replay.verify_interval(work(spec, ds, 0, 1), 0, runs[1][0], raw)
     assert not ok and "too far" in why
     # and a checkpoint at another step, or one that is not a checkpoint, is never close
     assert not replay.states_close(runs[1][1], runs[1][2], 10**12)
     assert not replay.states_close(runs[1][1], b"junk", 10**12)
 
 
-def test_tolerance_accepts_honest_diverged_training():
+@pytest.mark.parametrize("profile", training.PROFILES)
+def test_honest_divergence_passes_only_when_declared(profile):
     """Honest training that diverges to inf/NaN (momentum with lr_ppm=10_000_000, which TrainSpec
-    accepts) must still pass its own verification in the tolerance profile, as it does (equal
-    bytes) in the exact ones; a claim with the non-finite entries elsewhere must not."""
-    spec = TrainSpec("mlp", {"in_dim": 8, "hidden": [64] * 6, "out_dim": 3}, "momentum", 10_000_000, 16, 5, 5,
-                     "tolerance", seed=1)
+    accepts) passes once its first non-finite leaf is declared; undeclared, the interval into the
+    divergence fails. Two non-finite states are never "close": a run that diverged no longer
+    agrees with anything by distance (the old rule let two NaN states match)."""
+    spec = TrainSpec("mlp", {"in_dim": 8, "hidden": [64] * 6, "out_dim": 3}, "momentum", 10_000_000, 16, 10, 5,
+                     profile, seed=1)
     ds = data.generate("blobs", {"n": 100, "dim": 8, "classes": 3}, 7)
-    leaves = training.train_shard(spec, ds, JOB, 0, 0, 1, training.init_state(spec))
-    end = checkpoint.decode(leaves[-1])
-    assert not all(torch.isfinite(t).all() for t in end.params.values())  # it did diverge
-    ok, why = replay.verify_interval(spec, ds, JOB, 0, 0, 1, leaves[0], 0, leaves[1], spec.k)
-    assert ok, why
-    assert replay.relative_distance(end, end) == 0.0
-    for poison in (float("nan"), float("inf")):
-        first = sorted(end.params)[0]
-        moved = end.params[first].clone().reshape(-1)
-        finite = torch.isfinite(moved).nonzero()
-        if len(finite):
-            moved[finite[0]] = poison
-        else:
-            moved[0] = 0.0
-        other = dataclasses.replace(end, params={**end.params, first: moved.reshape(end.params[first].shape)})
-        assert not replay.states_close(leaves[1], checkpoint.encode(other), spec.tolerance_ppm)
+    leaves = training.train_shard(work(spec, ds, 0, 1), training.init_state(spec))
+    d = training.first_nonfinite_leaf(leaves)
+    assert d in (1, 2), d  # it did diverge
+    for i in (d - 1, *range(d, 2)):
+        ok, why = replay.verify_interval(work(spec, ds, 0, 1), i, leaves[i], leaves[i + 1], diverged_leaf=d)
+        assert ok, why
+        ok, why = replay.verify_interval(work(spec, ds, 0, 1), i, leaves[i], leaves[i + 1])
+        assert not ok and "not finite" in why, why
+    assert not replay.states_close(leaves[d], leaves[d], 10**12)
 
 
 def _frozen_optimizer(state: TrainState) -> dict[str, torch.Tensor]:
@@ -104,7 +99,7 @@ def _frozen_optimizer(state: TrainState) -> dict[str, torch.Tensor]:
 
 def test_tolerance_catches_a_forged_optimizer_state():
     spec, ds = tiny("mlp", "tolerance", steps=8, k=2)
-    honest = training.train_shard(spec, ds, JOB, 0, 1, 2, training.init_state(spec))
+    honest = training.train_shard(work(spec, ds), training.init_state(spec))
     first = checkpoint.decode(honest[1])
     frozen = _frozen_optimizer(first)
     lazy = [honest[0]] + [checkpoint.encode(dataclasses.replace(adversary._bumped(first, i * spec.k), opt=frozen))
@@ -114,22 +109,21 @@ def test_tolerance_catches_a_forged_optimizer_state():
 
 def test_tolerance_rejects_a_poisoned_final_optimizer_state():
     spec, ds = tiny("mlp", "tolerance", steps=8, k=2)
-    honest = training.train_shard(spec, ds, JOB, 0, 1, 2, training.init_state(spec))
+    honest = training.train_shard(work(spec, ds), training.init_state(spec))
     final = checkpoint.decode(honest[-1])
     poisoned = {n: torch.full_like(t, float("nan")) if n.startswith("m/") else t for n, t in final.opt.items()}
     bad = checkpoint.encode(dataclasses.replace(final, opt=poisoned))
-    ok, why = replay.verify_interval(spec, ds, JOB, 0, 1, 2, honest[-2], spec.steps - spec.k, bad, spec.k)
+    ok, why = replay.verify_interval(work(spec, ds), 3, honest[-2], bad)
     assert not ok, why
 
 
 def test_tolerance_rejects_a_claimed_end_that_does_not_fit_the_job():
     spec, ds = tiny("mlp", "tolerance", steps=8, k=2)
-    honest = training.train_shard(spec, ds, JOB, 0, 1, 2, training.init_state(spec))
+    honest = training.train_shard(work(spec, ds), training.init_state(spec))
     final = checkpoint.decode(honest[-1])
     f64 = dataclasses.replace(final, params={n: t.double() for n, t in final.params.items()},
                               opt={n: t.double() for n, t in final.opt.items()})
-    ok, why = replay.verify_interval(spec, ds, JOB, 0, 1, 2, honest[-2], spec.steps - spec.k,
-                                     checkpoint.encode(f64), spec.k)
+    ok, why = replay.verify_interval(work(spec, ds), 3, honest[-2], checkpoint.encode(f64))
     assert not ok, why
 
 
@@ -149,17 +143,16 @@ assert set(CHEAT_EXPECTED) == set(adversary.STRATEGIES) - {"withhold"}
 
 def failing_intervals(spec: TrainSpec, ds: Dataset, leaves: list[bytes], shard: int = 1, shards: int = 2) -> list[int]:
     return [i for i in range(len(leaves) - 1)
-            if not replay.verify_interval(spec, ds, JOB, 0, shard, shards, leaves[i], i * spec.k, leaves[i + 1],
-                                          spec.k)[0]]
+            if not replay.verify_interval(work(spec, ds, shard, shards), i, leaves[i], leaves[i + 1])[0]]
 
 
 @pytest.mark.parametrize("profile", ["cpu-f32-1thread", "tolerance"])
 def test_verify_interval_accepts_every_honest_interval(profile):
     for kind in JOBS:
         spec, ds = tiny(kind, profile, steps=8, k=2)
-        leaves = training.train_shard(spec, ds, JOB, 0, 1, 2, training.init_state(spec))
+        leaves = training.train_shard(work(spec, ds), training.init_state(spec))
         assert failing_intervals(spec, ds, leaves) == [], kind
-        withheld = adversary.cheat("withhold", spec, ds, JOB, 0, 1, 2, training.init_state(spec))
+        withheld = adversary.cheat("withhold", work(spec, ds), training.init_state(spec))
         assert withheld == leaves
 
 
@@ -168,28 +161,30 @@ def test_verify_interval_accepts_every_honest_interval(profile):
 def test_verify_interval_catches_each_cheat(strategy, profile):
     spec, ds = tiny("mlp", profile, steps=8, k=2)
     start = training.init_state(spec)
-    leaves = adversary.cheat(strategy, spec, ds, JOB, 0, 1, 2, start)
+    leaves = adversary.cheat(strategy, work(spec, ds), start)
     assert len(leaves) == 5 and checkpoint.decode(leaves[-1]).step == spec.steps
     assert failing_intervals(spec, ds, leaves) == CHEAT_EXPECTED[strategy]
 
 
 def test_verify_interval_answers_rather_than_raises():
     spec, ds = tiny("mlp", steps=4, k=2)
-    leaves = training.train_shard(spec, ds, JOB, 0, 0, 1, training.init_state(spec))
-    for start, step, end, why in [(b"junk", 0, leaves[1], "start checkpoint rejected"),
-                                  (leaves[0], 2, leaves[1], "start checkpoint is at step 0"),
-                                  (leaves[0], 0, b"junk", "malformed"),
-                                  (leaves[1], 2, leaves[1], "hash differs"),
-                                  (leaves[2], 4, leaves[2], "outside the round")]:
-        ok, msg = replay.verify_interval(spec, ds, JOB, 0, 0, 1, start, step, end, spec.k)
+    leaves = training.train_shard(work(spec, ds, 0, 1), training.init_state(spec))
+    for start, interval, end, why in [(b"junk", 0, leaves[1], "start checkpoint rejected"),
+                                      (leaves[0], 1, leaves[1], "start checkpoint is at step 0"),
+                                      (leaves[0], 0, b"junk", "malformed"),
+                                      (leaves[1], 1, leaves[1], "hash differs"),
+                                      (leaves[2], 2, leaves[2], "does not exist"),
+                                      (leaves[0], -1, leaves[1], "does not exist"),
+                                      (leaves[0], True, leaves[1], "does not exist")]:
+        ok, msg = replay.verify_interval(work(spec, ds, 0, 1), interval, start, end)
         assert not ok and why in msg, msg
 
 
 def test_forced_error_corrupts_exactly_one_interval():
     spec, ds = tiny("mlp", steps=8, k=2)
-    honest = training.train_shard(spec, ds, JOB, 0, 1, 2, training.init_state(spec))
+    honest = training.train_shard(work(spec, ds), training.init_state(spec))
     for index in (0, 2, 3):
-        bad = adversary.corrupt_interval(honest, index, spec, ds, JOB, 0, 1, 2)
+        bad = adversary.corrupt_interval(honest, index, work(spec, ds))
         assert len(bad) == len(honest) and bad[:index + 1] == honest[:index + 1]
         assert failing_intervals(spec, ds, bad) == [index]
 
@@ -198,7 +193,7 @@ def test_round_start_check():
     spec, ds = tiny("mlp", steps=4, k=2)
     start = replay.expected_round_start(spec, [])
     assert replay.verify_round_start(spec, [], start)
-    finals = [training.train_shard(spec, ds, JOB, 0, s, 2, checkpoint.decode(start))[-1] for s in range(2)]
+    finals = [training.train_shard(work(spec, ds, s, 2), checkpoint.decode(start))[-1] for s in range(2)]
     avg = checkpoint.encode(training.average_states([checkpoint.decode(f) for f in finals]))
     assert replay.verify_round_start(spec, finals, avg)
     assert not replay.verify_round_start(spec, finals, start)  # round 1 does not restart from round 0

@@ -18,6 +18,7 @@ from verifier import adversary, checkpoint, data, replay, training
 from verifier.checkpoint import CheckpointError, TrainState
 from verifier.models import SpecError
 from verifier.training import TrainSpec
+from verifier.work import RoundShard, ShardWork
 
 REPO = Path(__file__).resolve().parent.parent
 JOB = sha256(b"test job")
@@ -31,13 +32,14 @@ def spec_for(profile: str = "cpu-f32-1thread", optimizer: str = "adam", **kw) ->
     return TrainSpec(**{**base, **kw})
 
 
-def shard_args(spec: TrainSpec, shard: int = 1):
-    return spec, SPIRALS, JOB, 0, shard, 2
+def shard_work(spec: TrainSpec, shard: int = 1, device: str = "cpu") -> ShardWork:
+    return ShardWork(spec, SPIRALS, RoundShard(JOB, 0, shard, 2), device)
 
 
-def failing_intervals(spec: TrainSpec, leaves: list[bytes], shard: int = 1) -> list[int]:
+def failing_intervals(spec: TrainSpec, leaves: list[bytes], shard: int = 1, diverged_leaf: int | None = None
+                      ) -> list[int]:
     return [j for j in range(len(leaves) - 1)
-            if not replay.verify_interval(*shard_args(spec, shard), leaves[j], j * spec.k, leaves[j + 1], spec.k)[0]]
+            if not replay.verify_interval(shard_work(spec, shard), j, leaves[j], leaves[j + 1], diverged_leaf)[0]]
 
 
 # -- specs and checkpoints -------------------------------------------------------------------
@@ -116,8 +118,8 @@ def test_check_state_refuses_another_jobs_state():
 def test_same_shard_twice_gives_the_same_hashes(profile, optimizer):
     spec = spec_for(profile, optimizer)
     start = training.init_state(spec)
-    a = training.train_shard(*shard_args(spec), start)
-    b = training.train_shard(*shard_args(spec), start)
+    a = training.train_shard(shard_work(spec), start)
+    b = training.train_shard(shard_work(spec), start)
     assert len(a) == spec.steps // spec.k + 1 and a[0] == checkpoint.encode(start)
     assert [sha256(x) for x in a] == [sha256(x) for x in b]
     assert merkle.root([sha256(x) for x in a]) == merkle.root([sha256(x) for x in b])
@@ -129,11 +131,11 @@ SUBPROCESS = """
 import sys; sys.path.insert(0, {repo!r})
 from consensus import merkle
 from consensus.crypto import sha256
-from tests.test_verifier_training import SPIRALS, JOB, spec_for
+from tests.test_verifier_training import shard_work, spec_for
 from verifier import training
 for profile in {profiles!r}:
     spec = spec_for(profile)
-    leaves = training.train_shard(spec, SPIRALS, JOB, 0, 1, 2, training.init_state(spec))
+    leaves = training.train_shard(shard_work(spec), training.init_state(spec))
     print(merkle.root([sha256(x) for x in leaves]).hex())
 """
 
@@ -145,7 +147,7 @@ def test_a_separate_process_gets_the_same_merkle_roots():
     ours = []
     for profile in training.EXACT_PROFILES:
         spec = spec_for(profile)
-        leaves = training.train_shard(*shard_args(spec), training.init_state(spec))
+        leaves = training.train_shard(shard_work(spec), training.init_state(spec))
         ours.append(merkle.root([sha256(x) for x in leaves]).hex())
     assert out.stdout.split() == ours
 
@@ -162,14 +164,14 @@ def test_training_does_not_change_its_start_state():
     spec = spec_for()
     start = training.init_state(spec)
     raw = checkpoint.encode(start)
-    training.train_shard(*shard_args(spec), start)
+    training.train_shard(shard_work(spec), start)
     assert checkpoint.encode(start) == raw
 
 
 def test_callbacks_see_every_leaf_and_all_steps():
     spec = spec_for()
     seen, done = [], []
-    leaves = training.train_shard(*shard_args(spec), training.init_state(spec),
+    leaves = training.train_shard(shard_work(spec), training.init_state(spec),
                                   on_checkpoint=lambda i, raw: seen.append((i, raw)), progress=done.append)
     assert seen == list(enumerate(leaves)) and sum(done) == spec.steps
 
@@ -179,7 +181,7 @@ def test_callbacks_see_every_leaf_and_all_steps():
 
 def test_referee_step_equals_the_solvers_step():
     spec = spec_for()
-    leaves = training.train_shard(*shard_args(spec), training.init_state(spec))
+    leaves = training.train_shard(shard_work(spec), training.init_state(spec))
     shard = SPIRALS.subset(data.shard_indices(len(SPIRALS), 2, 1))
     rows = data.batch_order(JOB, 0, 1, len(shard), spec.steps, spec.batch_size)
     state = checkpoint.decode(leaves[1])
@@ -191,20 +193,20 @@ def test_referee_step_equals_the_solvers_step():
 def test_an_interval_is_the_sum_of_its_single_steps():
     # Dispute bisection narrows to one step: single-step recomputation must compose exactly.
     spec = spec_for("cpu-f64", "momentum")
-    leaves = training.train_shard(*shard_args(spec), training.init_state(spec))
+    leaves = training.train_shard(shard_work(spec), training.init_state(spec))
     raw = leaves[2]
     for step in range(2 * spec.k, 3 * spec.k):
-        raw = training.run_interval(*shard_args(spec), raw, step, 1)
+        raw = training.run_interval(shard_work(spec), raw, step, 1)
     assert raw == leaves[3]
 
 
 def test_run_interval_checks_where_it_starts():
     spec = spec_for()
-    leaves = training.train_shard(*shard_args(spec), training.init_state(spec))
+    leaves = training.train_shard(shard_work(spec), training.init_state(spec))
     with pytest.raises(CheckpointError, match="at step 10, not 20"):
-        training.run_interval(*shard_args(spec), leaves[1], 20, 10)
+        training.run_interval(shard_work(spec), leaves[1], 20, 10)
     with pytest.raises(ValueError, match="outside the round"):
-        training.run_interval(*shard_args(spec), leaves[3], 30, 20)
+        training.run_interval(shard_work(spec), leaves[3], 30, 20)
 
 
 # -- verification ----------------------------------------------------------------------------
@@ -214,13 +216,13 @@ def test_run_interval_checks_where_it_starts():
 def test_honest_intervals_pass_and_cheats_fail(profile):
     spec = spec_for(profile)
     start = training.init_state(spec)
-    honest = training.train_shard(*shard_args(spec), start)
+    honest = training.train_shard(shard_work(spec), start)
     everything = list(range(spec.steps // spec.k))
     assert failing_intervals(spec, honest) == []
     expected = {"skip-steps": everything, "forge-final": [everything[-1]], "wrong-order": everything,
                 "wrong-lr": everything, "stale": everything, "withhold": []}
     for strategy in adversary.STRATEGIES:
-        leaves = adversary.cheat(strategy, *shard_args(spec), start)
+        leaves = adversary.cheat(strategy, shard_work(spec), start)
         assert len(leaves) == len(honest) and leaves[0] == honest[0]
         assert failing_intervals(spec, leaves) == expected[strategy], strategy
 
@@ -228,27 +230,27 @@ def test_honest_intervals_pass_and_cheats_fail(profile):
 @pytest.mark.parametrize("profile", training.PROFILES)
 def test_a_forced_error_fails_exactly_its_interval(profile):
     spec = spec_for(profile, tolerance_ppm=5000)
-    honest = training.train_shard(*shard_args(spec), training.init_state(spec))
+    honest = training.train_shard(shard_work(spec), training.init_state(spec))
     for j in (0, 2, 3):
-        corrupted = adversary.corrupt_interval(honest, j, *shard_args(spec))
+        corrupted = adversary.corrupt_interval(honest, j, shard_work(spec))
         assert corrupted[:j + 1] == honest[:j + 1] and len(corrupted) == len(honest)
         assert failing_intervals(spec, corrupted) == [j]
     with pytest.raises(ValueError, match="does not exist"):
-        adversary.corrupt_interval(honest, 4, *shard_args(spec))
+        adversary.corrupt_interval(honest, 4, shard_work(spec))
 
 
 def test_verify_interval_explains_itself():
     spec = spec_for()
-    honest = training.train_shard(*shard_args(spec), training.init_state(spec))
-    args = shard_args(spec)
-    assert replay.verify_interval(*args, honest[1], 10, honest[2], 10) == (True, "steps 10..20: bitwise identical")
-    ok, why = replay.verify_interval(*args, honest[1], 10, honest[3], 10)
+    honest = training.train_shard(shard_work(spec), training.init_state(spec))
+    work = shard_work(spec)
+    assert replay.verify_interval(work, 1, honest[1], honest[2]) == (True, "steps 10..20: bitwise identical")
+    ok, why = replay.verify_interval(work, 1, honest[1], honest[3])
     assert not ok and "claimed step 30, recomputed 20" in why
-    ok, why = replay.verify_interval(*args, b"junk", 10, honest[2], 10)
+    ok, why = replay.verify_interval(work, 1, b"junk", honest[2])
     assert not ok and why.startswith("start checkpoint rejected")
-    ok, why = replay.verify_interval(*args, honest[1], 10, b"junk", 10)
+    ok, why = replay.verify_interval(work, 1, honest[1], b"junk")
     assert not ok and "malformed" in why
-    ok, why = replay.verify_interval(*shard_args(spec_for(optimizer="sgd")), honest[1], 10, honest[2], 10)
+    ok, why = replay.verify_interval(shard_work(spec_for(optimizer="sgd")), 1, honest[1], honest[2])
     assert not ok and "optimizer" in why
 
 
@@ -264,8 +266,8 @@ def _with_threads(n: int, fn):
 def test_tolerance_accepts_other_thread_counts_and_rejects_perturbation():
     spec = spec_for("tolerance", model_args={"in_dim": 2, "hidden": [256, 256], "out_dim": 3}, batch_size=64)
     start = training.init_state(spec)
-    one = _with_threads(1, lambda: training.train_shard(*shard_args(spec), start))
-    two = _with_threads(2, lambda: training.train_shard(*shard_args(spec), start))
+    one = _with_threads(1, lambda: training.train_shard(shard_work(spec), start))
+    two = _with_threads(2, lambda: training.train_shard(shard_work(spec), start))
     assert all(replay.states_close(a, b, spec.tolerance_ppm) for a, b in zip(one, two))
     assert _with_threads(2, lambda: failing_intervals(spec, one)) == []
     nudged = adversary.perturb(checkpoint.decode(one[-1]), 2 * spec.tolerance_ppm / 1e6, b"x")
@@ -274,16 +276,22 @@ def test_tolerance_accepts_other_thread_counts_and_rejects_perturbation():
     assert not replay.states_close(one[-1], b"junk", 10**9)
 
 
-def test_tolerance_accepts_honest_training_that_diverged():
-    # Diverged weights (inf/NaN) are the same in two honest runs; only finite entries are measured.
-    spec = spec_for("tolerance", optimizer="momentum", lr_ppm=10_000_000,
+@pytest.mark.parametrize("profile", training.PROFILES)
+def test_honest_training_that_diverged_passes_once_declared(profile):
+    # Diverged weights (inf/NaN) are absorbing: the commit declares the first non-finite leaf,
+    # and each interval is judged by that declaration, never by comparing NaNs.
+    spec = spec_for(profile, optimizer="momentum", lr_ppm=3_000_000,
                     model_args={"in_dim": 2, "hidden": [64] * 6, "out_dim": 3})
-    leaves = training.train_shard(*shard_args(spec), training.init_state(spec))
-    final = checkpoint.decode(leaves[-1])
-    assert not all(torch.isfinite(t).all() for t in final.params.values()), "this setting should diverge"
-    assert failing_intervals(spec, leaves) == []
-    other = dataclasses.replace(final, params={n: torch.nan_to_num(t) for n, t in final.params.items()})
-    assert not replay.states_close(leaves[-1], checkpoint.encode(other), 10**9)
+    leaves = training.train_shard(shard_work(spec), training.init_state(spec))
+    diverged = training.first_nonfinite_leaf(leaves)
+    assert diverged is not None and 2 <= diverged < len(leaves) - 1, "this setting should diverge early"
+    assert failing_intervals(spec, leaves, diverged_leaf=diverged) == []
+    # undeclared, the interval into the divergence and all after it fail; declared one leaf
+    # late, the intervals that start before the declared leaf but do not end finite
+    assert failing_intervals(spec, leaves) == list(range(diverged - 1, len(leaves) - 1))
+    assert failing_intervals(spec, leaves, diverged_leaf=diverged + 1) == [diverged - 1, diverged]
+    # declared one leaf early, the interval ending at the declared (finite) leaf fails
+    assert diverged - 2 in failing_intervals(spec, leaves, diverged_leaf=diverged - 1)
 
 
 def _forged(raw: bytes, **opt_changes) -> TrainState:
@@ -298,7 +306,7 @@ def test_tolerance_catches_a_frozen_optimizer():
     # Adam with m = 0 and a huge v hardly moves: republishing the same weights would then
     # replay as "no change" unless the optimizer state itself is compared.
     spec = spec_for("tolerance")
-    honest = training.train_shard(*shard_args(spec), training.init_state(spec))
+    honest = training.train_shard(shard_work(spec), training.init_state(spec))
     frozen = _forged(honest[1], m=torch.zeros_like, v=lambda t: torch.full_like(t, 1e30))
     lazy = [honest[0], checkpoint.encode(frozen)]
     for j in range(2, len(honest)):
@@ -310,8 +318,8 @@ def test_tolerance_catches_a_frozen_optimizer():
 
 def test_tolerance_checks_every_part_of_the_claimed_end():
     spec = spec_for("tolerance")
-    honest = training.train_shard(*shard_args(spec), training.init_state(spec))
-    args = (*shard_args(spec), honest[2], 2 * spec.k)
+    honest = training.train_shard(shard_work(spec), training.init_state(spec))
+    args = (shard_work(spec), 2, honest[2])
     for why, forged in {
         "m": _forged(honest[3], m=lambda t: t * 1.5),
         "v": _forged(honest[3], v=lambda t: t * 2.0),
@@ -321,17 +329,23 @@ def test_tolerance_checks_every_part_of_the_claimed_end():
         "dtype": dataclasses.replace(checkpoint.decode(honest[3]),
                                      params={n: t.double() for n, t in checkpoint.decode(honest[3]).params.items()}),
     }.items():
-        ok, detail = replay.verify_interval(*args, checkpoint.encode(forged), spec.k)
+        ok, detail = replay.verify_interval(*args, checkpoint.encode(forged))
         assert not ok, why
-    slightly = _forged(honest[3], m=lambda t: t * 1.001)  # honest runs differ like this
-    assert replay.verify_interval(*args, checkpoint.encode(slightly), spec.k)[0]
+    # Adam's m off by half the tolerance times its own movement passes, by twice that fails
+    start, end, tol = checkpoint.decode(honest[2]), checkpoint.decode(honest[3]), spec.tolerance_ppm / 1e6
+
+    def m_off_by(fraction: float) -> bytes:
+        opt = {n: t + fraction * tol * (t - start.opt[n]) if n.startswith("m/") else t for n, t in end.opt.items()}
+        return checkpoint.encode(dataclasses.replace(end, opt=opt))
+    assert replay.verify_interval(*args, m_off_by(0.5))[0]
+    assert not replay.verify_interval(*args, m_off_by(2.0))[0]
 
 
 # -- rounds ----------------------------------------------------------------------------------
 
 
 def _round_finals(spec: TrainSpec, start, round_: int = 0) -> list[bytes]:
-    return [training.train_shard(spec, SPIRALS, JOB, round_, s, 2, start)[-1] for s in range(2)]
+    return [training.train_shard(ShardWork(spec, SPIRALS, RoundShard(JOB, round_, s, 2)), start)[-1] for s in range(2)]
 
 
 def test_average_states():
@@ -371,9 +385,9 @@ def test_verify_round_start():
 def test_cuda_without_a_gpu_falls_back_to_the_cpu(caplog):
     spec = spec_for("tolerance")
     with caplog.at_level(logging.WARNING, logger="stepchain.verifier"):
-        on_cuda = training.train_shard(*shard_args(spec), training.init_state(spec), device="cuda")
+        on_cuda = training.train_shard(shard_work(spec, device="cuda"), training.init_state(spec))
     assert "CUDA is not available" in caplog.text
-    assert on_cuda == training.train_shard(*shard_args(spec), training.init_state(spec))
+    assert on_cuda == training.train_shard(shard_work(spec), training.init_state(spec))
 
 
 def test_exact_profiles_stay_on_the_cpu(caplog):
@@ -387,9 +401,9 @@ def test_exact_profiles_stay_on_the_cpu(caplog):
 def test_cuda_training_is_within_tolerance_of_the_cpu():
     spec = spec_for("tolerance")
     start = training.init_state(spec)
-    gpu = training.train_shard(*shard_args(spec), start, device="cuda")
+    gpu = training.train_shard(shard_work(spec, device="cuda"), start)
     assert failing_intervals(spec, gpu) == []
-    cpu = training.train_shard(*shard_args(spec), start)
+    cpu = training.train_shard(shard_work(spec), start)
     assert replay.states_close(cpu[-1], gpu[-1], spec.tolerance_ppm)
 
 
@@ -402,7 +416,7 @@ def _learn(spec: TrainSpec, ds: data.Dataset, rounds: int, shards: int = 2) -> l
     state = training.init_state(spec)
     accuracy = [training.evaluate(spec, state, holdout)]
     for r in range(rounds):
-        finals = [training.train_shard(spec, train, JOB, r, s, shards, state)[-1] for s in range(shards)]
+        finals = [training.train_shard(ShardWork(spec, train, RoundShard(JOB, r, s, shards)), state)[-1] for s in range(shards)]
         assert replay.verify_round_start(spec, [], checkpoint.encode(state)) or r > 0
         state = training.average_states([checkpoint.decode(f) for f in finals])
         accuracy.append(training.evaluate(spec, state, holdout))

@@ -8,6 +8,7 @@ from consensus import merkle
 from verifier import checkpoint, data, generators, training
 from verifier.data import Dataset
 from verifier.training import TrainSpec
+from verifier.work import RoundShard, ShardWork
 
 JOB = b"\x07" * 32
 
@@ -37,10 +38,15 @@ def tiny(kind: str, profile: str = "cpu-f32-1thread", optimizer: str = "adam", s
     return spec, data.generate(gen, gargs, 5)
 
 
+def work(spec: TrainSpec, ds: Dataset, shard: int = 1, shards: int = 2, round_: int = 0) -> ShardWork:
+    """Shard `shard` of `shards` of round `round_` of the tiny job JOB, on the CPU."""
+    return ShardWork(spec, ds, RoundShard(JOB, round_, shard, shards))
+
+
 def shard_root(kind: str, profile: str) -> tuple[list[bytes], bytes]:
     """Leaf hashes and Merkle root of shard 1 of 2, round 0, of a tiny job (also run in a subprocess)."""
     spec, ds = tiny(kind, profile)
-    leaves = training.train_shard(spec, ds, JOB, 0, 1, 2, training.init_state(spec))
+    leaves = training.train_shard(work(spec, ds), training.init_state(spec))
     hashes = [checkpoint.checkpoint_hash(leaf) for leaf in leaves]
     return hashes, merkle.root(hashes)
 

@@ -13,21 +13,50 @@ can be committed like honest work. The protocol must catch every one:
 `corrupt_interval` is not a cheat but the protocol's forced error: exactly one interval is
 wrong, and because the solver goes on training from the corrupted state, every later
 interval checks out.
+
+The rational cheats below each save some compute, or steer the model, while staying as
+close to honest as they can; `publish` returns their leaves and what they declare with the
+commit (the first non-finite leaf). benchmarks/tolerance_bands.py measures how far each
+lands from honest work, and the verifier must catch each one that saves 1% or more:
+
+    skip-one-step        each interval takes k-1 real steps, labelled as k        (saves 1/k)
+    half-batch           every step on the first half of its batch                (saves ~1/2)
+    bf16-autocast        every step under bfloat16 autocast                       (GPU: ~1/2)
+    fp16-autocast        every step under float16 autocast                        (GPU: ~1/2)
+    bias-under-bound     each interval's weight displacement stretched so that it lands at
+                         0.9 x the tolerance of the current rule (saves nothing; steers)
+    old-bound-bias       each interval's end moved by 0.9 x tolerance x |weights| in a fixed
+                         random direction, just under the rule before per-tensor work-relative
+                         judging (saves nothing; steers)
+    optimizer-bias       each interval's first moments (Adam m, momentum) scaled by 1 + OPT_BIAS
+    nonfinite-absorbing  honest to a random interval i, NaN leaves from i+1 on, undeclared
+                         (saves the rest of the shard)
+    nonfinite-declared   the same, declaring diverged_leaf = i+1 (interval i is always checked)
+    one-interval         honest except one random interval, whose end is its start relabelled;
+                         training goes on from it (saves 1/intervals)
+
+Training always continues from what was published, as a cheater's own next interval would.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import math
+import random
+from typing import Callable
 
 import torch
 
-from . import checkpoint, training
+from . import checkpoint, optim, replay, training
 from .checkpoint import TrainState
-from .data import Dataset
-from .training import MAX_LR_PPM, ShardData, Trainer, TrainSpec
+from .training import MAX_LR_PPM, ShardData, Trainer
+from .work import ShardWork
 
 STRATEGIES = ("skip-steps", "forge-final", "wrong-order", "wrong-lr", "stale", "withhold")
+RATIONAL = ("skip-one-step", "half-batch", "bf16-autocast", "fp16-autocast", "bias-under-bound", "old-bound-bias",
+            "optimizer-bias", "nonfinite-absorbing", "nonfinite-declared", "one-interval")
+OPT_BIAS = 0.05  # well inside the 10% the optimizer state was allowed before (100 x 1000 ppm)
+BOUND_FRACTION = 0.9
 
 
 def _noise_like(params: dict[str, torch.Tensor], seed: bytes) -> dict[str, torch.Tensor]:
@@ -44,13 +73,12 @@ def _bumped(state: TrainState, step: int) -> TrainState:
     return dataclasses.replace(state, step=step, rng=rng)
 
 
-def skip_steps(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-               start: TrainState, device: str = "cpu") -> list[bytes]:
-    dev = training.resolve_device(spec, device)
-    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
+def skip_steps(work: ShardWork, start: TrainState) -> list[bytes]:
+    spec = work.spec
+    shard_data = ShardData(work)
     leaves = [checkpoint.encode(start)]
     with training.determinism(spec):
-        trainer = Trainer(spec, start, dev)
+        trainer = Trainer(spec, start, shard_data.device)
         for leaf in range(1, spec.steps // spec.k + 1):
             for x, y in shard_data.batches(trainer.step, spec.k // 2):
                 trainer.train_step(x, y)
@@ -60,41 +88,41 @@ def skip_steps(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, sh
     return leaves
 
 
-def forge_final(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                start: TrainState, device: str = "cpu") -> list[bytes]:
-    honest = training.train_shard(spec, dataset, job_id, round_, shard, shards, start, device)
+def forge_final(work: ShardWork, start: TrainState) -> list[bytes]:
+    honest = training.train_shard(work, start)
     final = checkpoint.decode(honest[-1])
     forged = dataclasses.replace(final, params=_noise_like(final.params, honest[-1]))
     return honest[:-1] + [checkpoint.encode(forged)]
 
 
-def wrong_order(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                start: TrainState, device: str = "cpu") -> list[bytes]:
-    return training.train_shard(spec, dataset, job_id, round_ + 1, shard, shards, start, device)
+def wrong_order(work: ShardWork, start: TrainState) -> list[bytes]:
+    return training.train_shard(work.with_round(work.shard.round + 1), start)
 
 
-def wrong_lr(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-             start: TrainState, device: str = "cpu") -> list[bytes]:
-    lr = spec.lr_ppm * 2 if spec.lr_ppm * 2 <= MAX_LR_PPM else spec.lr_ppm // 2
-    return training.train_shard(dataclasses.replace(spec, lr_ppm=lr), dataset, job_id, round_, shard, shards,
-                                start, device)
+def wrong_lr(work: ShardWork, start: TrainState) -> list[bytes]:
+    lr_ppm = work.spec.lr_ppm
+    lr = lr_ppm * 2 if lr_ppm * 2 <= MAX_LR_PPM else lr_ppm // 2
+    return training.train_shard(work.with_spec(dataclasses.replace(work.spec, lr_ppm=lr)), start)
 
 
-def stale(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-          start: TrainState, device: str = "cpu") -> list[bytes]:
+def stale(work: ShardWork, start: TrainState) -> list[bytes]:
+    spec = work.spec
     return [checkpoint.encode(_bumped(start, leaf * spec.k)) for leaf in range(spec.steps // spec.k + 1)]
 
 
+def withhold(work: ShardWork, start: TrainState) -> list[bytes]:
+    return training.train_shard(work, start)
+
+
 CHEATS = {"skip-steps": skip_steps, "forge-final": forge_final, "wrong-order": wrong_order,
-          "wrong-lr": wrong_lr, "stale": stale, "withhold": training.train_shard}
+          "wrong-lr": wrong_lr, "stale": stale, "withhold": withhold}
 
 
-def cheat(strategy: str, spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-          start: TrainState, device: str = "cpu") -> list[bytes]:
+def cheat(strategy: str, work: ShardWork, start: TrainState) -> list[bytes]:
     """The leaves a solver following `strategy` publishes for this shard."""
     if strategy not in CHEATS:
         raise ValueError(f"unknown cheat {strategy!r} (one of {', '.join(STRATEGIES)})")
-    return CHEATS[strategy](spec, dataset, job_id, round_, shard, shards, start, device=device)
+    return CHEATS[strategy](work, start)
 
 
 def perturb(state: TrainState, relative: float, seed: bytes) -> TrainState:
@@ -107,8 +135,7 @@ def perturb(state: TrainState, relative: float, seed: bytes) -> TrainState:
     return dataclasses.replace(state, params=params)
 
 
-def corrupt_interval(checkpoints: list[bytes], interval_index: int, spec: TrainSpec, dataset: Dataset,
-                     job_id: bytes, round_: int, shard: int, shards: int, device: str = "cpu") -> list[bytes]:
+def corrupt_interval(checkpoints: list[bytes], interval_index: int, work: ShardWork) -> list[bytes]:
     """A forced error: interval `interval_index` ends in a perturbed checkpoint, and training
     continues from it, so that interval, and only that one, fails verification.
 
@@ -119,8 +146,156 @@ def corrupt_interval(checkpoints: list[bytes], interval_index: int, spec: TrainS
     if not 0 <= interval_index < intervals:
         raise ValueError(f"interval {interval_index} does not exist (there are {intervals})")
     end = checkpoint.decode(checkpoints[interval_index + 1])
-    relative = max(0.01, 4 * spec.tolerance_ppm / 1_000_000)
+    relative = max(0.01, 4 * work.spec.tolerance_ppm / 1_000_000)
     bad = perturb(end, relative, b"stepchain/forced-error" + checkpoints[interval_index + 1])
-    dev = training.resolve_device(spec, device)
-    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
-    return checkpoints[:interval_index + 1] + training.train_leaves(spec, shard_data, bad, dev)
+    return checkpoints[:interval_index + 1] + training.train_leaves(ShardData(work), bad)
+
+
+# -- rational cheats: leaves and a declaration ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """What a solver commits to: its leaves, and the first non-finite leaf it declares."""
+    leaves: tuple[bytes, ...]
+    diverged_leaf: int | None
+
+
+Steps = Callable[[Trainer, ShardData], None]  # takes one interval's k steps, or pretends to
+End = Callable[[int, TrainState, TrainState], TrainState]  # (interval, its start, its end) -> published end
+
+
+def _honest_steps(trainer: Trainer, shard_data: ShardData) -> None:
+    for x, y in shard_data.batches(trainer.step, trainer.spec.k):
+        trainer.train_step(x, y)
+
+
+def _skip_one(trainer: Trainer, shard_data: ShardData) -> None:
+    """k-1 steps, then the step counter, the rng and Adam's beta powers advanced as if k."""
+    for x, y in shard_data.batches(trainer.step, trainer.spec.k - 1):
+        trainer.train_step(x, y)
+    trainer.step, trainer.rng = trainer.step + 1, training.next_rng(trainer.rng)
+    trainer.opt.beta1_power *= optim.BETA1
+    trainer.opt.beta2_power *= optim.BETA2
+
+
+def _half_batch(trainer: Trainer, shard_data: ShardData) -> None:
+    for x, y in shard_data.batches(trainer.step, trainer.spec.k):
+        n = max(1, len(x) // 2)
+        trainer.train_step(x[:n], y[:n])
+
+
+def _autocast(dtype: torch.dtype) -> Steps:
+    def steps(trainer: Trainer, shard_data: ShardData) -> None:
+        with torch.autocast(device_type=shard_data.device.type, dtype=dtype):
+            _honest_steps(trainer, shard_data)
+    return steps
+
+
+def train_with(work: ShardWork, start: TrainState, steps: Steps = _honest_steps, end: End | None = None
+               ) -> list[bytes]:
+    """A shard trained interval by interval with `steps`; `end` may replace each interval's end,
+    and training then continues from the replacement."""
+    shard_data = ShardData(work)
+    leaves, state = [checkpoint.encode(start)], start
+    with training.determinism(work.spec):
+        trainer = Trainer(work.spec, start, shard_data.device)
+        for i in range(work.intervals):
+            steps(trainer, shard_data)
+            if end is None:
+                leaves.append(trainer.encode())
+                continue
+            state = end(i, state, trainer.state())
+            leaves.append(checkpoint.encode(state))
+            trainer = Trainer(work.spec, state, shard_data.device)
+    return leaves
+
+
+def _stretched(work: ShardWork, fraction: float) -> End:
+    """Each parameter's displacement stretched to `fraction` of what the tolerance rule allows."""
+    tol = work.spec.tolerance_ppm / 1e6
+
+    def end(i: int, start: TrainState, ours: TrainState) -> TrainState:
+        params = {}
+        for name, o in ours.params.items():
+            d = o.double() - start.params[name].double()
+            move = float(torch.linalg.vector_norm(d))
+            bound = fraction * tol * max(move, replay.floor_of(start.params[name]))
+            params[name] = (o.double() + d * (bound / move)).to(o.dtype) if move > 0 else o
+        return dataclasses.replace(ours, params=params)
+    return end
+
+
+def _old_bound_bias(work: ShardWork, fraction: float) -> End:
+    """Each end moved by fraction x tolerance x |weights| along one random direction."""
+    tol = work.spec.tolerance_ppm / 1e6
+
+    def end(i: int, start: TrainState, ours: TrainState) -> TrainState:
+        noise = _noise_like(ours.params, b"stepchain/old-bound-bias" + work.shard.job_id)
+        norm = math.sqrt(sum(float(torch.sum(t.double() ** 2)) for t in ours.params.values()))
+        noise_norm = math.sqrt(sum(float(torch.sum(t.double() ** 2)) for t in noise.values()))
+        scale = fraction * tol * norm / noise_norm
+        return dataclasses.replace(ours, params={n: (t.double() + scale * noise[n].double()).to(t.dtype)
+                                                 for n, t in ours.params.items()})
+    return end
+
+
+def _optimizer_bias(i: int, start: TrainState, ours: TrainState) -> TrainState:
+    first = ("m/", "momentum/")
+    return dataclasses.replace(ours, opt={n: t * (1 + OPT_BIAS) if n.startswith(first) else t
+                                          for n, t in ours.opt.items()})
+
+
+def _nan_state(state: TrainState, step: int) -> TrainState:
+    """A state at `step` whose every judged tensor is NaN (what a diverged run would show)."""
+    nan = lambda t: torch.full_like(t, math.nan)  # noqa: E731
+    bumped = _bumped(state, step)
+    return dataclasses.replace(bumped, params={n: nan(t) for n, t in state.params.items()},
+                               opt={n: t if n.endswith("_power") else nan(t) for n, t in state.opt.items()})
+
+
+def _nonfinite_from(work: ShardWork, start: TrainState, i: int) -> list[bytes]:
+    """Honest leaves 0..i, then NaN leaves i+1.. (the steps after interval i never taken)."""
+    spec = work.spec
+    shard_data = ShardData(work)
+    leaves = [checkpoint.encode(start)]
+    with training.determinism(spec):
+        trainer = Trainer(spec, start, shard_data.device)
+        for _ in range(i):
+            _honest_steps(trainer, shard_data)
+            leaves.append(trainer.encode())
+    last = checkpoint.decode(leaves[-1])
+    return leaves + [checkpoint.encode(_nan_state(last, leaf * spec.k)) for leaf in range(i + 1, work.intervals + 1)]
+
+
+def _relabelled_once(i: int) -> End:
+    return lambda j, start, ours: _bumped(start, ours.step) if j == i else ours
+
+
+def _choose(work: ShardWork, strategy: str, seed: bytes) -> random.Random:
+    shard = work.shard
+    where = shard.round.to_bytes(8, "big") + shard.index.to_bytes(8, "big")
+    return random.Random(hashlib.sha256(b"stepchain/adversary" + strategy.encode() + shard.job_id + where + seed).digest())
+
+
+def publish(strategy: str, work: ShardWork, start: TrainState, seed: bytes = b"") -> Published:
+    """What a solver following `strategy` (one of STRATEGIES or RATIONAL) commits for this
+    shard; `seed` varies the random choices (which interval) between trials."""
+    if strategy in CHEATS:
+        leaves = CHEATS[strategy](work, start)
+        return Published(tuple(leaves), training.first_nonfinite_leaf(leaves))
+    steps: dict[str, Steps] = {"skip-one-step": _skip_one, "half-batch": _half_batch,
+                               "bf16-autocast": _autocast(torch.bfloat16), "fp16-autocast": _autocast(torch.float16)}
+    ends: dict[str, End] = {"bias-under-bound": _stretched(work, BOUND_FRACTION),
+                            "old-bound-bias": _old_bound_bias(work, BOUND_FRACTION), "optimizer-bias": _optimizer_bias}
+    if strategy in steps:
+        return Published(tuple(train_with(work, start, steps=steps[strategy])), None)
+    if strategy in ends:
+        return Published(tuple(train_with(work, start, end=ends[strategy])), None)
+    if strategy not in RATIONAL:
+        raise ValueError(f"unknown cheat {strategy!r} (one of {', '.join(STRATEGIES + RATIONAL)})")
+    i = _choose(work, strategy, seed).randrange(work.intervals)
+    if strategy == "one-interval":
+        return Published(tuple(train_with(work, start, end=_relabelled_once(i))), None)
+    leaves = _nonfinite_from(work, start, i)
+    return Published(tuple(leaves), i + 1 if strategy == "nonfinite-declared" else None)

@@ -31,6 +31,7 @@ from . import checkpoint, data, models, optim
 from consensus.runnable import MAX_TOLERANCE_PPM
 from .checkpoint import CheckpointError, TrainState
 from .data import Dataset
+from .work import ShardWork
 
 log = logging.getLogger("stepchain.verifier")
 
@@ -39,6 +40,7 @@ PROFILES = EXACT_PROFILES + ("tolerance",)
 PPM = 1_000_000
 MAX_LR_PPM = 10_000_000
 EVAL_BATCH = 1024
+DEFAULT_TOLERANCE_PPM = 1000  # chosen by measurement: see verifier/replay.py
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class TrainSpec:
     k: int  # a checkpoint (Merkle leaf) every k steps; steps % k == 0
     profile: str
     seed: int
-    tolerance_ppm: int = 1000  # tolerance profile: max relative L2 distance, in ppm
+    tolerance_ppm: int = DEFAULT_TOLERANCE_PPM  # tolerance profile: max distance per unit of work, in ppm
 
     def __post_init__(self) -> None:
         models.validate_model(self.model, self.model_args)
@@ -120,6 +122,11 @@ def resolve_device(spec: TrainSpec, device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         log.warning("CUDA is not available here: training on the CPU")
         return torch.device("cpu")
+    if device.startswith("cuda"):
+        # float32 means float32: TF32 (on by default for cuDNN convolutions) keeps 10 mantissa
+        # bits, as coarse as the fp16 cheat the tolerance profile exists to catch.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return torch.device(device)
 
 
@@ -170,6 +177,9 @@ def average_states(states: list[TrainState]) -> TrainState:
     for s in states[1:]:
         if s.step != first.step or s.params.keys() != first.params.keys() or s.opt.keys() != first.opt.keys():
             raise ValueError("states to average differ in step or in their tensors")
+    for i, s in enumerate(states):
+        if not checkpoint.is_finite(s):  # a diverged shard ends the job; it never seeds a round
+            raise ValueError(f"state {i} to average is not finite (its training diverged)")
 
     def mean(pick: Callable[[TrainState], torch.Tensor]) -> torch.Tensor:
         total = torch.zeros(pick(first).shape, dtype=torch.float64)
@@ -188,6 +198,15 @@ def average_states(states: list[TrainState]) -> TrainState:
 def state_dict(spec: TrainSpec, state: TrainState) -> dict[str, torch.Tensor]:
     """Weights that `models.build_model(...).load_state_dict` accepts."""
     return {n: t.detach().to("cpu", copy=True) for n, t in sorted(state.params.items())}
+
+
+def first_nonfinite_leaf(leaves: list[bytes]) -> int | None:
+    """What a solver declares with its commit: the index of its first leaf holding an inf or
+    a NaN anywhere (weights or optimizer state), or None when every leaf is finite."""
+    for i, raw in enumerate(leaves):
+        if not checkpoint.is_finite(checkpoint.decode(raw)):
+            return i
+    return None
 
 
 # -- the step --------------------------------------------------------------------------------
@@ -253,14 +272,15 @@ def train_step(state: TrainState, spec: TrainSpec, batch_x, batch_y) -> TrainSta
 class ShardData:
     """One shard's items, already on the training device, and its fixed batch order."""
 
-    def __init__(self, spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                 device: torch.device = torch.device("cpu")):
-        data.check_compatible(dataset, spec.model, spec.model_args)
-        idx = data.shard_indices(len(dataset), shards, shard)
-        self.spec, self.size, self.device = spec, len(idx), device
-        self.x = _inputs(spec, dataset.x[idx]).to(device)
-        self.y = torch.as_tensor(dataset.y[idx]).long().to(device)
-        self.seed = data.order_seed(job_id, round_, shard)
+    def __init__(self, work: ShardWork):
+        spec, shard = work.spec, work.shard
+        data.check_compatible(work.dataset, spec.model, spec.model_args)
+        idx = data.shard_indices(len(work.dataset), shard.count, shard.index)
+        self.spec, self.size = spec, len(idx)
+        self.device = resolve_device(spec, work.device)
+        self.x = _inputs(spec, work.dataset.x[idx]).to(self.device)
+        self.y = torch.as_tensor(work.dataset.y[idx]).long().to(self.device)
+        self.seed = data.order_seed(shard.job_id, shard.round, shard.index)
 
     def batches(self, first_step: int, n_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of steps first_step .. first_step + n_steps - 1."""
@@ -269,10 +289,11 @@ class ShardData:
             yield self.x.index_select(0, row), self.y.index_select(0, row)
 
 
-def train_leaves(spec: TrainSpec, shard_data: ShardData, start_state: TrainState, device: torch.device,
+def train_leaves(shard_data: ShardData, start_state: TrainState,
                  on_checkpoint: Callable[[int, bytes], None] | None = None,
                  progress: Callable[[int], None] | None = None) -> list[bytes]:
     """Checkpoints from start_state (a multiple of k) to the end of the round, every k steps."""
+    spec = shard_data.spec
     if start_state.step % spec.k or start_state.step > spec.steps:
         raise CheckpointError(f"a shard resumes at a multiple of k={spec.k} up to {spec.steps}, "
                               f"not at step {start_state.step}")
@@ -281,7 +302,7 @@ def train_leaves(spec: TrainSpec, shard_data: ShardData, start_state: TrainState
     if on_checkpoint:
         on_checkpoint(first_leaf, leaves[0])
     with determinism(spec):
-        trainer = Trainer(spec, start_state, device)
+        trainer = Trainer(spec, start_state, shard_data.device)
         for leaf in range(first_leaf + 1, spec.steps // spec.k + 1):
             for x, y in shard_data.batches(trainer.step, spec.k):
                 trainer.train_step(x, y)
@@ -293,8 +314,7 @@ def train_leaves(spec: TrainSpec, shard_data: ShardData, start_state: TrainState
     return leaves
 
 
-def train_shard(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                start_state: TrainState, device: str = "cpu",
+def train_shard(work: ShardWork, start_state: TrainState,
                 on_checkpoint: Callable[[int, bytes], None] | None = None,
                 progress: Callable[[int], None] | None = None) -> list[bytes]:
     """A solver's work: canonical checkpoints at steps 0, k, 2k, ..., steps (leaf 0 = start).
@@ -304,28 +324,29 @@ def train_shard(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, s
     """
     if start_state.step != 0:
         raise CheckpointError(f"a round starts at step 0, not {start_state.step}")
-    dev = resolve_device(spec, device)
-    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
-    return train_leaves(spec, shard_data, start_state, dev, on_checkpoint, progress)
+    return train_leaves(ShardData(work), start_state, on_checkpoint, progress)
 
 
-def run_interval(spec: TrainSpec, dataset: Dataset, job_id: bytes, round_: int, shard: int, shards: int,
-                 start_ckpt: bytes, start_step: int, n_steps: int, device: str = "cpu") -> bytes:
+def run_interval(work: ShardWork, start_ckpt: bytes, start_step: int, n_steps: int) -> bytes:
     """Recompute n_steps steps from a checkpoint taken at start_step; the result's bytes.
 
     Raises CheckpointError when the start checkpoint is malformed, is not at start_step, or
     does not fit the job: a solver who published it is at fault.
     """
+    spec = work.spec
     if not (0 <= start_step and 0 <= n_steps and start_step + n_steps <= spec.steps):
         raise ValueError(f"steps {start_step}..{start_step + n_steps} are outside the round's {spec.steps}")
     state = checkpoint.decode(start_ckpt)
     if state.step != start_step:
         raise CheckpointError(f"start checkpoint is at step {state.step}, not {start_step}")
-    dev = resolve_device(spec, device)
-    shard_data = ShardData(spec, dataset, job_id, round_, shard, shards, dev)
-    with determinism(spec):
-        trainer = Trainer(spec, state, dev)
-        for x, y in shard_data.batches(start_step, n_steps):
+    return run_steps(ShardData(work), state, n_steps)
+
+
+def run_steps(shard_data: ShardData, state: TrainState, n_steps: int) -> bytes:
+    """n_steps steps from a decoded state on the shard's batches; the result's bytes."""
+    with determinism(shard_data.spec):
+        trainer = Trainer(shard_data.spec, state, shard_data.device)
+        for x, y in shard_data.batches(state.step, n_steps):
             trainer.train_step(x, y)
         return trainer.encode()
 

@@ -14,8 +14,9 @@ tensor passes at <= tolerance_ppm), worst over every tensor and interval of a sh
   every cheat of verifier.adversary.RATIONAL, with what it declares
 
 for Adam, momentum and SGD at lr 1e-2, 1e-3 and 1e-4 on the spirals example's MLP (2-64-64-3,
-batch 64, 200 steps, k = 20), where two threads never change a bit, and the honest ones on a
-wider MLP (32-256-256-10, batch 256, on blobs) where they do. Per row: the worst ratio (also
+batch 64, 200 steps, k = 20; Adam and SGD at lr 1e-4 also with k = 5), where two threads
+never change a bit, and the honest ones on a wider MLP (32-256-256-10, batch 256, on blobs)
+where they do. Per row: the worst ratio (also
 as if FLOOR_PPM were 100, 300, 1000, 3000), whether every interval passes, the failing
 intervals, whether one of them is checked by every verifier (consensus.sampling), and the
 compute the cheat saves (`saved`, nominal: its share of the honest steps' FLOPs, counting
@@ -53,9 +54,10 @@ JOB = b"benchmark/tolerance-bands".ljust(32, b".")
 SPIRALS = data.generate("spirals", {"n": 3000, "classes": 3}, 7)
 WIDE_DATA = data.generate("blobs", {"n": 4000, "dim": 32, "classes": 10}, 7)
 STEPS, K = 200, 20
-# name: (optimizer, lr_ppm, wide)
-CONFIGS = {f"{opt}-lr1e-{e}": (opt, 10 ** (6 - e), False) for opt in ("adam", "momentum", "sgd") for e in (2, 3, 4)}
-CONFIGS |= {f"wide-{opt}-lr1e-{e}": (opt, 10 ** (6 - e), True)
+# name: (optimizer, lr_ppm, wide, k)
+CONFIGS = {f"{opt}-lr1e-{e}": (opt, 10 ** (6 - e), False, K) for opt in ("adam", "momentum", "sgd") for e in (2, 3, 4)}
+CONFIGS |= {f"{opt}-lr1e-4-k5": (opt, 100, False, 5) for opt in ("adam", "sgd")}  # short intervals
+CONFIGS |= {f"wide-{opt}-lr1e-{e}": (opt, 10 ** (6 - e), True, K)
             for opt, e in (("adam", 2), ("adam", 3), ("adam", 4), ("momentum", 3), ("sgd", 2))}
 HONEST = ("honest-threads", "honest-microbatch", "honest-f64")
 FLOORS_PPM = (100, 300, 1000, 3000)
@@ -65,9 +67,9 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def work_for(optimizer: str, lr_ppm: int, tolerance_ppm: int, wide: bool) -> ShardWork:
+def work_for(optimizer: str, lr_ppm: int, tolerance_ppm: int, wide: bool, k: int = K) -> ShardWork:
     args = {"in_dim": 32, "hidden": [256, 256], "out_dim": 10} if wide else {"in_dim": 2, "hidden": [64, 64], "out_dim": 3}
-    spec = training.TrainSpec("mlp", args, optimizer, lr_ppm, 256 if wide else 64, STEPS, K, "tolerance", seed=1,
+    spec = training.TrainSpec("mlp", args, optimizer, lr_ppm, 256 if wide else 64, STEPS, k, "tolerance", seed=1,
                               tolerance_ppm=tolerance_ppm)
     return ShardWork(spec, WIDE_DATA if wide else SPIRALS, RoundShard(JOB, 0, 0, 1))
 
@@ -114,11 +116,12 @@ def judge(work: ShardWork, starts, claims, diverged_leaf=None, ends: Callable[[i
     for i in range(work.intervals):
         start, claimed = checkpoint.decode(starts[i]), checkpoint.decode(claims[i])
         if checkpoint.is_finite(start) and checkpoint.is_finite(claimed):
-            ours = checkpoint.decode(ends(i) if ends else training.run_interval(work, starts[i], i * K, K))
+            k = work.spec.k
+            ours = checkpoint.decode(ends(i) if ends else training.run_interval(work, starts[i], i * k, k))
             gaps = replay.tensor_gaps(start, ours, claimed)
             every += gaps
             moves.append(math.sqrt(sum(g.move ** 2 for g in gaps if g.name in start.params)))
-            ok = max(g.ratio for g in gaps) <= tol and replay._exact_parts(ours, claimed) is None
+            ok = max(g.ratio for g in gaps) <= tol and replay.exact_fault(ours, claimed) is None
         else:  # the non-finite rules: no distance to measure
             ok = replay.verify_interval(work, i, starts[i], claims[i], diverged_leaf)[0]
         if not ok:
@@ -134,7 +137,7 @@ def judge(work: ShardWork, starts, claims, diverged_leaf=None, ends: Callable[[i
 def saved_fraction(strategy: str, published: adversary.Published, intervals: int) -> float:
     """The cheat's nominal saving, as a fraction of the honest shard's compute."""
     if strategy == "skip-one-step":
-        return 1 / K
+        return 1 / (STEPS // intervals)
     if strategy in ("half-batch", "bf16-autocast", "fp16-autocast"):
         return 0.5
     if strategy.startswith("nonfinite"):
@@ -163,9 +166,10 @@ def drift(work: ShardWork, honest: list[bytes], biased, param_moves: list[float]
 
 def run_honest(work: ShardWork, honest: list[bytes]) -> dict:
     start = checkpoint.decode(honest[0])
-    two_threads = lambda i: with_threads(2, lambda: training.run_interval(work, honest[i], i * K, K))  # noqa: E731
+    k = work.spec.k
+    two_threads = lambda i: with_threads(2, lambda: training.run_interval(work, honest[i], i * k, k))  # noqa: E731
     microbatch = adversary.train_with(work, start, steps=microbatch_steps)
-    f64 = [f64_run(work, honest[i], K) for i in range(work.intervals)]
+    f64 = [f64_run(work, honest[i], k) for i in range(work.intervals)]
     return {"honest-threads": judge(work, honest[:-1], honest[1:], ends=two_threads),
             "honest-microbatch": judge(work, microbatch[:-1], microbatch[1:]),
             "honest-f64": judge(work, honest[:-1], f64, ends=lambda i: honest[i + 1])}
@@ -224,8 +228,8 @@ def main() -> None:
         results: dict = {}
         for name in args.only or CONFIGS:
             t0 = time.perf_counter()
-            opt, lr, wide = CONFIGS[name]
-            results[name] = run_config(work_for(opt, lr, args.tolerance_ppm, wide), cheats=not wide)
+            opt, lr, wide, k = CONFIGS[name]
+            results[name] = run_config(work_for(opt, lr, args.tolerance_ppm, wide, k), cheats=not wide)
             say(f"{name}: {time.perf_counter() - t0:.1f}s")
             result["results"] = results
         result.update(verdicts(results))

@@ -211,7 +211,7 @@ def train_with(work: ShardWork, start: TrainState, steps: Steps = _honest_steps,
     return leaves
 
 
-def _stretched(work: ShardWork, fraction: float) -> End:
+def stretched(work: ShardWork, fraction: float) -> End:
     """Each parameter's displacement stretched to `fraction` of what the tolerance rule allows."""
     tol = work.spec.tolerance_ppm / 1e6
 
@@ -286,7 +286,7 @@ def publish(strategy: str, work: ShardWork, start: TrainState, seed: bytes = b""
         return Published(tuple(leaves), training.first_nonfinite_leaf(leaves))
     steps: dict[str, Steps] = {"skip-one-step": _skip_one, "half-batch": _half_batch,
                                "bf16-autocast": _autocast(torch.bfloat16), "fp16-autocast": _autocast(torch.float16)}
-    ends: dict[str, End] = {"bias-under-bound": _stretched(work, BOUND_FRACTION),
+    ends: dict[str, End] = {"bias-under-bound": stretched(work, BOUND_FRACTION),
                             "old-bound-bias": _old_bound_bias(work, BOUND_FRACTION), "optimizer-bias": _optimizer_bias}
     if strategy in steps:
         return Published(tuple(train_with(work, start, steps=steps[strategy])), None)

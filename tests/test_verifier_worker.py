@@ -1,20 +1,20 @@
-"""node.workers.verifier: which shards a verifier checks, and as what, given the job as the
-RPC renders it. The jobs come from a real chain (tests/jobworld.py), rendered by the RPC's own
-`jsonable`, so the worker sees exactly what `GET /job/ID` returns."""
+"""node.workers.verifier: which shards a verifier checks, and as what, given the job record.
+The jobs come from a real chain (tests/jobworld.py), parsed as the workers parse the RPC's
+`record` field: the same bytes, the same consensus.jobs.Job."""
 from __future__ import annotations
 
-from consensus.crypto import format_address
-from node.rpc import jsonable
+from consensus import codec
+from consensus.jobs import Job, k_job
 from node.workers.verifier import check_task
-from tests.jobworld import VERIFIERS, block, commit, job, solver_of, submit, verifiers_of, world
+from tests.jobworld import VERIFIERS, commit, draw, solver_of, submit, verifiers_of, world
 
 
-def rpc_job(c, jid: bytes) -> dict:
-    return jsonable(job(c, jid))
+def rpc_job(c, jid: bytes) -> Job:
+    return Job.from_map(codec.decode(c.view().get(k_job(jid))))
 
 
-def task(j: dict, k, whistleblower: bool) -> tuple | None:
-    return check_task(j, 0, j["shards"][0], format_address(k.address), whistleblower)
+def task(j: Job, k, whistleblower: bool) -> tuple | None:
+    return check_task(j, 0, j.shards[0], k.address, whistleblower)
 
 
 def test_a_whistleblower_drawn_after_an_early_check_checks_again_as_a_drawn_verifier():
@@ -24,13 +24,13 @@ def test_a_whistleblower_drawn_after_an_early_check_checks_again_as_a_drawn_veri
     jid = submit(c, shards=1, verify_blocks=3)
     commit(c, jid)
     early = rpc_job(c, jid)
-    assert early["shards"][0]["status"] == "committed"  # verifiers not drawn yet
+    assert early.shards[0].status == "committed"  # verifiers not drawn yet
     before_draw = {k: task(early, k, whistleblower=True) for k in VERIFIERS}
     assert all(t is not None and t[-1] is False for t in before_draw.values())
 
-    block(c)  # the draw
+    draw(c)
     late = rpc_job(c, jid)
-    assert late["shards"][0]["status"] == "verifying"
+    assert late.shards[0].status == "verifying"
     drawn = verifiers_of(c, jid)
     for k in VERIFIERS:
         after_draw = task(late, k, whistleblower=True)
@@ -45,21 +45,21 @@ def test_a_plain_verifier_checks_only_what_it_was_drawn_for():
     jid = submit(c, shards=1, verify_blocks=3)
     commit(c, jid)
     assert all(task(rpc_job(c, jid), k, whistleblower=False) is None for k in VERIFIERS)
-    block(c)
+    draw(c)
     j = rpc_job(c, jid)
     drawn = verifiers_of(c, jid)
     for k in VERIFIERS:
         t = task(j, k, whistleblower=False)
         assert (t is not None) == (k in drawn)
-    root = j["shards"][0]["commit"]["root"]
-    assert task(j, drawn[0], whistleblower=False) == (jid.hex(), 0, 0, root, True)
+    root = j.shards[0].commit.root
+    assert task(j, drawn[0], whistleblower=False) == (jid, 0, 0, root, True)
 
 
 def test_nobody_checks_a_shard_with_nothing_committed_and_a_solver_never_checks_its_own():
     c = world()
     jid = submit(c, shards=1, verify_blocks=3)
     j = rpc_job(c, jid)
-    assert j["shards"][0]["status"] == "assigned"
+    assert j.shards[0].status == "assigned"
     assert all(task(j, k, whistleblower=True) is None for k in VERIFIERS)
     commit(c, jid)
     assert task(rpc_job(c, jid), solver_of(c, jid), whistleblower=True) is None

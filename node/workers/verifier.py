@@ -67,6 +67,21 @@ class SecretStore:
         return self.element(registered["index"]).hex() == registered["anchor"]
 
 
+def check_task(job: Job, index: int, shard: Shard, me: bytes, whistleblower: bool) -> tuple | None:
+    """What verifier `me` owes a shard now, as a key to do it once. `selected` is part of the
+    key: a whistleblower may check a commit before verifiers are drawn; if it is then drawn,
+    only an attestation sent as a drawn verifier counts."""
+    if shard.status not in (ShardStatus.COMMITTED, ShardStatus.VERIFYING, ShardStatus.DISPUTED):
+        return None
+    sel = shard.selection(me)
+    selected = sel is not None and not sel.attested and shard.status != ShardStatus.COMMITTED
+    if not selected and not (whistleblower and shard.solver != me):
+        return None
+    if shard.open_challenge(me) is not None:
+        return None
+    return job.id, job.round, index, shard.commit.root, selected
+
+
 @dataclass(frozen=True)
 class Finding:
     """What inspecting a shard found: a challenge body to send, or nothing (sound), or None
@@ -115,24 +130,10 @@ class Verifier:
         for job_id in self.client.get("/jobs")["active"]:
             job = self.client.job(job_id)
             for i, shard in enumerate(job.shards):
-                task = self.task(job, i, shard)
+                task = check_task(job, i, shard, self.key.address, self.whistleblower)
                 if task is not None and task not in self.done:
                     if self.check_shard(job, i, shard, samples, selected=task[-1]):
                         self.done.add(task)
-
-    def task(self, job: Job, index: int, shard: Shard) -> tuple | None:
-        """What this verifier owes a shard now, as a key to do it once. `selected` is part of
-        the key: a whistleblower may check a commit before verifiers are drawn; if it is then
-        drawn, only an attestation sent as a drawn verifier counts."""
-        if shard.status not in (ShardStatus.COMMITTED, ShardStatus.VERIFYING, ShardStatus.DISPUTED):
-            return None
-        sel = shard.selection(self.key.address)
-        selected = sel is not None and not sel.attested and shard.status != ShardStatus.COMMITTED
-        if not selected and not (self.whistleblower and shard.solver != self.key.address):
-            return None
-        if shard.open_challenge(self.key.address) is not None:
-            return None
-        return job.id, job.round, index, shard.commit.root, selected
 
     def intervals(self, shard: Shard, samples: int, selected: bool) -> list[int]:
         n = shard.commit.leaves - 1

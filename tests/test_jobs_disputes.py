@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chainfactory import ALICE, VAL, challenge_body, commit_body, stake
-from tests.jobworld import (NEWCOMER, R1, R2, S1, STAKE, V2, V3, V4, attest, block, blocks, burned, challenge,
+from tests.jobworld import (NEWCOMER, R1, R2, REFEREES, S1, STAKE, V2, V3, V4, attest, block, blocks, burned, challenge,
                             challenges, commit, draw, events, job, leaves_for, load, locked, refused, shard,
                             solver_of, submit, tx, until, verifiers_of, verifying_world, vote, vote_body, world)
 
@@ -35,17 +35,31 @@ def test_only_validators_vote_once_each_with_a_boolean_on_a_challenge_that_is_op
     assert "missing: fault" in refused(c, VAL, "dispute_vote", {k: v for k, v in body.items() if k != "fault"})
     assert "missing: challenger" in refused(c, VAL, "dispute_vote", {"job": jid, "round": 0, "shard": 0,
                                                                      "fault": True})
-    assert "no open challenge by that challenger" in refused(c, VAL, "dispute_vote",
-                                                            vote_body(c, jid, selected, True))
     vote(c, jid, challenger, True, VAL)
     assert challenges(c, jid)[0]["votes"] == [[VAL.address, True]]
     assert "already voted" in refused(c, VAL, "dispute_vote", body)
     assert "already voted" in refused(c, VAL, "dispute_vote", dict(body, fault=False))
 
 
-def test_votes_only_count_on_a_disputed_shard():
+def late_vote_changes_nothing(c, k, body: dict) -> None:
+    """A vote that lands after its challenge closed (or on none) is valid and a no-op: it uses
+    its nonce and fee, so the validator's later txs are not held up, and changes no job."""
+    before = job(c, body["job"])
+    res = c.execute([tx(c, k, "dispute_vote", body)])
+    assert len(res.included) == 1 and res.rejected == []
+    block(c, tx(c, k, "dispute_vote", body))
+    assert {**job(c, body["job"]), "events": None} == {**before, "events": None}
+
+
+def test_a_vote_on_a_challenge_that_is_not_open_is_a_late_vote_that_changes_nothing():
     c, jid, leaves, solver, selected, challenger = verifying_world()
-    assert "shard is verifying, not disputed" in refused(c, VAL, "dispute_vote", vote_body(c, jid, challenger, True))
+    late_vote_changes_nothing(c, VAL, vote_body(c, jid, challenger, True))           # nothing disputed
+    c, jid, leaves, solver, selected, challenger = disputed_world()
+    late_vote_changes_nothing(c, VAL, vote_body(c, jid, selected, True))             # not its challenge
+    vote(c, jid, challenger, True, *REFEREES)                                        # decided: fault
+    assert shard(c, jid)["challenges"] == [] and shard(c, jid)["tried"] == [solver.address]
+    late_vote_changes_nothing(c, V4, vote_body(c, jid, challenger, False))           # after the decision
+    assert "no job" in refused(c, VAL, "dispute_vote", dict(vote_body(c, jid, challenger, True), job=b"\x01" * 32))
 
 
 def test_less_than_two_thirds_of_the_power_decides_nothing():

@@ -182,30 +182,36 @@ def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
 
 
 def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
-    """A validator's referee verdict on one open challenge; 2/3 of the power decides it."""
-    job, shard = _shard(v, tx.body, ShardStatus.DISPUTED)
-    if type(tx.body.get("fault")) is not bool:
+    """A validator's referee verdict on one open challenge; 2/3 of the power decides it.
+
+    Referees vote independently, so a vote can land after its challenge was decided or
+    closed (another challenge proved the fault, the shard reopened). Such a late vote is
+    valid and changes nothing: were it refused, its nonce would stay unused and hold up every
+    later tx of that validator."""
+    body = tx.body
+    if type(body.get("fault")) is not bool:
         raise JobError("fault must be true or false")
-    ch = shard.open_challenge(tx.body.get("challenger"))
-    if ch is None:
-        raise JobError("no open challenge by that challenger on this shard")
     vals = {x.address: x.power for x in get_valset(v)}
     if sender not in vals:
         raise JobError("only validators referee disputes")
-    if height > ch.deadline:
-        raise JobError("the dispute's voting deadline has passed")
+    job = Job.load(v, body["job"])  # an unknown job is an error, a closed one is not
+    open_ = job.status == JobStatus.ACTIVE and body["round"] == job.round and 0 <= body["shard"] < len(job.shards)
+    shard = job.shards[body["shard"]] if open_ else None
+    ch = shard.open_challenge(body["challenger"]) if shard is not None else None
+    if ch is None or height > ch.deadline:
+        return
     if sender in (shard.solver, ch.challenger):
         raise JobError("a party to a dispute cannot referee it")
-    if ch.kind == ChallengeKind.AVAILABLE and tx.body["fault"] and height <= ch.respond_by:
+    if ch.kind == ChallengeKind.AVAILABLE and body["fault"] and height <= ch.respond_by:
         raise JobError("a blob cannot be judged unserved before the solver's response deadline")
     if any(a == sender for a, _ in ch.votes):
         raise JobError("already voted on this dispute")
-    ch.votes.append([sender, tx.body["fault"]])
+    ch.votes.append([sender, body["fault"]])
     total = sum(vals.values())
     for side in (True, False):
         power = sum(vals.get(a, 0) for a, f in ch.votes if f == side)
         if 3 * power > 2 * total:
-            settle.resolve_challenge(v, job, tx.body["shard"], ch, side, height)
+            settle.resolve_challenge(v, job, body["shard"], ch, side, height)
             break
     job.save(v)
 

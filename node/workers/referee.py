@@ -23,7 +23,8 @@ from ..lifecycle import in_daemon_thread
 from .common import Judgement, JobContext, Verdict, check_interval, check_start
 
 log = logging.getLogger("stepchain.referee")
-RETRY_BLOCKS = 2
+RETRY_BLOCKS = 2    # an undecided check is tried again this many blocks later
+RESEND_BLOCKS = 10  # a vote not on chain by then (dropped somewhere) is sent again
 
 
 def judge(job: Job, index: int, ch: Challenge, height: int, fetch) -> Judgement:
@@ -45,6 +46,7 @@ class Referee:
         self.node = node
         self.judging: set[tuple] = set()
         self.retry_at: dict[tuple, int] = {}
+        self.decided: dict[tuple, tuple[bool, int]] = {}  # key -> (fault, height the vote was sent)
 
     def on_commit(self) -> None:
         chain = self.node.chain
@@ -59,11 +61,15 @@ class Referee:
                     continue
                 for ch in shard.challenges:
                     key = (job_id, job.round, i, ch.challenger, ch.opened)
-                    if any(a == me for a, _ in ch.votes) or key in self.judging \
-                            or self.retry_at.get(key, 0) > height:
+                    if any(a == me for a, _ in ch.votes) or key in self.judging:
                         continue
-                    self.judging.add(key)
-                    asyncio.get_running_loop().create_task(self._judge(job, i, ch, height, key))
+                    if key in self.decided:
+                        fault, sent = self.decided[key]
+                        if height >= sent + RESEND_BLOCKS:
+                            self._vote(job, i, ch, fault, height, key)
+                    elif self.retry_at.get(key, 0) <= height:
+                        self.judging.add(key)
+                        asyncio.get_running_loop().create_task(self._judge(job, i, ch, height, key))
 
     async def _judge(self, job: Job, index: int, ch: Challenge, height: int, key: tuple) -> None:
         loop = asyncio.get_running_loop()
@@ -84,8 +90,7 @@ class Referee:
             self.retry_at[key] = height + RETRY_BLOCKS
             return
         log.info("%s: %s (%s)", where, "FAULT" if judgement.verdict == Verdict.FAULT else "no fault", judgement.why)
-        self.retry_at[key] = 1 << 62  # decided: never again
-        self._vote(job, index, ch, judgement.verdict == Verdict.FAULT)
+        self._vote(job, index, ch, judgement.verdict == Verdict.FAULT, self.node.chain.height, key)
 
     def keep_busy(self, seconds: float = 600.0) -> None:
         """Test networks only (misbehave = "busy-referee"): a referee thread in torch for a long
@@ -99,7 +104,8 @@ class Referee:
                 a = torch.tanh(a @ a / 256)
         self._busy = asyncio.get_running_loop().create_task(in_daemon_thread(spin))
 
-    def _vote(self, job: Job, index: int, ch: Challenge, fault: bool) -> None:
+    def _vote(self, job: Job, index: int, ch: Challenge, fault: bool, height: int, decided: tuple) -> None:
+        self.decided[decided] = (fault, height)
         chain, key = self.node.chain, self.node.key
         pending = chain.mempool.by_sender.get(key.address, {})
         nonce = get_account(chain.view(), key.address).nonce

@@ -238,4 +238,5 @@ class Chain:
         self.evidence = {h: ev for h, ev in self.evidence.items() if ev.vote_a.validator not in punished}
         self._results.clear()
         self.mempool.update(self.view(), self.height)
+        self.mempool.recheck(self.view(), self.height)
         return result

@@ -26,6 +26,10 @@ from consensus.txschema import MAX_AMOUNT
 from consensus.types import Tx
 
 REJECTED_KEPT = 10_000
+# kinds whose validity hangs on job state that other txs and the end of every block change (a
+# challenge closes, a shard reopens, a window ends): rechecked after each block
+RECHECK_KINDS = frozenset({"commit_shard", "decline", "attest", "challenge", "dispute_vote", "cancel_job",
+                           "register_secrets"})
 
 
 class MempoolError(ValueError):
@@ -157,6 +161,25 @@ class Mempool:
             for tx in [tx for n, tx in txs.items()
                        if n < nonce or height - self.by_hash[tx.hash].added_at > self.ttl_blocks]:
                 self._drop(tx.hash)
+
+    def recheck(self, state: View, height: int) -> None:
+        """After a block: run each sender's ready job txs, in nonce order, against the new state,
+        and drop the first that fails. Left in the pool it would never be included, and its
+        nonce would hold up every later tx of its sender; dropped, the sender's next tx (RPC
+        `next_nonce` counts only what is pending) takes its nonce. Only senders with a job tx
+        pending pay for this."""
+        from consensus.state import apply_tx
+        for sender in [s for s, txs in self.by_sender.items() if any(t.kind in RECHECK_KINDS for t in txs.values())]:
+            txs, view = self.by_sender[sender], View(state)
+            nonce = get_account(state, sender).nonce
+            while nonce in txs:
+                tx = txs[nonce]
+                try:
+                    apply_tx(view, tx, self.chain_id, height + 1, self.verified)
+                except TxError as exc:
+                    self.remove_invalid([(tx, str(exc))])
+                    break
+                nonce += 1
 
     def remove_invalid(self, rejected: list[tuple[Tx, str]]) -> None:
         """Drop txs that failed execution so they are not proposed again."""

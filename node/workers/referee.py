@@ -54,6 +54,7 @@ class Referee:
         if me not in {v.address for v in chain.validators()}:
             return
         v, height = chain.view(), chain.height
+        live: set[tuple] = set()
         for job_id in v.read(K_ACTIVE_JOBS, []):
             job = Job.load(v, job_id)
             for i, shard in enumerate(job.shards):
@@ -61,6 +62,7 @@ class Referee:
                     continue
                 for ch in shard.challenges:
                     key = (job_id, job.round, i, ch.challenger, ch.opened)
+                    live.add(key)
                     if any(a == me for a, _ in ch.votes) or key in self.judging:
                         continue
                     if key in self.decided:
@@ -70,6 +72,9 @@ class Referee:
                     elif self.retry_at.get(key, 0) <= height:
                         self.judging.add(key)
                         asyncio.get_running_loop().create_task(self._judge(job, i, ch, height, key))
+        for closed in (set(self.decided) | set(self.retry_at)) - live - self.judging:  # bounded memory
+            self.decided.pop(closed, None)
+            self.retry_at.pop(closed, None)
 
     async def _judge(self, job: Job, index: int, ch: Challenge, height: int, key: tuple) -> None:
         loop = asyncio.get_running_loop()

@@ -100,6 +100,7 @@ class Verifier:
         self.whistleblower = whistleblower
         self.lazy = lazy  # test-only: attest without checking (to show that it gets slashed)
         self.done: set[tuple] = set()
+        self.sent: dict[tuple, str] = {}  # task -> hash of the tx that should settle it
         self.missing: dict[tuple, int] = {}
 
     def fetch(self, digest: bytes) -> bytes | None:
@@ -127,13 +128,30 @@ class Verifier:
     def scan(self) -> None:
         self.ensure_registered()
         samples = self.client.get("/params")["samples_per_shard"]
+        self.settle_sent()
         for job_id in self.client.get("/jobs")["active"]:
             job = self.client.job(job_id)
             for i, shard in enumerate(job.shards):
                 task = check_task(job, i, shard, self.key.address, self.whistleblower)
-                if task is not None and task not in self.done:
-                    if self.check_shard(job, i, shard, samples, selected=task[-1]):
-                        self.done.add(task)
+                if task is not None and task not in self.done and task not in self.sent:
+                    tx_hash = self.check_shard(job, i, shard, samples, selected=task[-1])
+                    if tx_hash is not None:
+                        self.sent[task] = tx_hash
+
+    def settle_sent(self) -> None:
+        """A task is done once its tx is on chain. One the chain dropped (its shard moved on
+        before it landed) is forgotten, so the shard is looked at afresh."""
+        for task, tx_hash in list(self.sent.items()):
+            try:
+                status = self.client.get(f"/tx/{tx_hash}").get("status")
+            except RpcError as exc:
+                if "not found" not in str(exc):
+                    raise
+                status = "dropped"
+            if status == "committed":
+                self.done.add(task)
+            if status != "pending":
+                del self.sent[task]
 
     def intervals(self, shard: Shard, samples: int, selected: bool) -> list[int]:
         n = shard.commit.leaves - 1
@@ -143,20 +161,23 @@ class Verifier:
                                       shard.commit.diverged_leaf or None)
         return sorted({n - 1, random.randrange(n)})
 
-    def check_shard(self, job: Job, index: int, shard: Shard, samples: int, selected: bool) -> bool:
-        """Inspect, then attest or challenge; False when nothing could be decided yet."""
+    def check_shard(self, job: Job, index: int, shard: Shard, samples: int, selected: bool) -> str | None:
+        """Inspect, then attest or challenge: the hash of the tx that settles the task, or None
+        when nothing could be decided yet (or an availability challenge leaves the shard to be
+        checked again once it is answered)."""
         where = f"job {job.id.hex()[:8]} r{job.round} shard {index}"
         if self.lazy and selected:
             return self.attest(job, index, shard)
         finding = self.inspect(JobContext(job, self.fetch), index, shard, self.intervals(shard, samples, selected))
         log.info("%s: %s", where, finding.why)
         if finding.challenge is not None:
-            sent = self.send("challenge", job, {"shard": index, **finding.challenge})
-            # an answered availability challenge leaves the shard to be checked again
-            return sent and "unavailable" not in finding.challenge
+            tx_hash = self.send("challenge", job, {"shard": index, **finding.challenge})
+            return None if "unavailable" in finding.challenge else tx_hash
         if finding.verdict == Verdict.SOUND:
-            return self.attest(job, index, shard) if selected else True
-        return False
+            if selected:
+                return self.attest(job, index, shard)
+            self.done.add(check_task(job, index, shard, self.key.address, self.whistleblower))
+        return None
 
     def inspect(self, ctx: JobContext, index: int, shard: Shard, intervals: list[int]) -> Finding:
         try:
@@ -197,11 +218,12 @@ class Verifier:
         return Finding(Verdict.UNDECIDED, f"{why}: challenging its availability",
                        {"unavailable": blob, "leaf": leaf, "proof": proof})
 
-    def attest(self, job: Job, index: int, shard: Shard) -> bool:
+    def attest(self, job: Job, index: int, shard: Shard) -> str | None:
         secret = self.secrets.element(shard.selection(self.key.address).secret_index)
         return self.send("attest", job, {"shard": index, "secret": secret})
 
-    def send(self, kind: str, job: Job | None, body: dict, wait: bool = False) -> bool:
+    def send(self, kind: str, job: Job | None, body: dict, wait: bool = False) -> str | None:
+        """Sign and broadcast; the tx's hash, or None if the node refused it."""
         if job is not None:
             body = {"job": job.id, "round": job.round, **body}
         status = self.client.status()
@@ -212,7 +234,7 @@ class Verifier:
             if wait:
                 self.client.wait_for_tx(tx.hash.hex())
             log.info("%s sent (tx %s)", kind, tx.hash.hex()[:16])
-            return True
+            return tx.hash.hex()
         except RpcError as exc:
             log.warning("%s not accepted: %s", kind, exc)
-            return False
+            return None

@@ -9,6 +9,7 @@ process tests/nodes.py started (each in its own process group) that is still run
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -52,3 +53,18 @@ def run_benchmark(name: str, body: Callable[[dict], None], timeout_s: float) -> 
 def _kill_children() -> list[int]:
     nodes = sys.modules.get("tests.nodes")  # only benchmarks that start processes import it
     return nodes.kill_started() if nodes is not None else []
+
+
+def say(msg: str) -> None:
+    """Progress, to stderr: stdout is kept for the one JSON line."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
+    """The 95% Wilson score interval of a rate hits/n."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]

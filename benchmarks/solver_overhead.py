@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.common import run_benchmark  # noqa: E402
+from benchmarks.common import run_benchmark, say  # noqa: E402
 from consensus import merkle  # noqa: E402
 from consensus.crypto import sha256  # noqa: E402
 from verifier import checkpoint, data, models, replay, training  # noqa: E402
@@ -57,9 +57,6 @@ CONFIGS = {
             "digits", {"n": 5_000, "side": 16, "classes": 10}, 64, 150, 30, 1000),
 }
 
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass

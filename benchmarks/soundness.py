@@ -39,7 +39,6 @@ Progress goes to stderr; the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import statistics
 import sys
@@ -50,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import run_benchmark  # noqa: E402
+from benchmarks.common import run_benchmark, say, wilson  # noqa: E402
 from consensus import merkle  # noqa: E402
 from consensus.crypto import sha256  # noqa: E402
 from consensus.genesis import DEFAULT_PARAMS  # noqa: E402
@@ -79,16 +78,6 @@ STRATEGIES = {
 BY_RULE = ("withhold", "withheld-then-served")  # judged by availability, not by replay
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 1.0]
-    p = hits / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [round(max(0.0, (centre - half) / (1 + z * z / n)), 4), round(min(1.0, (centre + half) / (1 + z * z / n)), 4)]
 
 
 def work_for(job, job_id: bytes) -> ShardWork:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.common import run_benchmark  # noqa: E402
+from benchmarks.common import run_benchmark, say  # noqa: E402
 from consensus.sampling import verifier_intervals  # noqa: E402
 from verifier import adversary, checkpoint, data, replay, training  # noqa: E402
 from verifier.checkpoint import TrainState  # noqa: E402
@@ -62,9 +62,6 @@ CONFIGS |= {f"wide-{opt}-lr1e-{e}": (opt, 10 ** (6 - e), True, K)
 HONEST = ("honest-threads", "honest-microbatch", "honest-f64")
 FLOORS_PPM = (100, 300, 1000, 3000)
 
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def work_for(optimizer: str, lr_ppm: int, tolerance_ppm: int, wide: bool, k: int = K) -> ShardWork:

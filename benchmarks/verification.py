@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import random
 import statistics
 import sys
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import run_benchmark  # noqa: E402
+from benchmarks.common import run_benchmark, say, wilson  # noqa: E402
 from consensus import merkle  # noqa: E402
 from consensus.crypto import sha256  # noqa: E402
 from consensus.sampling import sample_intervals  # noqa: E402
@@ -55,17 +54,6 @@ BAD = {"skip-steps": "all", "forge-final": "one", "wrong-order": "all", "wrong-l
        "forced-error": "one", "honest": "none", "frozen-optimizer": "all"}
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 1.0]
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 3), round(min(1.0, centre + half), 3)]
 
 
 def analytic(strategy: str, s: int, intervals: int) -> float:

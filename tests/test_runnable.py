@@ -26,6 +26,7 @@ from tests.chainfactory import job_spec
 from verifier import checkpoint, data, generators, models, training
 from verifier.data import DataError
 from verifier.models import SpecError
+from verifier.work import RoundShard, ShardWork
 
 CAP = 8 * 1024 * 1024  # the genesis default of max_blob_bytes
 TEXT_VOCAB = len(generators.ALPHABET)
@@ -232,7 +233,8 @@ def test_checkpoint_bytes_is_the_length_of_every_leaf_a_solver_makes():
     ts = train_spec(spec)
     d = spec["data"]
     ds = data.generate(d["generator"], d["args"], d["seed"])
-    leaves = training.train_shard(ts, ds, b"\x01" * 32, 0, 0, 1, training.init_state(ts))
+    work = ShardWork(ts, ds, RoundShard(b"\x01" * 32, 0, 0, 1))
+    leaves = training.train_shard(work, training.init_state(ts))
     assert len(leaves[-1]) == checkpoint_bytes(spec) == len(leaves[0]) + 1
     assert all(len(leaf) <= checkpoint_bytes(spec) for leaf in leaves)
 

@@ -61,7 +61,7 @@ def select_verifiers(v: View, job: Job, index: int, height: int, beacon: bytes) 
 def step_shard(v: View, job: Job, index: int, height: int, beacon: bytes) -> None:
     params, shard = get_params(v), job.shards[index]
     if shard.status == ShardStatus.ASSIGNED and height > shard.deadline:
-        cut, _ = settle.slash_to(v, shard.solver, "solver", params["missed_deadline_slash_ppm"], None)
+        cut = staking.slash(v, shard.solver, "solver", params["missed_deadline_slash_ppm"])
         job.log(height, "slashed", shard.solver, cut, f"solver missed the deadline of shard {index}")
         settle.reopen_shard(v, shard, "miss_deadline")
     for ch in [c for c in shard.challenges if height > c.deadline]:

@@ -1,22 +1,11 @@
 """Outcomes: who is paid, who forfeits what, and what happens to the shard and the job."""
 from __future__ import annotations
 
-from .. import staking
-from ..ledger import View, add_balance, add_burned, get_params
+from ..ledger import View, add_balance, add_burned
 from . import bonds
 from .lifecycle import move
 from .records import (K_ACTIVE_JOBS, START, Challenge, ChallengeKind, Job, JobStatus, Shard,
                       ShardStatus, k_escrow, k_load)
-
-
-def slash_to(v: View, offender: bytes, role: str, ppm: int, winner: bytes | None) -> tuple[int, int]:
-    """Slash `offender` by ppm of its stake; a share goes to `winner`, the rest stays burned."""
-    cut = staking.slash(v, offender, role, ppm)
-    share = cut * get_params(v)["winner_share_ppm"] // staking.PPM if winner else 0
-    if share:
-        add_balance(v, winner, share)
-        add_burned(v, -share)
-    return cut, share
 
 
 def release_solver(v: View, shard: Shard) -> None:

@@ -122,6 +122,12 @@ MODEL_FACTS: dict[str, ModelFacts] = {
 }
 
 
+def param_shapes(name: str, args: dict) -> dict[str, Shape]:
+    """Every parameter's name and shape, from the arguments alone (what the torch model has:
+    tests/test_runnable.py checks it over the argument range)."""
+    return dict(MODEL_FACTS[name].params(normalise_model(name, args, ValueError)))
+
+
 def param_count(name: str, norm: dict) -> int:
     return sum(math.prod(shape) for _, shape in MODEL_FACTS[name].params(norm))
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, data, models, optim
+from consensus import runnable
 from consensus.runnable import MAX_TOLERANCE_PPM
 from .checkpoint import CheckpointError, TrainState
 from .data import Dataset
@@ -148,7 +149,7 @@ def init_state(spec: TrainSpec) -> TrainState:
 
 def check_state(spec: TrainSpec, state: TrainState) -> None:
     """Raise CheckpointError unless the state has exactly this job's tensors, shapes and dtypes."""
-    want = {n: tuple(p.shape) for n, p in models.empty_model(spec.model, spec.model_args).named_parameters()}
+    want = runnable.param_shapes(spec.model, spec.model_args)  # no model built just to read shapes
     if set(state.params) != set(want):
         raise CheckpointError(f"checkpoint parameters do not match model {spec.model}")
     if set(state.opt) != set(optim.slot_names(spec.optimizer, list(want))):

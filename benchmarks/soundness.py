@@ -202,13 +202,13 @@ def measure_verify_cost(result: dict, params: dict, runs: int = 5) -> None:
     train, _ = data.split_holdout(data.generate(d["generator"], d["args"], d["seed"]), spec_dict["holdout_ppm"])
     fractions = []
     for r in range(-1, runs):  # run -1 warms torch up and is not counted
-        work = ShardWork(spec, train, RoundShard(sha256(b"soundness/cost" + bytes([r])), 0, 0, spec_dict["shards"]))
+        work = ShardWork(spec, train, RoundShard(sha256(b"soundness/cost" + bytes([r + 1])), 0, 0, spec_dict["shards"]))
         start = training.init_state(spec)
         t0 = time.perf_counter()
         leaves = training.train_shard(work, start)
         root = merkle.root([checkpoint.checkpoint_hash(leaf) for leaf in leaves])
         solver_s = time.perf_counter() - t0
-        intervals = verifier_intervals(sha256(b"secret" + bytes([r])), root, sha256(b"beacon" + bytes([r])),
+        intervals = verifier_intervals(sha256(b"secret" + bytes([r + 1])), root, sha256(b"beacon" + bytes([r + 1])),
                                        work.intervals, params["samples_per_shard"])
         t0 = time.perf_counter()
         assert replay.verify_round_start(spec, [], leaves[0])

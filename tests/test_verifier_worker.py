@@ -63,3 +63,13 @@ def test_nobody_checks_a_shard_with_nothing_committed_and_a_solver_never_checks_
     assert all(task(j, k, whistleblower=True) is None for k in VERIFIERS)
     commit(c, jid)
     assert task(rpc_job(c, jid), solver_of(c, jid), whistleblower=True) is None
+
+
+def test_every_cheat_the_cli_offers_is_one_a_solver_can_play():
+    """`solver run --cheat` lists its choices without importing torch; each must be a strategy
+    verifier.adversary publishes, or a withholding one the solver worker plays itself."""
+    from node.cli import CHEATS
+    from node.workers.solver import WITHHOLDING
+    from verifier.adversary import RATIONAL, STRATEGIES
+    assert set(CHEATS) <= set(STRATEGIES) | set(RATIONAL) | set(WITHHOLDING)
+    assert set(STRATEGIES) <= set(CHEATS) and set(WITHHOLDING) <= set(CHEATS)

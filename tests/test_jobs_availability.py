@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from consensus import merkle
 from tests.chainfactory import availability_body
-from tests.jobworld import (REFEREES, STAKE, block, burned, challenges, escrow, events, fork, locked, refused, shard,
+from tests.jobworld import (REFEREES, STAKE, attest, block, burned, challenges, escrow, events, fork, locked, refused, shard,
                             tx, until, verifying_world, vote)
 
 FEE, BOND, COLLATERAL = 100, 30, 300   # the default challenge_fee; 0.3x and 3x the reward of 100
@@ -111,6 +111,7 @@ def test_a_solver_that_serves_in_time_keeps_its_shard_and_is_paid_less_the_fee()
     """Withholding until asked saves nothing and costs the challenge fee off the reward."""
     c, jid, leaves, solver, selected, challenger, before = unavailable_world(leaf=50, challenge_fee=40)
     vote(c, jid, challenger, False, *REFEREES)
+    attest(c, jid, 0, selected)
     paid_before = c.balance(solver)
     until(c, lambda: shard(c, jid)["status"] == "passed" or shard(c, jid)["solver"] is None)
     assert c.balance(solver) == paid_before + 100 - 40 and locked(c, solver, "solver") == 0

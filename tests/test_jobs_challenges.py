@@ -98,6 +98,7 @@ def test_a_selected_verifier_may_challenge_instead_of_attesting():
 
 def test_challenges_close_with_the_verification_window():
     c, jid, leaves, solver, selected, challenger = verifying_world()
+    attest(c, jid, 0, selected)
     window_end = shard(c, jid)["window_end"]
     until(c, lambda: c.height == window_end - 1)
     last_chance = fork(c)

@@ -46,6 +46,8 @@ def test_a_solver_without_enough_free_stake_is_never_assigned_even_with_a_large_
     blocks(c, 2)
     assert shard(c, second)["status"] == "unassigned" and locked(c, S1, "solver") == 9_000
     commit(c, first)
+    draw(c)
+    attest(c, first, 0)
     until(c, lambda: shard(c, first)["status"] == "passed")
     assert shard(c, second)["status"] in ("unassigned", "assigned")  # jobs are stepped in id order
     until(c, lambda: shard(c, second)["status"] == "assigned", limit=1)
@@ -77,6 +79,7 @@ def test_unstaking_cannot_free_locked_collateral_but_can_after_settlement():
     assert "is locked as collateral" in str(err)
     block(c, unstake(v, "verifier", STAKE - 30, c.nonce(v)))   # the free part may go
     assert c.stake_of(v, "verifier") == 30 and locked(c, v) == 30
+    attest(c, jid, 0, v)
     until(c, lambda: shard(c, jid)["status"] == "passed" or job(c, jid)["status"] == "done")
     assert locked(c, v) == 0 and locked(c, solver, "solver") == 0
     block(c, unstake(v, "verifier", 30, c.nonce(v)), unstake(solver, "solver", STAKE, c.nonce(solver)))

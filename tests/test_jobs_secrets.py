@@ -124,6 +124,7 @@ def test_a_new_chain_is_refused_while_anything_is_locked_and_replaces_the_old_on
     assert locked(c, NEWCOMER) == 30
     assert "no collateral locked" in refused(c, NEWCOMER, "register_secrets", fresh)
     vote(c, jid, NEWCOMER, False, *REFEREES)
+    attest(c, jid, 0, R2)
     until(c, lambda: job(c, jid)["status"] == "done")
     assert locked(c, R1) == 0
     block(c, tx(c, R1, "register_secrets", fresh))

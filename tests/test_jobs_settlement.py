@@ -182,19 +182,35 @@ def test_unearned_verification_fees_are_refunded_to_the_submitter():
     after_submit = c.balance(ALICE)
     commit(c, jid)
     draw(c)
-    attest(c, jid, 0, verifiers_of(c, jid, 0)[0])  # one of four selected verifiers does the work
+    for i in (0, 1):  # one of each shard's two drawn verifiers does the work
+        attest(c, jid, i, verifiers_of(c, jid, i)[0])
     until(c, lambda: job(c, jid)["status"] == "done")
-    assert c.balance(ALICE) == after_submit + cost - (2 * 100 + 20)
+    assert c.balance(ALICE) == after_submit + cost - (2 * 100 + 2 * 20)
 
 
-def test_a_shard_nobody_attests_still_passes_when_its_window_closes():
+def test_a_shard_nobody_attests_is_never_paid_unchecked_its_verifiers_are_redrawn():
+    """Fail closed: a window that closes with no attestation draws new verifiers instead of
+    paying the solver; the silent ones are released unpaid and not drawn for that commit
+    again. With every verifier silent the shard waits (the submitter may cancel)."""
     c = world()
-    jid = submit(c, shards=1)
+    jid = submit(c, shards=1, verify_blocks=2)
     commit(c, jid)
     solver = solver_of(c, jid)
     before = c.balance(solver)
+    draw(c)
+    first = verifiers_of(c, jid)
+    until(c, lambda: shard(c, jid)["status"] == "committed")
+    s = shard(c, jid)
+    assert s["silent"] == [k.address for k in first] and s["verifiers"] == []
+    assert all(locked(c, k) == 0 for k in first) and events(c, jid, "redraw")
+    block(c)
+    [third] = verifiers_of(c, jid)                    # the one verifier left
+    assert third not in first
+    attest(c, jid, 0, third)
     until(c, lambda: job(c, jid)["status"] == "done")
     assert c.balance(solver) == before + 100
+    paid = {e[2] for e in events(c, jid, "paid")}
+    assert third.address in paid and not any(k.address in paid for k in first)
 
 
 # -- supply and determinism ----------------------------------------------------------------------
@@ -219,9 +235,11 @@ def scenario() -> tuple[list[bytes], dict]:
     challenge(c, jid, outsider, -1)
     vote(c, jid, outsider, True, VAL, V2)
     until(c, lambda: all(s["status"] in ("assigned", "passed") for s in job(c, jid)["shards"]))
-    for i, s in enumerate(job(c, jid)["shards"]):
-        if s["status"] == "assigned":
-            commit(c, jid, i)
+    redone = [i for i, s in enumerate(job(c, jid)["shards"]) if s["status"] == "assigned"]
+    commit(c, jid, *redone)
+    draw(c)
+    for i in redone:
+        attest(c, jid, i)
     until(c, lambda: job(c, jid)["status"] == "done")
     blocks(c, 2)
     assert len(events(c, jid, "slashed")) >= 3

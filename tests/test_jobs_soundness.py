@@ -51,6 +51,7 @@ def test_a_challenge_held_open_past_the_window_does_not_close_it_on_the_honest()
     """The accomplice challenges in the last block of the window, so an honest challenger is
     refused until it closes; then the window reopens for verify_blocks from the clearing height."""
     c, jid, leaves, solver, colluder, honest = verifying_world(dispute_blocks=12)
+    attest(c, jid, 0, colluder)                          # the accomplice was drawn, and vouches
     window_end = shard(c, jid)["window_end"]
     until(c, lambda: c.height == window_end - 1)
     challenge(c, jid, colluder, -1)
@@ -217,6 +218,9 @@ def test_a_diverged_shard_ends_the_job_once_the_rest_of_its_round_has_passed():
     jid = submit(c, shards=2, rounds=2)
     commit(c, jid, 1)                                  # shard 1 honest and finite
     commit(c, jid, 0, diverged_leaf=1)                  # shard 0 blew up in its first interval
+    draw(c)
+    attest(c, jid, 1)
+    attest(c, jid, 0)
     until(c, lambda: job(c, jid)["status"] != "active")
     assert job(c, jid)["status"] == "diverged"
     assert [s["status"] for s in job(c, jid)["shards"]] == ["passed", "passed"]

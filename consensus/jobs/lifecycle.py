@@ -12,7 +12,9 @@
     cleared              disputed                verifying   (the last open challenge closed;
                                                               the window reopens in full)
     cleared_before_draw  disputed                committed   (as above, verifiers not drawn yet)
-    settle               verifying               passed
+    redraw               verifying               committed   (the window closed with no
+                                                              attestation: new verifiers)
+    settle               verifying               passed      (at least one attestation)
 
 `move` is the only place a shard's status changes, so an illegal transition fails here, in
 one place, whatever rule asked for it.
@@ -32,6 +34,7 @@ TRANSITIONS: dict[str, tuple[frozenset, S]] = {
     "fault_proven": (frozenset({S.DISPUTED}), S.UNASSIGNED),
     "cleared": (frozenset({S.DISPUTED}), S.VERIFYING),
     "cleared_before_draw": (frozenset({S.DISPUTED}), S.COMMITTED),
+    "redraw": (frozenset({S.VERIFYING}), S.COMMITTED),
     "settle": (frozenset({S.VERIFYING}), S.PASSED),
 }
 

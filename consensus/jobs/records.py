@@ -139,6 +139,7 @@ class Shard(Record):
     challenges: list[Challenge] = field(default_factory=list)
     tried: list = field(default_factory=list)     # solvers that failed or declined this shard
     declined: list = field(default_factory=list)  # of those, the ones that declined
+    silent: list = field(default_factory=list)    # verifiers drawn for this commit that never attested
 
     def selection(self, addr: bytes) -> Selection | None:
         return next((s for s in self.verifiers if s.verifier == addr), None)

@@ -45,7 +45,7 @@ def select_verifiers(v: View, job: Job, index: int, height: int, beacon: bytes) 
     params, shard = get_params(v), job.shards[index]
     need = bonds.verifier_collateral(params, job.spec)
     pool = [(a, w) for a, w in staking.candidates(v, "verifier")
-            if w >= params["min_verifier_stake"] and a != shard.solver
+            if w >= params["min_verifier_stake"] and a != shard.solver and a not in shard.silent
             and bonds.free_stake(v, a, "verifier") >= need and bonds.has_secrets(v, a, "verifier")]
     label = (job.id, job.round, index, shard.commit.root)
     drawn = weighted_sample(pool, params["verifiers_per_shard"], beacon, *label, "verifiers")
@@ -72,7 +72,7 @@ def step_shard(v: View, job: Job, index: int, height: int, beacon: bytes) -> Non
     elif status == ShardStatus.COMMITTED and height >= shard.commit.height + params["draw_delay_blocks"]:
         select_verifiers(v, job, index, height, beacon)
     elif status == ShardStatus.VERIFYING and height > shard.window_end:
-        settle.settle_shard(v, job, index, height)
+        settle.close_window(v, job, index, height)
 
 
 def process_jobs(v: View, height: int, beacon: bytes) -> None:

@@ -135,6 +135,21 @@ def pay(v: View, job: Job, to: bytes, amount: int, height: int, note: str) -> No
         job.log(height, "paid", to, amount, note)
 
 
+def close_window(v: View, job: Job, index: int, height: int) -> None:
+    """The window closed with no challenge open. A shard passes only if some drawn verifier
+    vouched for it; with none, the silent ones are released unpaid and never drawn for this
+    commit again, and new verifiers are drawn: a shard is never paid unchecked."""
+    shard = job.shards[index]
+    if any(sel.attested for sel in shard.verifiers):
+        settle_shard(v, job, index, height)
+        return
+    release_verifiers(v, shard)
+    shard.silent += [sel.verifier for sel in shard.verifiers]
+    shard.verifiers, shard.beacon = [], b""
+    move(shard, "redraw")
+    job.log(height, "redraw", None, 0, f"shard {index}: no drawn verifier attested; drawing new ones")
+
+
 def settle_shard(v: View, job: Job, index: int, height: int) -> None:
     shard, spec = job.shards[index], job.spec
     pay(v, job, shard.solver, max(0, spec["reward_per_shard"] - shard.late_fees), height,

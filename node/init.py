@@ -6,7 +6,7 @@ import os
 import shutil
 
 from consensus.crypto import PrivateKey, format_address
-from consensus.genesis import GenesisError, load as load_genesis, parse as parse_genesis
+from consensus.genesis import DEFAULT_PARAMS, GenesisError, load as load_genesis, parse as parse_genesis
 
 from p2p.gossip import parse_peer
 
@@ -38,6 +38,9 @@ def dev_genesis(template: dict, validators: list[PrivateKey], funded: list[str])
         {"address": format_address(v.address), "balance": DEV_VALIDATOR_FUNDS} for v in validators]
     g["stakes"] = [{"address": format_address(v.address), "pubkey": v.pubkey.hex(),
                     "role": "validator", "amount": DEV_VALIDATOR_STAKE} for v in validators]
+    # Every parameter is written out: a network's state must not hang on this code's defaults,
+    # or a later change of a default would move the app hash of every block it replays.
+    g["params"] = {**DEFAULT_PARAMS, **template.get("params", {})}
     parse_genesis(g)
     return g
 

@@ -129,3 +129,11 @@ def test_committed_evidence_clears_every_pending_piece_against_that_validator(no
     from consensus.types import Commit
     node_chain.commit_block(block, Commit(block.height, 0, block.hash, ((VAL.address, b"\0" * 64),)))
     assert node_chain.evidence == {}
+
+
+def test_a_dev_network_pins_every_parameter_in_its_genesis():
+    """A network's state never hangs on the code's defaults: a default changed later must not
+    move the app hash of a chain that replays. The template's own values win."""
+    from consensus.genesis import DEFAULT_PARAMS
+    g = dev_genesis({"chain_id": "stepchain", "params": {"min_fee": 7}}, [PrivateKey.generate()], [])
+    assert g["params"] == {**DEFAULT_PARAMS, "min_fee": 7}

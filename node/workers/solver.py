@@ -19,7 +19,7 @@ from ..client import Client, make_tx
 from .common import JobContext, Unavailable, poll
 
 log = logging.getLogger("stepchain.solver")
-DECLINE_AFTER = 5
+DECLINE_AFTER = 20  # tries, one a second: a node restarting is not a missing dataset
 WITHHOLDING = ("withhold", "withhold-then-serve")
 
 

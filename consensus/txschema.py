@@ -111,7 +111,7 @@ SCHEMAS: dict[str, Schema | Callable[[dict], Schema]] = {
     "decline": SHARD,
     "attest": {**SHARD, "secret": HASH},
     "challenge": _challenge,
-    "dispute_vote": {**SHARD, "challenger": ADDRESS, "fault": Bool()},
+    "dispute_vote": {**SHARD, "challenger": ADDRESS, "opened": INDEX, "fault": Bool()},
     "cancel_job": {"job": HASH},
 }
 

@@ -222,7 +222,10 @@ def challenge(c: Chain, jid: bytes, k, interval: int, leaves: list[bytes] | None
 
 
 def vote_body(c: Chain, jid: bytes, challenger, fault: bool, i: int = 0) -> dict:
-    return dict(shard_body(c, jid, i), challenger=challenger.address, fault=fault)
+    """A vote on `challenger`'s open challenge of shard i (named by its opening height; with
+    none open, height 0)."""
+    opened = next((ch["opened"] for ch in shard(c, jid, i)["challenges"] if ch["challenger"] == challenger.address), 0)
+    return dict(shard_body(c, jid, i), challenger=challenger.address, opened=opened, fault=fault)
 
 
 def vote(c: Chain, jid: bytes, challenger, fault: bool, *who, i: int = 0) -> None:

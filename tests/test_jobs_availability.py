@@ -11,7 +11,7 @@ from __future__ import annotations
 from consensus import merkle
 from tests.chainfactory import availability_body
 from tests.jobworld import (REFEREES, STAKE, attest, block, burned, challenges, escrow, events, fork, locked, refused, shard,
-                            tx, until, verifying_world, vote)
+                            tx, until, verifying_world, vote, vote_body)
 
 FEE, BOND, COLLATERAL = 100, 30, 300   # the default challenge_fee; 0.3x and 3x the reward of 100
 
@@ -122,7 +122,7 @@ def test_a_blob_cannot_be_voted_unserved_before_the_response_deadline():
     """Referees wait for the solver's deadline; the chain refuses an early "not served" vote
     (a "served" vote may come at once)."""
     c, jid, leaves, solver, selected, challenger, before = unavailable_world()
-    body = {"job": jid, "round": 0, "shard": 0, "challenger": challenger.address, "fault": True}
+    body = vote_body(c, jid, challenger, True)
     assert "before the solver's response deadline" in refused(c, REFEREES[0], "dispute_vote", body)
     until(c, lambda: c.height >= challenges(c, jid)[0]["respond_by"])
     block(c, tx(c, REFEREES[0], "dispute_vote", body))

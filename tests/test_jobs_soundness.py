@@ -14,10 +14,10 @@ import pytest
 
 from consensus.sampling import verifier_intervals
 from tests.chainfactory import availability_body, challenge_body, commit_body
-from tests.jobworld import (ALICE, REFEREES, SOLVERS, STAKE, VAL, V2, VERIFIERS, attest, block, challenge,
+from tests.jobworld import (ALICE, REFEREES, SOLVERS, STAKE, VAL, V2, V3, V4, VERIFIERS, attest, block, challenge,
                             challenges, commit, draw, escrow, events, fork, job, leaves_for, locked, refused,
                             secret, selection, shard, solver_of, submit, tx, until, verifiers_of, verifying_world,
-                            vote, world)
+                            vote, vote_body, world)
 
 N = 50        # intervals per shard of the world's job spec
 FAULTY = 20   # the interval a cheating solver did not compute honestly
@@ -204,7 +204,7 @@ def test_a_declared_divergence_is_checked_up_to_it_and_ends_the_job_diverged():
     until(c, lambda: job(c, jid)["status"] != "active")
     j = job(c, jid)
     assert j["status"] == "diverged" and j["round"] == 0 and j["finals"] == []
-    paid = 100 + 2 * 6 * 10
+    paid = 100 + 2 * 2 * 10   # each verifier claims 6 intervals; the shard's allowance is 2 x 2 x 10
     assert sum(e[3] for e in events(c, jid, "paid")) == paid
     [ended] = events(c, jid, "diverged")
     assert ended[2:4] == [ALICE.address, budget - paid] and escrow(c, jid) is None
@@ -238,3 +238,74 @@ def test_a_diverged_leaf_out_of_range_is_refused(leaf, reason):
     last = fork(c)
     commit(last, jid, diverged_leaf=N)                  # the last leaf is the highest allowed
     assert shard(last, jid)["commit"]["diverged_leaf"] == N
+
+
+# -- found by an adversarial review ----------------------------------------------------------
+
+def test_a_submitter_cannot_get_the_work_free_by_challenging_a_served_blob():
+    """The late fee taken off a solver that served a challenged blob is burned, not refunded:
+    refunded, it went back to the submitter, who could challenge to get the work for free."""
+    from tests.chainfactory import availability_body, stake
+    c = world()
+    block(c, stake(ALICE, "verifier", 1_000, c.nonce(ALICE)))
+    jid = submit(c, shards=1, verify_blocks=3)
+    leaves = commit(c, jid)[0]
+    draw(c)
+    s, alice_before = solver_of(c, jid), c.balance(ALICE)
+    solver_before = c.balance(s)
+    block(c, tx(c, ALICE, "challenge", availability_body(jid, 0, 0, leaves, 7)))
+    vote(c, jid, ALICE, False, *REFEREES)
+    attest(c, jid, 0)
+    until(c, lambda: job(c, jid)["status"] == "done")
+    assert c.balance(s) == solver_before + 100 - 100          # the default fee of 100, off its reward
+    refund = events(c, jid, "done")[0][3]
+    assert c.balance(ALICE) == alice_before - 1 - 100 + refund
+    assert refund == job_budget_left_after_paying(c, jid)     # the cut did not come back
+
+
+def job_budget_left_after_paying(c, jid) -> int:
+    paid = sum(e[3] for e in events(c, jid, "paid"))
+    return events(c, jid, "submitted")[0][3] - paid - 100     # 100: the burned late fee
+
+
+def test_a_diverged_shard_pays_its_verifiers_only_from_its_own_allowance():
+    """A divergence declared at the last leaf has every interval checked; its verifiers share
+    that shard's allowance and never eat another shard's reward."""
+    from tests.chainfactory import commit_body
+    c = world()
+    jid = submit(c, shards=2, verify_blocks=3)
+    until(c, lambda: all(s["status"] == "assigned" for s in job(c, jid)["shards"]))
+    s0, s1 = solver_of(c, jid, 0), solver_of(c, jid, 1)
+    block(c, tx(c, s0, "commit_shard", commit_body(jid, 0, 0, leaves_for(c, jid, 0), diverged_leaf=N)),
+          tx(c, s1, "commit_shard", commit_body(jid, 0, 1, leaves_for(c, jid, 1))))
+    draw(c)
+    before = c.balance(s1)
+    attest(c, jid, 0)
+    attest(c, jid, 1)
+    until(c, lambda: job(c, jid)["status"] != "active")
+    assert job(c, jid)["status"] == "diverged"
+    assert c.balance(s1) == before + 100
+    shard0_fees = [e[3] for e in events(c, jid, "paid") if e[4] == "verifier, shard 0"]
+    assert shard0_fees == [20, 20]                 # fee x (samples + 1) x verifiers, shared in proportion
+
+
+def test_a_late_vote_never_counts_toward_a_later_challenge_by_the_same_challenger():
+    """A vote names its challenge by challenger and opening height: votes signed for a
+    challenge that closed cannot land on the same challenger's next one."""
+    c = world()
+    jid = submit(c, shards=1, verify_blocks=3)
+    leaves = commit(c, jid)[0]
+    draw(c)
+    challenger = next(k for k in VERIFIERS if k not in verifiers_of(c, jid))
+    challenge(c, jid, challenger, 5, leaves)
+    stale = [tx(c, k, "dispute_vote", vote_body(c, jid, challenger, True)) for k in (V3, V4)]
+    vote(c, jid, challenger, True, VAL, V2)                   # fault proven
+    until(c, lambda: shard(c, jid)["status"] == "assigned")
+    honest = solver_of(c, jid)
+    stake_before = c.stake_of(honest, "solver")
+    leaves2 = commit(c, jid)[0]
+    challenge(c, jid, challenger, 9, leaves2)                 # a bogus challenge of the new commit
+    block(c, *stale)                                          # valid, and late: they change nothing
+    assert challenges(c, jid)[0]["votes"] == []
+    vote(c, jid, challenger, True, VAL)                       # one 40% validator decides nothing
+    assert c.stake_of(honest, "solver") == stake_before and shard(c, jid)["status"] == "disputed"

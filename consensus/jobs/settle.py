@@ -1,7 +1,7 @@
 """Outcomes: who is paid, who forfeits what, and what happens to the shard and the job."""
 from __future__ import annotations
 
-from ..ledger import View, add_balance, add_burned
+from ..ledger import View, add_balance, add_burned, get_params
 from . import bonds
 from .lifecycle import move
 from .records import (K_ACTIVE_JOBS, START, Challenge, ChallengeKind, Job, JobStatus, Shard,
@@ -151,12 +151,20 @@ def close_window(v: View, job: Job, index: int, height: int) -> None:
 
 
 def settle_shard(v: View, job: Job, index: int, height: int) -> None:
-    shard, spec = job.shards[index], job.spec
-    pay(v, job, shard.solver, max(0, spec["reward_per_shard"] - shard.late_fees), height,
-        f"solver, shard {index} passed")
-    for sel in shard.verifiers:
-        if sel.attested:
-            pay(v, job, sel.verifier, spec["verification_fee"] * len(sel.intervals), height, f"verifier, shard {index}")
+    """Pay the solver (less late fees, which are burned: were they refunded, a submitter could
+    challenge a served blob and get the work for free) and the attesting verifiers per
+    interval, from this shard's own verification allowance only: a shard that checks more
+    intervals (a declared divergence) can never eat what another shard's workers are owed."""
+    shard, spec, params = job.shards[index], job.spec, get_params(v)
+    cut = min(shard.late_fees, spec["reward_per_shard"])
+    add_burned(v, _escrow_out(v, job, cut))
+    pay(v, job, shard.solver, spec["reward_per_shard"] - cut, height, f"solver, shard {index} passed")
+    allowance = spec["verification_fee"] * (params["samples_per_shard"] + 1) * params["verifiers_per_shard"]
+    claims = [(sel.verifier, spec["verification_fee"] * len(sel.intervals)) for sel in shard.verifiers if sel.attested]
+    total = sum(fee for _, fee in claims)
+    for verifier, fee in claims:  # over the allowance, every claim shrinks in proportion
+        pay(v, job, verifier, fee if total <= allowance else fee * allowance // total, height,
+            f"verifier, shard {index}")
     release_solver(v, shard)
     release_verifiers(v, shard)
     move(shard, "settle")

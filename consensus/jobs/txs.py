@@ -198,8 +198,8 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
     open_ = job.status == JobStatus.ACTIVE and body["round"] == job.round and 0 <= body["shard"] < len(job.shards)
     shard = job.shards[body["shard"]] if open_ else None
     ch = shard.open_challenge(body["challenger"]) if shard is not None else None
-    if ch is None or height > ch.deadline:
-        return
+    if ch is None or ch.opened != body.get("opened") or height > ch.deadline:
+        return  # late: that challenge (named by challenger and opening height) is closed
     if sender in (shard.solver, ch.challenger):
         raise JobError("a party to a dispute cannot referee it")
     if ch.kind == ChallengeKind.AVAILABLE and body["fault"] and height <= ch.respond_by:

@@ -116,7 +116,8 @@ class Referee:
         nonce = get_account(chain.view(), key.address).nonce
         while nonce in pending:
             nonce += 1
-        body = {"job": job.id, "round": job.round, "shard": index, "challenger": ch.challenger, "fault": fault}
+        body = {"job": job.id, "round": job.round, "shard": index, "challenger": ch.challenger,
+                "opened": ch.opened, "fault": fault}
         tx = make_tx(key, chain.chain_id, "dispute_vote", body, nonce, 1)
         try:
             chain.mempool.add(tx, chain.view())

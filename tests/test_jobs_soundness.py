@@ -309,3 +309,21 @@ def test_a_late_vote_never_counts_toward_a_later_challenge_by_the_same_challenge
     assert challenges(c, jid)[0]["votes"] == []
     vote(c, jid, challenger, True, VAL)                       # one 40% validator decides nothing
     assert c.stake_of(honest, "solver") == stake_before and shard(c, jid)["status"] == "disputed"
+
+
+def test_a_submitter_cannot_cancel_to_pay_a_commit_between_a_redraw_and_the_next_draw():
+    """After a window closes with no attestation the shard waits one block for new verifiers.
+    It is not a commit "no verifier can check" then: cancelling is refused, and nobody is
+    paid for work nobody checked. Once every verifier has been silent on it, it is."""
+    c = world()
+    jid = submit(c, shards=1, verify_blocks=2)
+    commit(c, jid)
+    draw(c)
+    until(c, lambda: shard(c, jid)["status"] == "committed")     # redrawn: R3 is still eligible
+    assert "have a solver at work or a result pending" in refused(c, ALICE, "cancel_job", {"job": jid})
+    block(c)
+    until(c, lambda: shard(c, jid)["status"] == "committed")     # R3 silent too: nobody is left
+    s = solver_of(c, jid)
+    before = c.balance(s)
+    block(c, tx(c, ALICE, "cancel_job", {"job": jid}))
+    assert job(c, jid)["status"] == "cancelled" and c.balance(s) == before + 100

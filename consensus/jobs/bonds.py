@@ -36,6 +36,15 @@ def verifier_collateral(params: dict, spec: dict) -> int:
     return spec["reward_per_shard"] * params["verifier_collateral_ppm"] // staking.PPM
 
 
+def verifier_pool(v: View, params: dict, spec: dict, shard) -> list[tuple[bytes, int]]:
+    """(verifier, stake) of everyone a draw for this shard may pick: staked, with free stake
+    for the collateral and secrets left, neither its solver nor one that stayed silent on it."""
+    need = verifier_collateral(params, spec)
+    return [(a, w) for a, w in staking.candidates(v, "verifier")
+            if w >= params["min_verifier_stake"] and a != shard.solver and a not in shard.silent
+            and free_stake(v, a, "verifier") >= need and has_secrets(v, a, "verifier")]
+
+
 def locked(v: View, addr: bytes, role: str) -> int:
     return v.read(k_lock(addr, role), 0)
 

@@ -44,9 +44,7 @@ def select_verifiers(v: View, job: Job, index: int, height: int, beacon: bytes) 
     intervals come from that secret, so verifiers of one shard check different intervals."""
     params, shard = get_params(v), job.shards[index]
     need = bonds.verifier_collateral(params, job.spec)
-    pool = [(a, w) for a, w in staking.candidates(v, "verifier")
-            if w >= params["min_verifier_stake"] and a != shard.solver and a not in shard.silent
-            and bonds.free_stake(v, a, "verifier") >= need and bonds.has_secrets(v, a, "verifier")]
+    pool = bonds.verifier_pool(v, params, job.spec, shard)
     label = (job.id, job.round, index, shard.commit.root)
     drawn = weighted_sample(pool, params["verifiers_per_shard"], beacon, *label, "verifiers")
     if not drawn:

@@ -31,9 +31,13 @@ def reopen_shard(v: View, shard: Shard, rule: str) -> None:
     shard.__dict__.update(Shard(tried=tried, declined=shard.declined).__dict__)
 
 
-def awaits_verifiers(shard: Shard, height: int, delay: int) -> bool:
-    """Committed, and at least one draw of verifiers has already found none staked."""
-    return shard.status == ShardStatus.COMMITTED and not shard.challenges and height > shard.commit.height + delay
+def awaits_verifiers(v: View, job: Job, shard: Shard, height: int) -> bool:
+    """Committed, past its draw, and no verifier a draw could pick exists now (not merely
+    between a redraw and the next draw: a commit must never be paid unchecked for that)."""
+    params = get_params(v)
+    return shard.status == ShardStatus.COMMITTED and not shard.challenges \
+        and height > shard.commit.height + params["draw_delay_blocks"] \
+        and not bonds.verifier_pool(v, params, job.spec, shard)
 
 
 # -- challenges ------------------------------------------------------------------------------

@@ -228,14 +228,13 @@ def process_cancel_job(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("only the job's submitter can cancel it")
     if job.status != JobStatus.ACTIVE:
         raise JobError(f"the job is already {job.status.value}")
-    delay = get_params(v)["draw_delay_blocks"]
     busy = [i for i, s in enumerate(job.shards)
-            if s.status not in (ShardStatus.UNASSIGNED, ShardStatus.PASSED) and not settle.awaits_verifiers(s, height, delay)]
+            if s.status not in (ShardStatus.UNASSIGNED, ShardStatus.PASSED) and not settle.awaits_verifiers(v, job, s, height)]
     if busy:
         raise JobError(f"shard(s) {', '.join(map(str, busy))} have a solver at work or a result pending; "
                        "cancel once none do")
     for index, shard in enumerate(job.shards):
-        if settle.awaits_verifiers(shard, height, delay):
+        if settle.awaits_verifiers(v, job, shard, height):
             settle.pay(v, job, shard.solver, job.spec["reward_per_shard"], height,
                        f"solver, shard {index} committed but no verifier was staked to check it")
     settle.close_job(v, job, height, JobStatus.CANCELLED, "job cancelled by its submitter; unused escrow refunded")

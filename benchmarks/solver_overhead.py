@@ -87,9 +87,7 @@ def plain_loop(s: Setup) -> tuple[float, dict[str, torch.Tensor]]:
     """An ordinary torch loop over the same batches; seconds and final weights."""
     model = models.load_params(models.empty_model(s.spec.model, s.spec.model_args),
                                {n: t.clone() for n, t in s.start.params.items()})
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads_for(s.spec))
-    try:
+    with training.torch_threads(threads_for(s.spec)):
         start = time.perf_counter()
         opt = torch.optim.Adam(model.parameters(), lr=s.spec.lr)
         loss_fn = nn.CrossEntropyLoss()
@@ -100,8 +98,6 @@ def plain_loop(s: Setup) -> tuple[float, dict[str, torch.Tensor]]:
             loss.backward()
             opt.step()
         seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(saved)
     return seconds, {n: p.detach() for n, p in model.named_parameters()}
 
 

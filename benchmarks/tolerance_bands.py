@@ -72,12 +72,8 @@ def work_for(optimizer: str, lr_ppm: int, tolerance_ppm: int, wide: bool, k: int
 
 
 def with_threads(n: int, fn: Callable):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
+    with training.torch_threads(n):
         return fn()
-    finally:
-        torch.set_num_threads(before)
 
 
 def microbatch_steps(trainer: training.Trainer, shard_data: training.ShardData) -> None:

@@ -255,12 +255,8 @@ def test_verify_interval_explains_itself():
 
 
 def _with_threads(n: int, fn):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
+    with training.torch_threads(n):
         return fn()
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_tolerance_accepts_other_thread_counts_and_rejects_perturbation():

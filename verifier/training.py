@@ -102,15 +102,24 @@ def determinism(spec: TrainSpec) -> Iterator[None]:
     if not spec.exact:
         yield
         return
-    with _EXACT_LOCK:
-        threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-        torch.set_num_threads(1)
+    with _EXACT_LOCK, torch_threads(1):
+        strict = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)
         try:
             yield
         finally:
             torch.use_deterministic_algorithms(strict)
-            torch.set_num_threads(threads)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's process-wide thread count set to n while the block runs, then put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(spec: TrainSpec, device: str) -> torch.device:

@@ -21,7 +21,6 @@ one place, whatever rule asked for it.
 """
 from __future__ import annotations
 
-from .errors import JobError
 from .records import Shard, ShardStatus as S
 
 TRANSITIONS: dict[str, tuple[frozenset, S]] = {
@@ -42,13 +41,6 @@ TRANSITIONS: dict[str, tuple[frozenset, S]] = {
 class IllegalTransition(AssertionError):
     """A rule tried to move a shard from a status the table does not allow: a bug, not a tx
     error, so it is not a JobError and it halts the block instead of being skipped."""
-
-
-def require(shard: Shard, rule: str) -> None:
-    """A tx's precondition: the shard is in a status the rule starts from (else JobError)."""
-    sources = TRANSITIONS[rule][0]
-    if shard.status not in sources:
-        raise JobError(f"shard is {shard.status.value}, not {' or '.join(sorted(s.value for s in sources))}")
 
 
 def move(shard: Shard, rule: str) -> None:

@@ -34,10 +34,17 @@ DEFAULT_PARAMS: dict[str, int] = {
     "min_intervals": 50,              # a shard has at least this many intervals (steps / k)
     "draw_delay_blocks": 2,           # verifiers come from the beacon this long after a commit
     "collateral_ratio_ppm": 3_000_000,  # a solver locks 3x the shard's reward while it is open
-    "verifier_collateral_ppm": 300_000,  # a drawn verifier or a challenger locks 0.3x the reward
+    "attest_collateral_ppm": 10_000_000,  # a drawn verifier locks 10x the reward: lost for vouching
+                                      # for a proven fault or a forced error
+    "verifier_collateral_ppm": 300_000,  # a challenger locks 0.3x the reward as its bond
     "challenge_fee": 100,             # an availability challenge answered in time costs this
     "response_blocks": 10,            # a solver's time to serve a blob named by a challenge
-    "dispute_blocks": 40,             # validators' time to referee a challenge
+    "dispute_blocks": 40,             # validators' time to referee a challenge (after any game)
+    "move_blocks": 10,                # each move of a bisection game must come within this
+    "forced_error_ppm": 200_000,      # one shard in 5 carries a forced error (a planted fault)
+    "pool_fee_ppm": 10_000,           # 1% of every job's budget goes to the jackpot pool
+    "jackpot": 1_000,                 # paid to the first challenger of a forced error ...
+    "jackpot_pool_ppm": 100_000,      # ... but never more than 10% of the pool
     "missed_deadline_slash_ppm": 10_000,
     "winner_share_ppm": 500_000,      # of a forfeit, paid to the other party; the rest is burned
     "max_active_jobs": 32,
@@ -84,7 +91,9 @@ def _params(raw: Any) -> dict[str, int]:
     if params["response_blocks"] >= params["dispute_blocks"]:
         raise GenesisError("params.response_blocks must be below params.dispute_blocks: referees need time "
                            "to check that a challenged blob was served")
-    for name in ("draw_delay_blocks", "verifiers_per_shard", "min_intervals"):
+    if params["forced_error_ppm"] > 1_000_000 or params["jackpot_pool_ppm"] > 1_000_000:
+        raise GenesisError("params.forced_error_ppm and params.jackpot_pool_ppm are shares: at most 1000000")
+    for name in ("draw_delay_blocks", "verifiers_per_shard", "min_intervals", "move_blocks"):
         if params[name] < 1:
             raise GenesisError(f"params.{name} must be at least 1")
     return params

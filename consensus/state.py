@@ -284,7 +284,7 @@ def supply_check(entries: Mapping[bytes, bytes]) -> tuple[int, int]:
             total += codec.decode(raw)
         elif key.startswith(b"unbond/"):
             total += sum(e[2] for e in codec.decode(raw))
-        elif key.startswith(b"escrow/"):
+        elif key.startswith(b"escrow/") or key == b"pool":
             total += codec.decode(raw)
     burned = codec.decode(entries[K_BURNED])
     return total + burned, codec.decode(entries[K_SUPPLY])

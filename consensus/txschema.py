@@ -113,6 +113,9 @@ SCHEMAS: dict[str, Schema | Callable[[dict], Schema]] = {
     "challenge": _challenge,
     "dispute_vote": {**SHARD, "challenger": ADDRESS, "opened": INDEX, "fault": Bool()},
     "cancel_job": {"job": HASH},
+    "reveal": {**SHARD, "secret": HASH},
+    "midpoint": {**SHARD, "challenger": ADDRESS, "opened": INDEX, "hash": HASH},
+    "answer": {**SHARD, "challenger": ADDRESS, "opened": INDEX, "agree": Bool()},
 }
 
 

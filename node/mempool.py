@@ -29,7 +29,7 @@ REJECTED_KEPT = 10_000
 # kinds whose validity hangs on job state that other txs and the end of every block change (a
 # challenge closes, a shard reopens, a window ends): rechecked after each block
 RECHECK_KINDS = frozenset({"commit_shard", "decline", "attest", "challenge", "dispute_vote", "cancel_job",
-                           "register_secrets"})
+                           "register_secrets", "reveal", "midpoint", "answer"})
 
 
 class MempoolError(ValueError):

@@ -16,6 +16,7 @@ import pytest
 
 from consensus import hashchain, jobs
 from consensus.crypto import sha256
+from consensus.genesis import DEFAULT_PARAMS
 from consensus.ledger import get_params
 from consensus.state import BlockError
 from tests.chainfactory import ALICE, VAL, Chain, challenge_body, commit_body, fake_leaves, job_spec, key, make_tx
@@ -45,27 +46,34 @@ def _with_amounts(items) -> list:
 
 
 SECRET_LENGTH = 64
+WITHOUT_FORCED_ERRORS = {"forced_error_ppm": 0, "pool_fee_ppm": 0, "attest_collateral_ppm": 300_000}
+FORCED_ERRORS = {name: DEFAULT_PARAMS[name] for name in WITHOUT_FORCED_ERRORS}
 
 
-def seed_of(k) -> bytes:
-    """The hash-chain seed a party of this world registered (its secrets derive from it)."""
-    return sha256(b"jobworld/seed" + k.address)
+def seed_of(k, role: str = "verifier") -> bytes:
+    """The hash-chain seed a party of this world registered for a role (its secrets derive from it)."""
+    return sha256(b"jobworld/seed" + k.address + (b"" if role == "verifier" else role.encode()))
 
 
-def secret(k, index: int) -> bytes:
-    return hashchain.element(seed_of(k), SECRET_LENGTH, index)
+def secret(k, index: int, role: str = "verifier") -> bytes:
+    return hashchain.element(seed_of(k) if role == "verifier" else seed_of(k, role), SECRET_LENGTH, index)
 
 
-def register_secrets(c: Chain, *who) -> None:
-    block(c, *(tx(c, k, "register_secrets", {"role": "verifier", "tip": hashchain.tip(seed_of(k), SECRET_LENGTH),
+def register_secrets(c: Chain, *who, role: str = "verifier") -> None:
+    seed = (lambda k: seed_of(k)) if role == "verifier" else (lambda k: seed_of(k, role))
+    block(c, *(tx(c, k, "register_secrets", {"role": role, "tip": hashchain.tip(seed(k), SECRET_LENGTH),
                                              "length": SECRET_LENGTH}) for k in who))
 
 
 def world(solvers=SOLVERS, verifiers=VERIFIERS, validators=VALIDATORS, **params) -> Chain:
     """Four validators (VAL proposes), ALICE with 1_000_000 to pay for jobs, everyone else 1_000
     for fees; `solvers` and `verifiers` (keys, or (key, amount)) bonded in genesis, and the
-    verifiers' hash chains registered in block 1. A `dispute_blocks` below the default
-    response_blocks brings response_blocks below it (genesis requires it) unless given."""
+    verifiers' hash chains registered in block 1, the solvers' in block 2. A `dispute_blocks` below the default
+    response_blocks brings response_blocks below it (genesis requires it) unless given. No shard
+    carries a forced error unless a test gives `**FORCED_ERRORS` (the genesis defaults): without
+    them there is no pool fee either, and a drawn verifier locks what a challenger does."""
+    for name, value in WITHOUT_FORCED_ERRORS.items():  # the tests of forced errors ask for them
+        params.setdefault(name, value)
     if "dispute_blocks" in params:
         params.setdefault("response_blocks", min(10, params["dispute_blocks"] - 1))
     accounts = [(ALICE, 1_000_000)] + [(k, 1_000) for k in EVERYONE if k is not ALICE]
@@ -73,6 +81,7 @@ def world(solvers=SOLVERS, verifiers=VERIFIERS, validators=VALIDATORS, **params)
         + [(k, "verifier", a) for k, a in _with_amounts(verifiers)]
     c = Chain.create(accounts=accounts, validators=validators, params=params or None, extra_stakes=extra)
     register_secrets(c, *(k for k, _ in _with_amounts(verifiers)))
+    register_secrets(c, NEWCOMER, *(k for k, _ in _with_amounts(solvers)), role="solver")
     return c
 
 
@@ -216,9 +225,37 @@ def challenges(c: Chain, jid: bytes, i: int = 0) -> list[dict]:
     return shard(c, jid, i)["challenges"]
 
 
-def challenge(c: Chain, jid: bytes, k, interval: int, leaves: list[bytes] | None = None, i: int = 0) -> None:
-    """k opens a computation challenge of shard i's `interval` (-1: its start checkpoint)."""
+def challenge(c: Chain, jid: bytes, k, interval: int, leaves: list[bytes] | None = None, i: int = 0,
+              play: bool = True) -> None:
+    """k opens a computation challenge of shard i's `interval` (-1: its start checkpoint). In an
+    exact profile a bisection game opens; with `play` both sides play it at once down to one
+    step (the solver posts made-up midpoints, the challenger agrees with each), so that the
+    referees can vote."""
     block(c, tx(c, k, "challenge", challenge_body(jid, job(c, jid)["round"], i, interval, leaves)))
+    if play:
+        narrow(c, jid, k, i)
+
+
+def open_game(c: Chain, jid: bytes, challenger, i: int = 0) -> dict | None:
+    ch = next((x for x in challenges(c, jid, i) if x["challenger"] == challenger.address), None)
+    return ch["game"] if ch is not None else None
+
+
+def game_body(c: Chain, jid: bytes, challenger, i: int = 0, **move) -> dict:
+    """A move in `challenger`'s game on shard i: hash=... (the solver's) or agree=... (the challenger's)."""
+    ch = next(x for x in challenges(c, jid, i) if x["challenger"] == challenger.address)
+    return dict(shard_body(c, jid, i), challenger=challenger.address, opened=ch["opened"], **move)
+
+
+def narrow(c: Chain, jid: bytes, challenger, i: int = 0, agree: bool = True) -> None:
+    """Play `challenger`'s game on shard i down to one step, if one is open."""
+    for _ in range(64):
+        game = open_game(c, jid, challenger, i)
+        if game is None or game["hi"] - game["lo"] == 1:
+            return
+        mid = sha256(b"jobworld/midpoint" + game["lo_hash"] + game["hi_hash"])
+        block(c, tx(c, solver_of(c, jid, i), "midpoint", game_body(c, jid, challenger, i, hash=mid)))
+        block(c, tx(c, challenger, "answer", game_body(c, jid, challenger, i, agree=agree)))
 
 
 def vote_body(c: Chain, jid: bytes, challenger, fault: bool, i: int = 0) -> dict:

@@ -45,7 +45,7 @@ def test_an_availability_challenge_names_the_manifest_or_a_leaf_with_its_proof()
         [ch] = challenges(f, jid)
         assert ch == {"challenger": challenger.address, "kind": "available", "interval": leaf, "start_leaf": blob,
                       "end_leaf": blob, "opened": f.height, "respond_by": f.height + 10, "deadline": f.height + 40,
-                      "bond": BOND, "fee": FEE, "votes": []}
+                      "bond": BOND, "fee": FEE, "votes": [], "game": None}
         assert shard(f, jid)["status"] == "disputed"
 
 

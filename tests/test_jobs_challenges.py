@@ -59,7 +59,9 @@ def test_challenge_of_an_interval_must_prove_both_of_its_ends():
 
 
 def test_a_challenge_opens_a_dispute_that_keeps_the_shard_from_settling():
-    """The challenge is recorded with its bond (0.3 x the reward) locked; the shard cannot
+    """The challenge is recorded with its bond (0.3 x the reward) locked and, in this exact
+    profile, a bisection game over its k = 2 steps (one pair of moves of at most 10 blocks
+    each, added to the dispute's deadline); the shard cannot
     settle while it is open, even past its window, but the drawn verifiers may still attest and
     others may still challenge (several challenges may be open at once, one per challenger)."""
     c, jid, leaves, solver, selected, challenger = verifying_world(dispute_blocks=7)
@@ -69,8 +71,10 @@ def test_a_challenge_opens_a_dispute_that_keeps_the_shard_from_settling():
     assert s["status"] == "disputed"
     assert s["challenges"] == [{"challenger": challenger.address, "kind": "compute", "interval": 2,
                                 "start_leaf": leaves[2], "end_leaf": leaves[3], "opened": c.height,
-                                "respond_by": c.height + 6, "deadline": c.height + 7, "bond": 30, "fee": 0,
-                                "votes": []}]
+                                "respond_by": c.height + 6, "deadline": c.height + 7 + 20, "bond": 30, "fee": 0,
+                                "votes": [], "game": {"lo": 4, "hi": 6, "lo_hash": leaves[2], "hi_hash": leaves[3],
+                                                      "mid_hash": b"", "move_by": c.height + 10, "serve_by": 0,
+                                                      "moves": 0}}]
     assert locked(c, challenger) == 30
     assert "already have a challenge open" in refused(c, challenger, "challenge", challenge_body(jid, 0, 0, -1))
     attest(c, jid, 0, selected)

@@ -34,7 +34,7 @@ def test_verifiers_are_drawn_draw_delay_blocks_after_the_commit_and_lock_their_c
     assert len(drawn) == 2 and len(set(drawn)) == 2 and set(drawn) <= set(VERIFIERS)
     # each reserves the first element of its hash chain and locks 0.3 x the reward of 100
     assert s["verifiers"] == [{"verifier": k.address, "secret_index": 1, "locked": 30, "attested": False,
-                               "intervals": []} for k in drawn]
+                               "intervals": [], "attested_at": 0} for k in drawn]
     assert [locked(c, k) for k in VERIFIERS] == [30 if k in drawn else 0 for k in VERIFIERS]
     assert s["window_end"] == committed_at + 3 + 4
     # a verifier's intervals are recorded when it attests: 2 drawn from its secret, and the last

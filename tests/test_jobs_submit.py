@@ -10,7 +10,7 @@ import pytest
 from consensus import jobs
 from consensus.codec import CodecError
 from tests.chainfactory import ALICE, VAL, Chain, job_spec, key, make_tx
-from tests.jobworld import S1, STAKE, block, escrow, events, job, refused, submit, tx, world
+from tests.jobworld import FORCED_ERRORS, S1, STAKE, block, escrow, events, job, refused, submit, tx, world
 
 
 # -- submitting a job: the spec and the escrow ------------------------------------------------
@@ -117,15 +117,18 @@ def test_limits_themselves_are_accepted():
 
 def test_budget_must_be_covered_by_the_balance_after_the_fee():
     spec = job_spec()
-    c0 = world()
+    c0 = world(**FORCED_ERRORS)
     cost = jobs.budget(spec, c0.genesis.params)
+    fee = cost * c0.genesis.params["pool_fee_ppm"] // 1_000_000  # the jackpot pool's share, on top
+    assert fee > 0
+    cost += fee
     poor, rich = key(60), key(61)
     c = Chain.create(accounts=((VAL, 1_000), (poor, cost), (rich, cost + 1)), validators=((VAL, 1_000),),
-                     extra_stakes=((S1, "solver", STAKE),))
-    assert "insufficient funds for the job budget" in refused(c, poor, "submit_job", {"spec": spec})
+                     extra_stakes=((S1, "solver", STAKE),), params=dict(c0.genesis.params))
+    assert "insufficient funds for the job" in refused(c, poor, "submit_job", {"spec": spec})
     t = tx(c, rich, "submit_job", {"spec": spec})
     block(c, t)
-    assert c.balance(rich) == 0 and escrow(c, t.hash) == cost
+    assert c.balance(rich) == 0 and escrow(c, t.hash) == cost - fee and c.view().read(jobs.K_POOL) == fee
 
 
 def test_too_many_active_jobs_are_refused():

@@ -9,19 +9,22 @@ collects attestations and challenges, counts validators' referee votes, and move
     lifecycle.py  the shard status table: every transition is one named rule
     bonds.py      collateral locks and the hash-chain secrets that draw verifiers' intervals
     txs.py        the job txs (register secrets, submit, cancel, commit, decline, attest,
-                  challenge, dispute vote)
+                  challenge, dispute vote, reveal, midpoint, answer)
+    game.py       the bisection game that narrows an exact-profile dispute to one step
+    reveal.py     forced errors: the solver's reveal, the jackpot, lazy verifiers' loss
     settle.py     outcomes: payouts, slashes, reopening a shard, closing a job
     schedule.py   end of block: assignment, verifier draws, deadlines
 """
 from .bonds import free_stake, k_lock, k_secrets, locked
 from .errors import JobError
-from .records import (K_ACTIVE_JOBS, MANIFEST, MAX_EVENTS, START, Challenge, ChallengeKind, Commit, Job, JobStatus,
-                      Selection, Shard, ShardStatus, k_escrow, k_job, k_load)
+from .bonds import K_POOL, pool
+from .records import (K_ACTIVE_JOBS, MANIFEST, MAX_EVENTS, START, Challenge, ChallengeKind, Commit, Game, Job,
+                      JobStatus, Selection, Shard, ShardStatus, k_escrow, k_job, k_load)
 from .schedule import process_jobs
 from .spec import LIMITS, METRICS, OPTIMIZERS, PROFILES, budget, check_spec, n_intervals
 from .txs import TX_HANDLERS
 
-__all__ = ["free_stake", "k_lock", "k_secrets", "locked", "MANIFEST", "ChallengeKind", "Selection",
+__all__ = ["K_POOL", "pool", "Game", "free_stake", "k_lock", "k_secrets", "locked", "MANIFEST", "ChallengeKind", "Selection",
            "JobError", "K_ACTIVE_JOBS", "MAX_EVENTS", "Challenge", "Commit", "Job", "JobStatus", "Shard",
            "ShardStatus", "k_escrow", "k_job", "k_load", "process_jobs", "LIMITS", "METRICS", "OPTIMIZERS",
            "PROFILES", "budget", "check_spec", "n_intervals", "START", "TX_HANDLERS"]

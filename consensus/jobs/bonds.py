@@ -1,12 +1,16 @@
 """Collateral and hash-chain secrets: what a solver or verifier puts at stake for a shard.
 
 Collateral. Taking a shard locks `collateral_ratio_ppm` x its reward of the solver's bonded
-stake; being drawn to verify it, or challenging it, locks `verifier_collateral_ppm` x the
-reward of the verifier's. A lock lasts while the shard can still be disputed; unstaking cannot
-free it, and a proven fault forfeits it. So what a party risks always grows with what it
-answers for, whatever its total stake.
+stake; being drawn to verify it locks `attest_collateral_ppm` x the reward of the verifier's,
+and challenging it `verifier_collateral_ppm` x the reward. A lock lasts while the shard can
+still be disputed; unstaking cannot free it, and a proven fault forfeits it. So what a party
+risks always grows with what it answers for, whatever its total stake. A drawn verifier's lock
+is the large one: attesting a forced error without having computed it loses it, and forced
+errors are rare, so it must outweigh what skipping the work saves (docs/PROTOCOL.md).
 
 Secrets. Every solver and verifier registers the tip of a hash chain (consensus/hashchain.py).
+Each assignment reserves the solver's next element, which, with the assignment block's beacon,
+decides whether the shard carries a forced error (consensus/forced.py).
 The chain reserves the next element at each verifier selection, and the verifier reveals it
 when it attests: its intervals are drawn from that element, the commit root and the beacon of
 the selection block, which neither the solver (when it committed) nor the verifier (when it
@@ -22,6 +26,7 @@ from .errors import JobError
 from .records import Record
 
 ROLES = ("solver", "verifier")
+K_POOL = b"pool"  # the protocol's jackpot pool: funded by job fees and lazy verifiers' stakes
 
 
 def k_lock(addr: bytes, role: str) -> bytes: return b"lock/" + role.encode() + b"/" + addr
@@ -32,14 +37,18 @@ def solver_collateral(params: dict, spec: dict) -> int:
     return spec["reward_per_shard"] * params["collateral_ratio_ppm"] // staking.PPM
 
 
-def verifier_collateral(params: dict, spec: dict) -> int:
+def attest_collateral(params: dict, spec: dict) -> int:
+    return spec["reward_per_shard"] * params["attest_collateral_ppm"] // staking.PPM
+
+
+def challenge_bond(params: dict, spec: dict) -> int:
     return spec["reward_per_shard"] * params["verifier_collateral_ppm"] // staking.PPM
 
 
 def verifier_pool(v: View, params: dict, spec: dict, shard) -> list[tuple[bytes, int]]:
     """(verifier, stake) of everyone a draw for this shard may pick: staked, with free stake
     for the collateral and secrets left, neither its solver nor one that stayed silent on it."""
-    need = verifier_collateral(params, spec)
+    need = attest_collateral(params, spec)
     return [(a, w) for a, w in staking.candidates(v, "verifier")
             if w >= params["min_verifier_stake"] and a != shard.solver and a not in shard.silent
             and free_stake(v, a, "verifier") >= need and has_secrets(v, a, "verifier")]
@@ -62,6 +71,24 @@ def lock(v: View, addr: bytes, role: str, amount: int) -> None:
 
 def unlock(v: View, addr: bytes, role: str, amount: int) -> None:
     v.write(k_lock(addr, role), max(0, locked(v, addr, role) - amount) or None)
+
+
+def forfeit_to_pool(v: View, addr: bytes, role: str, amount: int) -> int:
+    """The locked `amount` is slashed into the jackpot pool (what lazy verifiers lose pays
+    the jackpots that catch them). Returns the cut."""
+    unlock(v, addr, role, amount)
+    cut = staking.slash_amount(v, addr, role, amount)
+    add_burned(v, -cut)
+    add_pool(v, cut)
+    return cut
+
+
+def pool(v: View) -> int:
+    return v.read(K_POOL, 0)
+
+
+def add_pool(v: View, amount: int) -> None:
+    v.write(K_POOL, pool(v) + amount or None)
 
 
 def forfeit(v: View, addr: bytes, role: str, amount: int, winner: bytes | None) -> tuple[int, int]:

@@ -14,7 +14,11 @@
     cleared_before_draw  disputed                committed   (as above, verifiers not drawn yet)
     redraw               verifying               committed   (the window closed with no
                                                               attestation: new verifiers)
-    settle               verifying               passed      (at least one attestation)
+    await_reveal         verifying               revealing   (at least one attestation; the
+                                                              solver's forced-error secret is
+                                                              still hidden)
+    settle               verifying, revealing    passed      (attested, and the secret revealed
+                                                              or its deadline missed)
 
 `move` is the only place a shard's status changes, so an illegal transition fails here, in
 one place, whatever rule asked for it.
@@ -34,7 +38,8 @@ TRANSITIONS: dict[str, tuple[frozenset, S]] = {
     "cleared": (frozenset({S.DISPUTED}), S.VERIFYING),
     "cleared_before_draw": (frozenset({S.DISPUTED}), S.COMMITTED),
     "redraw": (frozenset({S.VERIFYING}), S.COMMITTED),
-    "settle": (frozenset({S.VERIFYING}), S.PASSED),
+    "await_reveal": (frozenset({S.VERIFYING}), S.REVEALING),
+    "settle": (frozenset({S.VERIFYING, S.REVEALING}), S.PASSED),
 }
 
 

@@ -46,6 +46,8 @@ class ShardStatus(enum.StrEnum):
     COMMITTED = "committed"    # a root is on chain; verifiers not drawn yet
     VERIFYING = "verifying"    # verifiers drawn; the window for attestations and challenges runs
     DISPUTED = "disputed"      # one or more challenges are open; validators referee them
+    REVEALING = "revealing"    # the window closed with an attestation; the solver must reveal
+                               # its forced-error secret before the shard is paid
     PASSED = "passed"          # settled and paid
 
 
@@ -99,6 +101,32 @@ class Commit(Record):
 
 
 @dataclass
+class Game(Record):
+    """A bisection game on one interval of an exact profile (consensus/jobs/game.py): the step
+    range [lo, hi] halves with each pair of moves until it is one step."""
+    lo: int                # a step whose state both parties agree on
+    hi: int                # a later step whose state they disagree about
+    lo_hash: bytes         # sha256 of the agreed checkpoint at lo
+    hi_hash: bytes         # the solver's claimed checkpoint hash at hi
+    mid_hash: bytes        # the solver's hash at (lo + hi) // 2; empty while the solver is to post it
+    move_by: int           # the party whose turn it is loses if it has not moved by this height
+    serve_by: int          # once one step is left: the agreed state must be served by this height
+    moves: int = 0         # txs played so far
+
+    @property
+    def narrowed(self) -> bool:
+        return self.hi - self.lo == 1
+
+    @property
+    def mid(self) -> int:
+        return (self.lo + self.hi) // 2
+
+    @property
+    def solver_to_move(self) -> bool:
+        return not self.narrowed and not self.mid_hash
+
+
+@dataclass
 class Challenge(Record):
     challenger: bytes
     kind: ChallengeKind
@@ -112,6 +140,7 @@ class Challenge(Record):
     bond: int              # verifier stake locked while the challenge is open
     fee: int               # AVAILABLE: what the challenger pays if the blob is served in time
     votes: list = field(default_factory=list)   # [validator, fault]
+    game: Game | None = None   # exact profiles: the bisection that narrows an interval to one step
 
 
 @dataclass
@@ -122,6 +151,7 @@ class Selection(Record):
     locked: int            # verifier stake locked until the shard settles
     attested: bool = False
     intervals: list = field(default_factory=list)   # drawn from its secret when it attests
+    attested_at: int = 0   # the height of the attestation (before a forced error was revealed?)
 
 
 @dataclass
@@ -140,12 +170,22 @@ class Shard(Record):
     tried: list = field(default_factory=list)     # solvers that failed or declined this shard
     declined: list = field(default_factory=list)  # of those, the ones that declined
     silent: list = field(default_factory=list)    # verifiers drawn for this commit that never attested
+    secret_index: int = 0  # the solver's hash-chain element reserved at assignment ...
+    assign_beacon: bytes = b""  # ... and the assignment block's beacon: the forced-error draw
+    revealed_at: int = 0   # the height the solver revealed that element (0: not yet)
+    forced: int = -1       # the revealed forced-error interval; -1: none (or not revealed yet)
+    reveal_by: int = 0     # REVEALING: the solver must reveal by this height
 
     def selection(self, addr: bytes) -> Selection | None:
         return next((s for s in self.verifiers if s.verifier == addr), None)
 
     def open_challenge(self, addr: bytes) -> Challenge | None:
         return next((c for c in self.challenges if c.challenger == addr), None)
+
+    def challenge_opened(self, addr: bytes, opened: int) -> Challenge | None:
+        """The open challenge a tx names by its challenger and opening height."""
+        ch = self.open_challenge(addr)
+        return ch if ch is not None and ch.opened == opened else None
 
 
 @dataclass

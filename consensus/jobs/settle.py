@@ -67,9 +67,11 @@ def _checked(sel, ch: Challenge) -> bool:
     return ch.interval == START or ch.interval in sel.intervals
 
 
-def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
+def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int, recomputed: bool = True) -> None:
     """The solver forfeits its collateral (a share to the challenger); verifiers that vouched
-    for the faulty part forfeit theirs; everyone else is released and the shard reopens."""
+    for the faulty part forfeit theirs, but only when the fault was recomputed (a solver that
+    merely stopped playing its game proves nothing about what they checked); everyone else is
+    released and the shard reopens."""
     shard = job.shards[index]
     cut, share = bonds.forfeit(v, shard.solver, "solver", shard.collateral, ch.challenger)
     shard.collateral = 0
@@ -77,7 +79,7 @@ def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int) -> N
     job.log(height, "slashed", shard.solver, cut, f"solver: {what} on shard {index}")
     job.log(height, "rewarded", ch.challenger, share, f"challenger proved shard {index} faulty")
     for sel in shard.verifiers:
-        if _checked(sel, ch):
+        if recomputed and _checked(sel, ch):
             c, _ = bonds.forfeit(v, sel.verifier, "verifier", sel.locked, None)
             sel.locked = 0
             job.log(height, "slashed", sel.verifier, c, f"verifier attested a faulty shard {index}")
@@ -104,7 +106,7 @@ def challenge_rejected(v: View, job: Job, index: int, ch: Challenge, height: int
         job.log(height, "slashed", ch.challenger, cut, f"challenger: wrong about shard {index}")
         job.log(height, "rewarded", shard.solver, share, f"solver cleared on shard {index}")
     shard.challenges.remove(ch)
-    _after_challenge(job, shard, height)
+    after_challenge(job, shard, height)
 
 
 def challenge_expired(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
@@ -112,10 +114,10 @@ def challenge_expired(v: View, job: Job, index: int, ch: Challenge, height: int)
     shard = job.shards[index]
     _return_challenge(v, shard, ch, job)
     job.log(height, "undecided", ch.challenger, 0, f"shard {index}: no 2/3 decision; challenge refunded")
-    _after_challenge(job, shard, height)
+    after_challenge(job, shard, height)
 
 
-def _after_challenge(job: Job, shard: Shard, height: int) -> None:
+def after_challenge(job: Job, shard: Shard, height: int) -> None:
     """With no challenge left the shard is verified again, its window reopened in full."""
     if shard.challenges:
         return
@@ -141,11 +143,17 @@ def pay(v: View, job: Job, to: bytes, amount: int, height: int, note: str) -> No
 
 def close_window(v: View, job: Job, index: int, height: int) -> None:
     """The window closed with no challenge open. A shard passes only if some drawn verifier
-    vouched for it; with none, the silent ones are released unpaid and never drawn for this
-    commit again, and new verifiers are drawn: a shard is never paid unchecked."""
+    vouched for it, and once its solver revealed its forced-error secret (it may have already,
+    answering a challenge of that interval); with no attestation, the silent verifiers are
+    released unpaid and never drawn for this commit again, and new verifiers are drawn: a
+    shard is never paid unchecked."""
     shard = job.shards[index]
     if any(sel.attested for sel in shard.verifiers):
-        settle_shard(v, job, index, height)
+        if shard.revealed_at or not get_params(v)["forced_error_ppm"]:  # no forced errors: nothing to reveal
+            settle_shard(v, job, index, height)
+        else:
+            move(shard, "await_reveal")
+            shard.reveal_by = height + get_params(v)["response_blocks"]
         return
     release_verifiers(v, shard)
     shard.silent += [sel.verifier for sel in shard.verifiers]
@@ -154,17 +162,34 @@ def close_window(v: View, job: Job, index: int, height: int) -> None:
     job.log(height, "redraw", None, 0, f"shard {index}: no drawn verifier attested; drawing new ones")
 
 
-def settle_shard(v: View, job: Job, index: int, height: int) -> None:
-    """Pay the solver (less late fees, which are burned: were they refunded, a submitter could
-    challenge a served blob and get the work for free) and the attesting verifiers per
-    interval, from this shard's own verification allowance only: a shard that checks more
+def lazy(shard: Shard, sel) -> bool:
+    """Did this verifier attest the shard's forced error, before it was revealed? It vouched
+    for an interval that is wrong by construction, so it cannot have computed it. One that
+    attests after the reveal is not blamed: an honest but slower verifier does just that."""
+    return bool(shard.revealed_at) and shard.forced >= 0 and sel.attested and shard.forced in sel.intervals \
+        and sel.attested_at < shard.revealed_at
+
+
+def settle_shard(v: View, job: Job, index: int, height: int, pay_solver: bool = True) -> None:
+    """Slash the verifiers that attested the forced error (their collateral funds the jackpot
+    pool); pay the solver (less late fees, which are burned: were they refunded, a submitter
+    could challenge a served blob and get the work for free) and the other attesting verifiers
+    per interval, from this shard's own verification allowance only: a shard that checks more
     intervals (a declared divergence) can never eat what another shard's workers are owed."""
     shard, spec, params = job.shards[index], job.spec, get_params(v)
-    cut = min(shard.late_fees, spec["reward_per_shard"])
-    add_burned(v, _escrow_out(v, job, cut))
-    pay(v, job, shard.solver, spec["reward_per_shard"] - cut, height, f"solver, shard {index} passed")
+    for sel in shard.verifiers:
+        if lazy(shard, sel):
+            cut = bonds.forfeit_to_pool(v, sel.verifier, "verifier", sel.locked)
+            sel.locked = 0
+            job.log(height, "slashed", sel.verifier, cut,
+                    f"verifier attested the forced error in interval {shard.forced} of shard {index} without computing it")
+    if pay_solver:
+        cut = min(shard.late_fees, spec["reward_per_shard"])
+        add_burned(v, _escrow_out(v, job, cut))
+        pay(v, job, shard.solver, spec["reward_per_shard"] - cut, height, f"solver, shard {index} passed")
     allowance = spec["verification_fee"] * (params["samples_per_shard"] + 1) * params["verifiers_per_shard"]
-    claims = [(sel.verifier, spec["verification_fee"] * len(sel.intervals)) for sel in shard.verifiers if sel.attested]
+    claims = [(sel.verifier, spec["verification_fee"] * len(sel.intervals)) for sel in shard.verifiers
+              if sel.attested and not lazy(shard, sel)]
     total = sum(fee for _, fee in claims)
     for verifier, fee in claims:  # over the allowance, every claim shrinks in proportion
         pay(v, job, verifier, fee if total <= allowance else fee * allowance // total, height,

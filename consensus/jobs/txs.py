@@ -5,7 +5,7 @@ from .. import merkle
 from ..ledger import Account, View, get_account, get_params, get_stake, get_valset, set_account
 from ..runnable import check_runnable
 from ..sampling import verifier_intervals
-from . import bonds, settle
+from . import bonds, game, reveal, settle
 from .errors import JobError
 from .lifecycle import move
 from .records import (K_ACTIVE_JOBS, MANIFEST, START, Challenge, ChallengeKind, Commit, Job, JobStatus, Shard, ShardStatus,
@@ -59,14 +59,17 @@ def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
     if len(active) >= params["max_active_jobs"]:
         raise JobError("too many active jobs; try later")
     cost = budget(spec, params)
+    fee = cost * params["pool_fee_ppm"] // 1_000_000
     acct = get_account(v, sender)
-    if acct.balance < cost:
-        raise JobError(f"insufficient funds for the job budget: balance {acct.balance}, budget {cost}")
-    set_account(v, sender, Account(acct.balance - cost, acct.nonce))
+    if acct.balance < cost + fee:
+        raise JobError(f"insufficient funds for the job: balance {acct.balance}, budget {cost} + pool fee {fee}")
+    set_account(v, sender, Account(acct.balance - cost - fee, acct.nonce))
     v.write(k_escrow(tx.hash), cost)
+    bonds.add_pool(v, fee)
     Job(id=tx.hash, submitter=sender, spec=spec, status=JobStatus.ACTIVE, round=0, submitted_at=height,
         shards=[Shard() for _ in range(spec["shards"])], finals=[],
-        events=[[height, "submitted", sender, cost, "budget escrowed"]]).save(v)
+        events=[[height, "submitted", sender, cost, "budget escrowed"],
+                [height, "pool fee", sender, fee, "to the jackpot pool, not refunded"]]).save(v)
     v.write(K_ACTIVE_JOBS, sorted(active + [tx.hash]))
 
 
@@ -119,7 +122,7 @@ def process_attest(v: View, tx, sender: bytes, height: int) -> None:
     if sel.attested or height > shard.window_end:
         raise JobError("already attested, or the verification window has closed")
     bonds.reveal(v, sender, "verifier", sel.secret_index, tx.body.get("secret"))
-    sel.attested = True
+    sel.attested, sel.attested_at = True, height
     sel.intervals = verifier_intervals(tx.body["secret"], shard.commit.root, shard.beacon,
                                        n_intervals(job.spec), get_params(v)["samples_per_shard"],
                                        shard.commit.diverged_leaf or None)
@@ -163,6 +166,8 @@ def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
     if len(shard.challenges) >= MAX_OPEN_CHALLENGES:
         raise JobError(f"{MAX_OPEN_CHALLENGES} challenges are already open on this shard; try when one closes")
     kind, interval, start, end = _challenged(body, shard.commit)
+    if kind == ChallengeKind.COMPUTE and shard.revealed_at and interval == shard.forced:
+        raise JobError(f"interval {interval} is this shard's revealed forced error, not a fault")
     fee = params["challenge_fee"] if kind == ChallengeKind.AVAILABLE else 0
     if fee:
         acct = get_account(v, sender)
@@ -170,15 +175,22 @@ def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
             raise JobError(f"an availability challenge costs a fee of {fee}; balance {acct.balance}")
         set_account(v, sender, Account(acct.balance - fee, acct.nonce))
         v.write(k_escrow(job.id), v.read(k_escrow(job.id), 0) + fee)  # held with the job until decided
-    bond = bonds.verifier_collateral(params, job.spec)
+    bond = bonds.challenge_bond(params, job.spec)
     bonds.lock(v, sender, "verifier", bond)
+    played = game.plays_game(job.spec, shard, kind, interval)
     shard.challenges.append(Challenge(
         challenger=sender, kind=kind, interval=interval, start_leaf=start, end_leaf=end, opened=height,
-        respond_by=height + params["response_blocks"], deadline=height + params["dispute_blocks"],
-        bond=bond, fee=fee))
+        respond_by=height + params["response_blocks"],
+        deadline=height + params["dispute_blocks"] + (game.game_blocks(params, job.spec["k"]) if played else 0),
+        bond=bond, fee=fee, game=game.open_game(params, job.spec, interval, start, end, height) if played else None))
     move(shard, "challenge")
     job.log(height, "challenge", sender, 0, f"shard {body['shard']} {kind.value} {interval}")
     job.save(v)
+
+
+def may_be_forced(v: View, shard: Shard) -> bool:
+    """Could this shard carry a forced error its solver has not revealed yet?"""
+    return bool(get_params(v)["forced_error_ppm"]) and not shard.revealed_at
 
 
 def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
@@ -202,8 +214,11 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
         return  # late: that challenge (named by challenger and opening height) is closed
     if sender in (shard.solver, ch.challenger):
         raise JobError("a party to a dispute cannot referee it")
-    if ch.kind == ChallengeKind.AVAILABLE and body["fault"] and height <= ch.respond_by:
-        raise JobError("a blob cannot be judged unserved before the solver's response deadline")
+    if ch.game is not None and not ch.game.narrowed:
+        raise JobError("the bisection game on this challenge is still being played")
+    if body["fault"] and height <= ch.respond_by and (ch.kind == ChallengeKind.AVAILABLE or may_be_forced(v, shard)):
+        raise JobError("a fault cannot be decided before the solver's response deadline (to serve the blob, "
+                       "or reveal a forced error)")
     if any(a == sender for a, _ in ch.votes):
         raise JobError("already voted on this dispute")
     ch.votes.append([sender, body["fault"]])
@@ -213,6 +228,30 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
         if 3 * power > 2 * total:
             settle.resolve_challenge(v, job, body["shard"], ch, side, height)
             break
+    job.save(v)
+
+
+def process_reveal(v: View, tx, sender: bytes, height: int) -> None:
+    """The solver reveals the hash-chain element that decided its shard's forced error."""
+    job, shard = _shard(v, tx.body, ShardStatus.COMMITTED, ShardStatus.VERIFYING, ShardStatus.DISPUTED,
+                        ShardStatus.REVEALING)
+    if shard.solver != sender:
+        raise JobError("only the shard's solver reveals its secret")
+    if shard.revealed_at:
+        raise JobError("this shard's secret is already revealed")
+    reveal.process_reveal(v, job, tx.body["shard"], tx.body.get("secret"), height)
+    job.save(v)
+
+
+def process_midpoint(v: View, tx, sender: bytes, height: int) -> None:
+    job, shard = _shard(v, tx.body, ShardStatus.DISPUTED)
+    game.process_midpoint(v, job, shard, tx.body, sender, height)
+    job.save(v)
+
+
+def process_answer(v: View, tx, sender: bytes, height: int) -> None:
+    job, shard = _shard(v, tx.body, ShardStatus.DISPUTED)
+    game.process_answer(v, job, shard, tx.body, sender, height)
     job.save(v)
 
 
@@ -250,4 +289,7 @@ TX_HANDLERS = {
     "attest": process_attest,
     "challenge": process_challenge,
     "dispute_vote": process_dispute_vote,
+    "reveal": process_reveal,
+    "midpoint": process_midpoint,
+    "answer": process_answer,
 }

@@ -1,0 +1,81 @@
+"""Forced errors on chain: the solver's reveal, the jackpot, and what a hidden secret costs.
+
+Every assignment reserves the solver's next hash-chain element; with the assignment block's
+beacon it decides whether the shard carries a forced error and in which interval
+(consensus/forced.py). The solver reveals the element (a `reveal` tx):
+
+- while a challenge of the forced interval is open: the challenge was right about a planted
+  fault, so nobody is slashed; the first challenger of that interval wins the jackpot, every
+  challenger of it gets its bond back, and the shard is verified on as if it were honest;
+- or after the window, when the shard awaits it (REVEALING): verifiers that attested the
+  forced interval before it was revealed lose their collateral, and the shard is paid.
+
+A solver that hides its element until `reveal_by` forfeits the shard's reward (left to the
+submitter) and a small slash; its verifiers are paid. One challenged on its forced interval
+that does not reveal is judged like any other fault: the end of that interval is wrong.
+"""
+from __future__ import annotations
+
+from .. import staking
+from ..forced import forced_interval
+from ..ledger import View, add_balance, get_params
+from . import bonds, settle
+from .errors import JobError
+from .records import ChallengeKind, Job, Shard
+from .spec import n_intervals
+
+
+def forced_of(v: View, job: Job, shard: Shard, secret: bytes) -> int | None:
+    return forced_interval(secret, shard.assign_beacon, n_intervals(job.spec), get_params(v)["forced_error_ppm"],
+                           shard.commit.diverged_leaf)
+
+
+def pay_jackpot(v: View, job: Job, to: bytes, index: int, height: int) -> None:
+    """`jackpot` from the pool, never more than `jackpot_pool_ppm` of what it holds."""
+    params = get_params(v)
+    amount = min(params["jackpot"], bonds.pool(v) * params["jackpot_pool_ppm"] // staking.PPM)
+    if amount:
+        bonds.add_pool(v, -amount)
+        add_balance(v, to, amount)
+    job.log(height, "jackpot", to, amount, f"first to challenge the forced error of shard {index}")
+
+
+def answer_challenges(v: View, job: Job, index: int, forced: int, height: int) -> None:
+    """Close every challenge of the forced interval with its bond returned; the first wins."""
+    shard = job.shards[index]
+    caught = sorted((ch for ch in shard.challenges if ch.kind == ChallengeKind.COMPUTE and ch.interval == forced),
+                    key=lambda ch: ch.opened)  # stable: same-block challenges keep their tx order
+    if not caught:
+        raise JobError("before the window closes, a reveal only answers a challenge of the forced-error interval")
+    pay_jackpot(v, job, caught[0].challenger, index, height)
+    for ch in caught:
+        bonds.unlock(v, ch.challenger, "verifier", ch.bond)
+        shard.challenges.remove(ch)
+        job.log(height, "forced", ch.challenger, 0, f"shard {index}: interval {forced} is a forced error; "
+                "challenge closed, nobody slashed")
+    settle.after_challenge(job, shard, height)
+
+
+def process_reveal(v: View, job: Job, index: int, secret, height: int) -> None:
+    shard = job.shards[index]
+    bonds.reveal(v, shard.solver, "solver", shard.secret_index, secret)
+    forced = forced_of(v, job, shard, secret)
+    awaited = shard.status.value == "revealing"
+    if not awaited:
+        if forced is None:
+            raise JobError("this shard carries no forced error: reveal its secret after the window")
+        answer_challenges(v, job, index, forced, height)
+    shard.forced, shard.revealed_at = -1 if forced is None else forced, height
+    job.log(height, "revealed", shard.solver, 0, f"shard {index}: "
+            + ("no forced error" if forced is None else f"forced error in interval {forced}"))
+    if awaited:
+        settle.settle_shard(v, job, index, height)
+
+
+def reveal_missed(v: View, job: Job, index: int, height: int) -> None:
+    """The solver hid its secret past `reveal_by`: no reward, a small slash; verifiers paid."""
+    shard = job.shards[index]
+    cut = staking.slash(v, shard.solver, "solver", get_params(v)["missed_deadline_slash_ppm"])
+    job.log(height, "slashed", shard.solver, cut, f"solver did not reveal its forced-error secret for shard {index}; "
+            "reward forfeited")
+    settle.settle_shard(v, job, index, height, pay_solver=False)

@@ -331,7 +331,17 @@ def _worker_commands(sub, common) -> None:
     s.add_argument("--key", required=True, help="key name")
     s.add_argument("--whistleblower", action="store_true", help="also check shards this key was not picked for")
     s.add_argument("--lazy", action="store_true", help="tests only: attest without checking")
+    s.add_argument("--check", type=_checks, default=1, metavar="N|all",
+                   help="whistleblower: random intervals to re-run in each shard besides the last (default 1)")
     s.set_defaults(func=cmd_verifier)
+
+
+def _checks(text: str) -> int:
+    if text == "all":
+        return 1 << 30
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("--check takes a number of intervals or 'all'")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,4 +123,5 @@ def cmd_verifier_run(args, client, unlock, home_of) -> None:
     _worker_logging()
     key = unlock(args, args.key)
     workdir = home_of(args).path / "verifier" / format_address(key.address)
-    Verifier(client(args), key, workdir, whistleblower=args.whistleblower, lazy=args.lazy).run()
+    Verifier(client(args), key, workdir, whistleblower=args.whistleblower, lazy=args.lazy,
+             extra_checks=args.check).run()

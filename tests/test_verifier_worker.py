@@ -26,7 +26,7 @@ def test_a_whistleblower_drawn_after_an_early_check_checks_again_as_a_drawn_veri
     early = rpc_job(c, jid)
     assert early.shards[0].status == "committed"  # verifiers not drawn yet
     before_draw = {k: task(early, k, whistleblower=True) for k in VERIFIERS}
-    assert all(t is not None and t[-1] is False for t in before_draw.values())
+    assert all(t is not None and t.selected is False for t in before_draw.values())
 
     draw(c)
     late = rpc_job(c, jid)
@@ -35,7 +35,7 @@ def test_a_whistleblower_drawn_after_an_early_check_checks_again_as_a_drawn_veri
     for k in VERIFIERS:
         after_draw = task(late, k, whistleblower=True)
         if k in drawn:
-            assert after_draw[-1] is True and after_draw != before_draw[k]  # a new task: check and attest
+            assert after_draw.selected is True and after_draw != before_draw[k]  # a new task: check and attest
         else:
             assert after_draw == before_draw[k]  # already checked: not again
 
@@ -52,7 +52,7 @@ def test_a_plain_verifier_checks_only_what_it_was_drawn_for():
         t = task(j, k, whistleblower=False)
         assert (t is not None) == (k in drawn)
     root = j.shards[0].commit.root
-    assert task(j, drawn[0], whistleblower=False) == (jid, 0, 0, root, True)
+    assert task(j, drawn[0], whistleblower=False) == (jid, 0, 0, root, True, 0)
 
 
 def test_nobody_checks_a_shard_with_nothing_committed_and_a_solver_never_checks_its_own():

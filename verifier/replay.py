@@ -64,6 +64,7 @@ malformed checkpoint is the solver's fault and must turn into a verdict, not a c
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -253,6 +254,32 @@ def _declaration_fault(interval: int, diverged_leaf: int | None, start_finite: b
     return None
 
 
+def _leaves(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes,
+            diverged_leaf: int | None) -> tuple[TrainState, TrainState] | str:
+    """The interval's two leaves decoded and checked by every rule that needs no training (they
+    fit the job, the start is at the interval's first step, their finiteness agrees with the
+    declared divergence), or why they break one."""
+    spec = work.spec
+    if type(interval) is not int or not 0 <= interval < work.intervals:
+        return f"interval {interval!r} does not exist (there are {work.intervals})"
+    if diverged_leaf is not None and (type(diverged_leaf) is not int or not 0 <= diverged_leaf <= work.intervals):
+        return f"declared divergence at leaf {diverged_leaf!r} is not a leaf of this shard"
+    start_step = interval * spec.k
+    where = f"steps {start_step}..{start_step + spec.k}"
+    try:
+        start = _job_state(spec, start_ckpt)
+        if start.step != start_step:
+            raise CheckpointError(f"start checkpoint is at step {start.step}, not {start_step}")
+    except CheckpointError as exc:
+        return f"start checkpoint rejected: {exc}"
+    try:
+        claimed = _job_state(spec, claimed_end_ckpt)
+    except CheckpointError as exc:
+        return f"{where}: claimed checkpoint is malformed: {exc}"
+    fault = _declaration_fault(interval, diverged_leaf, checkpoint.is_finite(start), checkpoint.is_finite(claimed))
+    return f"{where}: {fault}" if fault is not None else (start, claimed)
+
+
 def verify_interval(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes,
                     diverged_leaf: int | None = None) -> tuple[bool, str]:
     """Recompute interval `interval` (k steps from leaf `interval` to leaf `interval` + 1) and
@@ -264,27 +291,12 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: bytes, claimed_e
     bytes); two finite leaves need no divergence declared at either and the usual comparison.
     """
     spec = work.spec
-    if type(interval) is not int or not 0 <= interval < work.intervals:
-        return False, f"interval {interval!r} does not exist (there are {work.intervals})"
-    if diverged_leaf is not None and (type(diverged_leaf) is not int or not 0 <= diverged_leaf <= work.intervals):
-        return False, f"declared divergence at leaf {diverged_leaf!r} is not a leaf of this shard"
-    start_step = interval * spec.k
-    where = f"steps {start_step}..{start_step + spec.k}"
-    try:
-        start = _job_state(spec, start_ckpt)
-        if start.step != start_step:
-            raise CheckpointError(f"start checkpoint is at step {start.step}, not {start_step}")
-    except CheckpointError as exc:
-        return False, f"start checkpoint rejected: {exc}"
-    try:
-        claimed = _job_state(spec, claimed_end_ckpt)
-    except CheckpointError as exc:
-        return False, f"{where}: claimed checkpoint is malformed: {exc}"
-    start_finite, end_finite = checkpoint.is_finite(start), checkpoint.is_finite(claimed)
-    fault = _declaration_fault(interval, diverged_leaf, start_finite, end_finite)
-    if fault is not None:
-        return False, f"{where}: {fault}"
-    if not start_finite:
+    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, diverged_leaf)
+    if isinstance(leaves, str):
+        return False, leaves
+    start, claimed = leaves
+    where = f"steps {start.step}..{start.step + spec.k}"
+    if not checkpoint.is_finite(start):
         ok, why = _after_divergence(spec, start, claimed)
         return ok, f"{where}: {why}"
     try:
@@ -292,7 +304,7 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: bytes, claimed_e
     except (DataError, ValueError) as exc:
         return False, f"interval cannot be recomputed: {exc}"
     ours = checkpoint.decode(ours_raw)
-    if end_finite:
+    if checkpoint.is_finite(claimed):
         ok, why = _compare(spec, start, ours_raw, ours, claimed_end_ckpt, claimed)
     elif spec.exact:
         ok = ours_raw == claimed_end_ckpt
@@ -303,6 +315,34 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: bytes, claimed_e
         ok = (claimed.step, claimed.rng) == (ours.step, ours.rng)
         why = "diverged, as the recomputation does" if ok else f"claimed step {claimed.step} (or its rng) is wrong"
     return ok, f"{where}: {why}"
+
+
+def verify_step(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes,
+                diverged_leaf: int | None, agreed_ckpt: bytes, step: int, claimed_hash: bytes) -> tuple[bool, str]:
+    """A referee's judgement at the end of a bisection game (exact profiles): the interval's
+    leaves obey every rule that needs no training, and one training step from the state both
+    parties agreed on at `step` gives the solver's claimed hash for step + 1.
+
+    The agreed hash is one the solver committed or posted, so an agreed state that is not a
+    valid state of this job at `step` is the solver's fault too."""
+    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, diverged_leaf)
+    if isinstance(leaves, str):
+        return False, leaves
+    if not checkpoint.is_finite(leaves[0]):  # past a divergence nothing is compared bit by bit
+        return _after_divergence(work.spec, *leaves)
+    try:
+        agreed = _job_state(work.spec, agreed_ckpt)
+        if agreed.step != step:
+            raise CheckpointError(f"it is at step {agreed.step}, not {step}")
+    except CheckpointError as exc:
+        return False, f"the agreed state is rejected: {exc}"
+    try:
+        ours = training.run_steps(training.ShardData(work), agreed, 1)
+    except (DataError, ValueError) as exc:
+        return False, f"step {step} cannot be recomputed: {exc}"
+    if hashlib.sha256(ours).digest() == claimed_hash:
+        return True, f"step {step} -> {step + 1}: bitwise identical"
+    return False, f"step {step} -> {step + 1}: the solver's hash differs from the recomputed step"
 
 
 def expected_round_start(spec: TrainSpec, previous_finals: list[bytes]) -> bytes:

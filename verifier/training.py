@@ -301,19 +301,21 @@ class ShardData:
 
 def train_leaves(shard_data: ShardData, start_state: TrainState,
                  on_checkpoint: Callable[[int, bytes], None] | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[bytes]:
-    """Checkpoints from start_state (a multiple of k) to the end of the round, every k steps."""
+                 progress: Callable[[int], None] | None = None, last_leaf: int | None = None) -> list[bytes]:
+    """Checkpoints from start_state (a multiple of k) to leaf `last_leaf` (default: the end of
+    the round), every k steps."""
     spec = shard_data.spec
     if start_state.step % spec.k or start_state.step > spec.steps:
         raise CheckpointError(f"a shard resumes at a multiple of k={spec.k} up to {spec.steps}, "
                               f"not at step {start_state.step}")
     first_leaf = start_state.step // spec.k
+    last_leaf = spec.steps // spec.k if last_leaf is None else last_leaf
     leaves = [checkpoint.encode(start_state)]
     if on_checkpoint:
         on_checkpoint(first_leaf, leaves[0])
     with determinism(spec):
         trainer = Trainer(spec, start_state, shard_data.device)
-        for leaf in range(first_leaf + 1, spec.steps // spec.k + 1):
+        for leaf in range(first_leaf + 1, last_leaf + 1):
             for x, y in shard_data.batches(trainer.step, spec.k):
                 trainer.train_step(x, y)
             leaves.append(trainer.encode())  # the only encoding: once per k steps
@@ -350,6 +352,21 @@ def run_interval(work: ShardWork, start_ckpt: bytes, start_step: int, n_steps: i
     if state.step != start_step:
         raise CheckpointError(f"start checkpoint is at step {state.step}, not {start_step}")
     return run_steps(ShardData(work), state, n_steps)
+
+
+def step_hashes(work: ShardWork, start_ckpt: bytes, n_steps: int) -> list[bytes]:
+    """sha256 of the checkpoint after each of n_steps steps from start_ckpt (entry j is the
+    state j + 1 steps on): what a party to a bisection game recomputes from its own leaf
+    instead of storing every step."""
+    state = checkpoint.decode(start_ckpt)
+    shard_data = ShardData(work)
+    hashes = []
+    with determinism(work.spec):
+        trainer = Trainer(work.spec, state, shard_data.device)
+        for x, y in shard_data.batches(state.step, n_steps):
+            trainer.train_step(x, y)
+            hashes.append(hashlib.sha256(trainer.encode()).digest())
+    return hashes
 
 
 def run_steps(shard_data: ShardData, state: TrainState, n_steps: int) -> bytes:

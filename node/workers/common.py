@@ -12,17 +12,22 @@ until it can (every check fails closed).
 from __future__ import annotations
 
 import enum
+import json
 import logging
+import os
+import secrets as pysecrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from consensus import codec, merkle
+from consensus import codec, hashchain, merkle
 from consensus.crypto import sha256
 from consensus.jobs import Commit, Job, Shard
 
 Fetch = Callable[[bytes], "bytes | None"]
 POLL_S = 1.0
+SECRET_LENGTH = 10_000
 
 
 class Unavailable(LookupError):
@@ -179,3 +184,76 @@ def check_interval(ctx: JobContext, index: int, interval: int, start_leaf: bytes
         return Judgement(Verdict.UNDECIDED, str(exc))
     diverged = ctx.job.shards[index].commit.diverged_leaf or None
     return Judgement.of(*replay.verify_interval(work, interval, start, end, diverged))
+
+
+# -- hash-chain secrets ------------------------------------------------------------------------
+
+class SecretStore:
+    """This verifier's hash-chain seed (file mode 0600, never logged) and the elements it gives."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.exists():
+            raw = json.loads(path.read_text())
+            self.seed, self.length = bytes.fromhex(raw["seed"]), raw["length"]
+        else:
+            self.renew()
+
+    def renew(self) -> None:
+        self.seed, self.length = pysecrets.token_bytes(32), SECRET_LENGTH
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"seed": self.seed.hex(), "length": self.length}, f)
+
+    @property
+    def tip(self) -> bytes:
+        return hashchain.tip(self.seed, self.length)
+
+    def element(self, index: int) -> bytes:
+        return hashchain.element(self.seed, self.length, index)
+
+    def matches(self, registered: dict | None) -> bool:
+        """Is the chain registered on chain this seed's, with elements left?"""
+        if not registered or registered["length"] != self.length or registered["next"] > self.length:
+            return False
+        return self.element(registered["index"]).hex() == registered["anchor"]
+
+
+def ensure_registered(client, store: SecretStore, me: str, role: str, send, log: logging.Logger) -> None:
+    """Register `store`'s chain for `role` unless the chain already holds it (with elements
+    left). A new chain cannot replace one while collateral is locked: then wait."""
+    acct = client.account(me)
+    if store.matches(acct["secrets"][role]):
+        return
+    if acct["locked"][role]:
+        log.warning("the registered %s hash chain is not this key's and collateral is locked: "
+                    "waiting for it to be released before registering a new one", role)
+        return
+    if acct["secrets"][role]:
+        store.renew()
+    send("register_secrets", {"role": role, "tip": store.tip, "length": store.length})
+    log.info("registered a %s hash chain of %d secrets", role, store.length)
+
+
+# -- the end of a bisection game -----------------------------------------------------------------
+
+def check_game(ctx: JobContext, index: int, ch, height: int) -> Judgement:
+    """A referee's one step at the end of `ch`'s bisection game (verifier.replay.verify_step).
+
+    The agreed state (and the interval's leaves) may be uploaded by either party; a challenger
+    that lets none of them be served by the game's serve_by has not made its case."""
+    from verifier import replay
+    game = ch.game
+    blobs = [ctx.fetch(h) for h in (ch.start_leaf, ch.end_leaf, game.lo_hash)]
+    if any(b is None for b in blobs):
+        if height > game.serve_by:
+            return Judgement(Verdict.SOUND, "the state the game ended on was not served in time: no fault shown")
+        return Judgement(Verdict.UNDECIDED, "the state the game ended on is not served yet")
+    try:
+        work = ctx.work(index)
+    except Unavailable as exc:
+        return Judgement(Verdict.UNDECIDED, str(exc))
+    diverged = ctx.job.shards[index].commit.diverged_leaf or None
+    return Judgement.of(*replay.verify_step(work, ch.interval, blobs[0], blobs[1], diverged, blobs[2], game.lo,
+                                            game.hi_hash))

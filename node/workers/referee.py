@@ -7,6 +7,11 @@ with the node key, admitted to our own mempool and gossiped.
 
 A referee that cannot decide (a blob it needs is not reachable yet) does not vote: it tries
 again RETRY_BLOCKS later, until the dispute's deadline. It never votes by default.
+
+In an exact profile a challenge is judged only once its bisection game is down to one step,
+and then by that one step (`check_game`), whatever k is. A fault is voted only after the
+solver's response deadline: until then the solver may still reveal that the interval carries
+its forced error (the chain refuses an earlier fault vote).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from consensus.ledger import get_account
 
 from ..client import make_tx
 from ..lifecycle import in_daemon_thread
-from .common import Judgement, JobContext, Verdict, check_interval, check_start
+from .common import Judgement, JobContext, Verdict, check_game, check_interval, check_start
 
 log = logging.getLogger("stepchain.referee")
 RETRY_BLOCKS = 2    # an undecided check is tried again this many blocks later
@@ -38,6 +43,10 @@ def judge(job: Job, index: int, ch: Challenge, height: int, fetch) -> Judgement:
         return Judgement(Verdict.UNDECIDED, "the challenged blob is not served yet; the solver still has time")
     if ch.interval == START:
         return check_start(ctx, shard)
+    if ch.game is not None:
+        if not ch.game.narrowed:
+            return Judgement(Verdict.UNDECIDED, "the bisection game is still being played")
+        return check_game(ctx, index, ch, height)
     return check_interval(ctx, index, ch.interval, ch.start_leaf, ch.end_leaf)
 
 
@@ -46,7 +55,7 @@ class Referee:
         self.node = node
         self.judging: set[tuple] = set()
         self.retry_at: dict[tuple, int] = {}
-        self.decided: dict[tuple, tuple[bool, int]] = {}  # key -> (fault, height the vote was sent)
+        self.decided: dict[tuple, tuple[bool, int | None]] = {}  # key -> (fault, height sent; None: held)
 
     def on_commit(self) -> None:
         chain = self.node.chain
@@ -63,11 +72,13 @@ class Referee:
                 for ch in shard.challenges:
                     key = (job_id, job.round, i, ch.challenger, ch.opened)
                     live.add(key)
-                    if any(a == me for a, _ in ch.votes) or key in self.judging:
+                    if any(a == me for a, _ in ch.votes) or key in self.judging \
+                            or (ch.game is not None and not ch.game.narrowed):
                         continue
                     if key in self.decided:
                         fault, sent = self.decided[key]
-                        if height >= sent + RESEND_BLOCKS:
+                        due = height > ch.respond_by if sent is None else height >= sent + RESEND_BLOCKS
+                        if due and (not fault or height > ch.respond_by):
                             self._vote(job, i, ch, fault, height, key)
                     elif self.retry_at.get(key, 0) <= height:
                         self.judging.add(key)
@@ -94,8 +105,13 @@ class Referee:
             log.info("%s: cannot decide yet (%s); retrying", where, judgement.why)
             self.retry_at[key] = height + RETRY_BLOCKS
             return
-        log.info("%s: %s (%s)", where, "FAULT" if judgement.verdict == Verdict.FAULT else "no fault", judgement.why)
-        self._vote(job, index, ch, judgement.verdict == Verdict.FAULT, self.node.chain.height, key)
+        fault = judgement.verdict == Verdict.FAULT
+        log.info("%s: %s (%s)", where, "FAULT" if fault else "no fault", judgement.why)
+        height = self.node.chain.height
+        if fault and height <= ch.respond_by:  # the solver may yet reveal a forced error
+            self.decided[key] = (fault, None)
+            return
+        self._vote(job, index, ch, fault, height, key)
 
     def keep_busy(self, seconds: float = 600.0) -> None:
         """Test networks only (misbehave = "busy-referee"): a referee thread in torch for a long

@@ -5,6 +5,16 @@ restart of the worker or of the node loses nothing: the worker re-uploads and re
 A solver that cannot run a shard (its dataset or its start is not served) declines it after
 DECLINE_AFTER tries instead of missing the deadline: a decline is not slashed.
 A `--cheat` strategy exists to demonstrate and test that the protocol catches fraud.
+
+Forced errors: each assignment reserves the next element of this solver's hash chain
+(registered on first start, kept in the work directory). With the assignment beacon it says
+whether the shard must carry a forced error and where (consensus/forced.py); the solver then
+plants it (verifier/forced.py). It reveals the element when a challenge names that interval
+(the challenger wins the jackpot, nobody is slashed) or when the chain asks after the window.
+
+Disputes: in an exact profile a challenge opens a bisection game; the solver posts its state
+hash at each midpoint, recomputed from its own leaf (it keeps leaves, not every step), and
+uploads the state the game ends on for the referees.
 """
 from __future__ import annotations
 
@@ -13,10 +23,11 @@ from pathlib import Path
 
 from consensus import codec, merkle
 from consensus.crypto import PrivateKey, format_address, sha256
-from consensus.jobs import ChallengeKind, Job, ShardStatus
+from consensus.forced import forced_interval
+from consensus.jobs import Challenge, ChallengeKind, Job, Shard, ShardStatus
 
 from ..client import Client, make_tx
-from .common import JobContext, Unavailable, poll
+from .common import JobContext, SecretStore, Unavailable, ensure_registered, poll
 
 log = logging.getLogger("stepchain.solver")
 DECLINE_AFTER = 20  # tries, one a second: a node restarting is not a missing dataset
@@ -34,6 +45,9 @@ class Solver:
         self.progress = progress
         self.failures: dict[tuple, int] = {}
         workdir.mkdir(parents=True, exist_ok=True)
+        self.secrets = SecretStore(workdir / "secrets.json")
+        self.sent: set[tuple] = set()   # defence moves sent: (shard key, what, state of the dispute)
+        self.games: dict[tuple, list[bytes]] = {}  # challenge -> our hash after each step of its interval
 
     def fetch(self, digest: bytes) -> bytes | None:
         return self.client.get_blob(digest.hex())
@@ -46,27 +60,39 @@ class Solver:
         poll(self.step, log, once)
 
     def step(self) -> None:
+        ensure_registered(self.client, self.secrets, self.me, "solver", self.send, log)
         for job in self.jobs():
             for i, shard in enumerate(job.shards):
                 if shard.solver != self.key.address:
                     continue
                 if shard.status == ShardStatus.ASSIGNED:
                     self.solve(job, i)
-                elif self.cheat == "withhold-then-serve":
-                    self.serve_when_challenged(job, i)
+                elif shard.commit is not None and shard.status != ShardStatus.PASSED:
+                    self.defend(job, i, shard)
+
+    def forced(self, job: Job, shard: Shard, diverged_leaf: int = 0) -> int | None:
+        """The interval this shard must carry a forced error in (None: none), from our element."""
+        rate = self.client.get("/params")["forced_error_ppm"]
+        n = job.spec["steps"] // job.spec["k"]
+        return forced_interval(self.secrets.element(shard.secret_index), shard.assign_beacon, n, rate, diverged_leaf)
 
     def _train(self, job: Job, index: int) -> tuple[list[bytes], int]:
-        """(checkpoints, diverged_leaf) of the shard: honest, or what the cheat publishes."""
-        from verifier import adversary, checkpoint, training
+        """(checkpoints, diverged_leaf) of the shard: honest (with its forced error, if it
+        carries one), or what the cheat publishes."""
+        from verifier import adversary, checkpoint, forced, training
         ctx = JobContext(job, self.fetch)
         work = ctx.work(index, self.device)
         start = checkpoint.decode(ctx.expected_start())
         if self.cheat and self.cheat not in WITHHOLDING:
             published = adversary.publish(self.cheat, work, start)
             return published.leaves, published.diverged_leaf or 0
+        planted = self.forced(job, job.shards[index])
+        if planted is not None:
+            log.info("job %s r%d shard %d carries a forced error in interval %d", job.id.hex()[:8], job.round,
+                     index, planted)
         bar = _progress(f"job {job.id.hex()[:8]} r{job.round} shard {index}", ctx.spec.steps) if self.progress else None
         try:
-            leaves = training.train_shard(work, start, progress=bar.update if bar else None)
+            leaves = forced.train_with_forced_error(work, start, planted, progress=bar.update if bar else None)
         finally:
             if bar:
                 bar.close()
@@ -106,14 +132,59 @@ class Solver:
             self.send("decline", {"job": job.id, "round": job.round, "shard": index})
             log.warning("declined job %s round %d shard %d", job.id.hex()[:8], job.round, index)
 
-    def serve_when_challenged(self, job: Job, index: int) -> None:
+    def checkpoints(self, job: Job, index: int) -> list[bytes] | None:
+        cache = self.workdir / f"{job.id.hex()}-{job.round}-{index}.ckpts"
+        if not cache.exists():
+            return None
+        return codec.decode(cache.read_bytes(), max_size=1 << 31)[0]
+
+    def defend(self, job: Job, index: int, shard: Shard) -> None:
+        """Answer what the chain asks of a committed shard: the reveal, game moves, served blobs."""
+        checkpoints = self.checkpoints(job, index)
+        if checkpoints is None or merkle.root([sha256(c) for c in checkpoints]) != shard.commit.root:
+            return  # not our commit (another worker's, or a lost work directory)
+        body = {"job": job.id, "round": job.round, "shard": index}
+        key = (job.id, job.round, index)
+        if self.cheat == "withhold-then-serve":
+            self.serve_when_challenged(checkpoints, shard)
+        planted = self.forced(job, shard, shard.commit.diverged_leaf)
+        asked = shard.status == ShardStatus.REVEALING or any(
+            ch.kind == ChallengeKind.COMPUTE and ch.interval == planted for ch in shard.challenges)
+        if not shard.revealed_at and asked and (key, "reveal") not in self.sent:
+            self.send("reveal", {**body, "secret": self.secrets.element(shard.secret_index)})
+            self.sent.add((key, "reveal"))
+            log.info("revealed the forced-error secret of job %s r%d shard %d", job.id.hex()[:8], job.round, index)
+            return
+        for ch in shard.challenges:
+            if ch.game is not None and (key, ch.opened, ch.game.moves) not in self.sent:
+                self.play(job, index, ch, checkpoints, body)
+
+    def play(self, job: Job, index: int, ch: Challenge, checkpoints: list[bytes], body: dict) -> None:
+        """Post our midpoint hash, or upload the state a finished game starts its last step from."""
+        from verifier import training
+        game = ch.game
+        if not (game.solver_to_move or game.narrowed):
+            return
+        work = JobContext(job, self.fetch).work(index, self.device)
+        first, leaf = ch.interval * job.spec["k"], checkpoints[ch.interval]
+        gkey = (job.id, job.round, index, ch.opened)
+        if game.narrowed:
+            state = leaf if game.lo == first else training.run_interval(work, leaf, first, game.lo - first)
+            if sha256(state) == game.lo_hash:
+                self.client.put_blob(state)
+        else:
+            if gkey not in self.games:
+                self.games[gkey] = [sha256(leaf)] + training.step_hashes(work, leaf, job.spec["k"])
+            self.send("midpoint", {**body, "challenger": ch.challenger, "opened": ch.opened,
+                                   "hash": self.games[gkey][game.mid - first]})
+            log.info("job %s shard %d: posted the midpoint at step %d", job.id.hex()[:8], index, game.mid)
+        self.sent.add(((job.id, job.round, index), ch.opened, game.moves))
+
+    def serve_when_challenged(self, checkpoints: list[bytes], shard: Shard) -> None:
         """Test cheat: withhold every blob until an availability challenge names one, then
         serve everything (the challenger should lose only its fee)."""
-        shard = job.shards[index]
         if not any(c.kind == ChallengeKind.AVAILABLE for c in shard.challenges):
             return
-        cache = self.workdir / f"{job.id.hex()}-{job.round}-{index}.ckpts"
-        checkpoints, _ = codec.decode(cache.read_bytes(), max_size=1 << 31)
         for c in checkpoints:
             self.client.put_blob(c)
         self.client.put_blob(codec.encode([sha256(c) for c in checkpoints]))

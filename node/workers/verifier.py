@@ -10,67 +10,49 @@ missing for GRACE_SCANS scans, the verifier opens an availability challenge nami
 solver must serve it within the chain's response deadline); if a check cannot be decided
 for another reason (the previous round's finals are not reachable), it waits and retries.
 A computation challenge carries both checkpoints, which the verifier also uploads to its
-node, so referees can always get them.
+node, so referees can always get them. In an exact profile the challenge opens a bisection
+game: the verifier answers each of the solver's midpoints from its own recomputation, and
+uploads the state the game ends on for the referees.
+
+A shard whose solver revealed a forced error (answering a challenge of that interval) is
+looked at again: its planted interval is skipped, and the rest attested as usual.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import secrets as pysecrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from consensus import hashchain, merkle
-from consensus.crypto import PrivateKey, format_address
-from consensus.jobs import Job, Shard, ShardStatus
+from consensus import merkle
+from consensus.crypto import PrivateKey, format_address, sha256
+from consensus.jobs import Challenge, Job, Shard, ShardStatus
 from consensus.sampling import verifier_intervals
 
 from ..client import Client, RpcError, make_tx
-from .common import JobContext, Unavailable, Verdict, check_interval, check_start, poll
+from .common import (JobContext, SecretStore, Unavailable, Verdict, check_interval, check_start, ensure_registered,
+                     poll)
 
 log = logging.getLogger("stepchain.verifier")
 GRACE_SCANS = 3
-SECRET_LENGTH = 10_000
 
 
-class SecretStore:
-    """This verifier's hash-chain seed (file mode 0600, never logged) and the elements it gives."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        if path.exists():
-            raw = json.loads(path.read_text())
-            self.seed, self.length = bytes.fromhex(raw["seed"]), raw["length"]
-        else:
-            self.renew()
-
-    def renew(self) -> None:
-        self.seed, self.length = pysecrets.token_bytes(32), SECRET_LENGTH
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"seed": self.seed.hex(), "length": self.length}, f)
-
-    @property
-    def tip(self) -> bytes:
-        return hashchain.tip(self.seed, self.length)
-
-    def element(self, index: int) -> bytes:
-        return hashchain.element(self.seed, self.length, index)
-
-    def matches(self, registered: dict | None) -> bool:
-        """Is the chain registered on chain this seed's, with elements left?"""
-        if not registered or registered["length"] != self.length or registered["next"] > self.length:
-            return False
-        return self.element(registered["index"]).hex() == registered["anchor"]
+class Task(NamedTuple):
+    """One check a verifier owes, done once: a new draw or a reveal makes it a new task."""
+    job: bytes
+    round: int
+    shard: int
+    root: bytes
+    selected: bool
+    revealed_at: int
 
 
-def check_task(job: Job, index: int, shard: Shard, me: bytes, whistleblower: bool) -> tuple | None:
+def check_task(job: Job, index: int, shard: Shard, me: bytes, whistleblower: bool) -> Task | None:
     """What verifier `me` owes a shard now, as a key to do it once. `selected` is part of the
     key: a whistleblower may check a commit before verifiers are drawn; if it is then drawn,
-    only an attestation sent as a drawn verifier counts."""
+    only an attestation sent as a drawn verifier counts. So is the reveal of a forced error:
+    a verifier whose challenge it answered checks the shard again, and attests."""
     if shard.status not in (ShardStatus.COMMITTED, ShardStatus.VERIFYING, ShardStatus.DISPUTED):
         return None
     sel = shard.selection(me)
@@ -79,7 +61,7 @@ def check_task(job: Job, index: int, shard: Shard, me: bytes, whistleblower: boo
         return None
     if shard.open_challenge(me) is not None:
         return None
-    return job.id, job.round, index, shard.commit.root, selected
+    return Task(job.id, job.round, index, shard.commit.root, selected, shard.revealed_at)
 
 
 @dataclass(frozen=True)
@@ -93,15 +75,18 @@ class Finding:
 
 class Verifier:
     def __init__(self, client: Client, key: PrivateKey, workdir: Path, whistleblower: bool = False,
-                 lazy: bool = False):
+                 lazy: bool = False, extra_checks: int = 1):
         self.client, self.key = client, key
         self.me = format_address(key.address)
         self.secrets = SecretStore(workdir / "secrets.json")
         self.whistleblower = whistleblower
+        self.extra_checks = extra_checks  # whistleblower: random intervals checked besides the last
         self.lazy = lazy  # test-only: attest without checking (to show that it gets slashed)
         self.done: set[tuple] = set()
         self.sent: dict[tuple, str] = {}  # task -> hash of the tx that should settle it
         self.missing: dict[tuple, int] = {}
+        self.games: dict[tuple, list[bytes]] = {}  # challenge -> our hash after each step of its interval
+        self.moved: set[tuple] = set()             # game moves sent (challenge, moves played then)
 
     def fetch(self, digest: bytes) -> bytes | None:
         return self.client.get_blob(digest.hex())
@@ -112,18 +97,8 @@ class Verifier:
         poll(self.scan, log, once)
 
     def ensure_registered(self) -> None:
-        acct = self.client.account(self.me)
-        if self.secrets.matches(acct["secrets"]["verifier"]):
-            return
-        if acct["locked"]["verifier"]:
-            log.warning("the registered hash chain is not this verifier's and collateral is locked: "
-                        "waiting for it to be released before registering a new one")
-            return
-        if acct["secrets"]["verifier"]:
-            self.secrets.renew()
-        self.send("register_secrets", None, {"role": "verifier", "tip": self.secrets.tip,
-                                             "length": self.secrets.length}, wait=True)
-        log.info("registered a hash chain of %d secrets", self.secrets.length)
+        ensure_registered(self.client, self.secrets, self.me, "verifier",
+                          lambda kind, body: self.send(kind, None, body, wait=True), log)
 
     def scan(self) -> None:
         self.ensure_registered()
@@ -132,9 +107,12 @@ class Verifier:
         for job_id in self.client.get("/jobs")["active"]:
             job = self.client.job(job_id)
             for i, shard in enumerate(job.shards):
+                ch = shard.open_challenge(self.key.address)
+                if ch is not None and ch.game is not None:
+                    self.play(job, i, ch)
                 task = check_task(job, i, shard, self.key.address, self.whistleblower)
                 if task is not None and task not in self.done and task not in self.sent:
-                    tx_hash = self.check_shard(job, i, shard, samples, selected=task[-1])
+                    tx_hash = self.check_shard(job, i, shard, samples, selected=task.selected)
                     if tx_hash is not None:
                         self.sent[task] = tx_hash
 
@@ -154,12 +132,48 @@ class Verifier:
                 del self.sent[task]
 
     def intervals(self, shard: Shard, samples: int, selected: bool) -> list[int]:
+        """What to re-run: a drawn verifier's intervals, or a whistleblower's own sample; never
+        the revealed forced error (it is wrong on purpose, and already settled)."""
         n = shard.commit.leaves - 1
         if selected:
             secret = self.secrets.element(shard.selection(self.key.address).secret_index)
-            return verifier_intervals(secret, shard.commit.root, shard.beacon, n, samples,
-                                      shard.commit.diverged_leaf or None)
-        return sorted({n - 1, random.randrange(n)})
+            chosen = verifier_intervals(secret, shard.commit.root, shard.beacon, n, samples,
+                                        shard.commit.diverged_leaf or None)
+        elif self.extra_checks >= n - 1:
+            chosen = list(range(n))
+        else:
+            chosen = sorted({n - 1, *random.sample(range(n - 1), self.extra_checks)})
+        return [i for i in chosen if not (shard.revealed_at and i == shard.forced)]
+
+    def play(self, job: Job, index: int, ch: Challenge) -> None:
+        """Our move in the bisection game of our challenge: answer the solver's midpoint from our
+        own recomputation, or, once one step is left, upload the state it starts from."""
+        game, key = ch.game, (job.id, job.round, index, ch.opened)
+        if (key, game.moves) in self.moved or not (game.mid_hash or game.narrowed):
+            return
+        ctx = JobContext(job, self.fetch)
+        start = ctx.fetch(ch.start_leaf)
+        if start is None:
+            return  # we uploaded it with the challenge; the node is catching up
+        first = ch.interval * ctx.spec.k
+        if key not in self.games:
+            from verifier import training
+            self.games[key] = [sha256(start)] + training.step_hashes(ctx.work(index), start, ctx.spec.k)
+        ours = self.games[key]
+        if game.narrowed:
+            from verifier import training
+            state = start if game.lo == first else training.run_interval(ctx.work(index), start, first, game.lo - first)
+            if sha256(state) == game.lo_hash:
+                self.client.put_blob(state)
+            self.moved.add((key, game.moves))
+            return
+        agree = ours[game.mid - first] == game.mid_hash
+        sent = self.send("answer", job, {"shard": index, "challenger": self.key.address, "opened": ch.opened,
+                                         "agree": agree})
+        if sent is not None:
+            self.moved.add((key, game.moves))
+            log.info("job %s shard %d: %s with the solver at step %d", job.id.hex()[:8], index,
+                     "agreed" if agree else "disagreed", game.mid)
 
     def check_shard(self, job: Job, index: int, shard: Shard, samples: int, selected: bool) -> str | None:
         """Inspect, then attest or challenge: the hash of the tx that settles the task, or None

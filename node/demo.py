@@ -3,7 +3,11 @@
 Each step runs the real CLI against the devnet and prints the command and its output.
 Then a real training job runs end to end: two honest solvers, one dishonest solver (it
 skips steps), a verifier and a whistleblower, all separate processes talking RPC to
-different nodes. The demo ends with a summary of who was paid and who was slashed.
+different nodes. The cheater's dispute is a bisection game that ends in one referee step.
+The demo's network plants a forced error in every shard (the genesis default is one in
+five), so the whistleblower, which re-runs every interval, catches them and wins jackpots.
+The demo ends with a summary of who was paid and who was slashed, the games and the
+forced errors.
 """
 from __future__ import annotations
 
@@ -19,12 +23,13 @@ from .devnet import Devnet, follow_blocks
 REPO = Path(__file__).resolve().parent.parent
 JOB_SPEC = REPO / "examples" / "spirals.toml"
 JOB_TIMEOUT_S = 420
+DEMO_PARAMS = {"forced_error_ppm": 1_000_000}  # every shard carries a forced error, to show one
 WORKERS = (  # (key, role, stake, extra CLI args)
     ("solver1", "solver", 1_000_000, []),
     ("solver2", "solver", 1_000_000, []),
     ("cheater", "solver", 4_000_000, ["--cheat", "skip-steps"]),
-    ("verifier1", "verifier", 1_000_000, []),
-    ("verifier2", "verifier", 1_000_000, ["--whistleblower"]),
+    ("verifier1", "verifier", 10_000_000, []),  # a drawn verifier locks 10x the reward
+    ("verifier2", "verifier", 10_000_000, ["--whistleblower", "--check", "all"]),
 )
 
 
@@ -120,6 +125,46 @@ def summary(net: Devnet, job: dict, metric_line: str) -> None:
     print("  slashed:", flush=True)
     for name, amount, why in slashed or [("nobody", 0, "")]:
         print(f"    {name:<12} {amount:>10}  {why}", flush=True)
+    games(net, job)
+    forced_errors(net, job)
+
+
+def games(net: Devnet, job: dict) -> None:
+    """Each bisection game: its moves, the one step it ended on, and what the referees found."""
+    print("  bisection games (a dispute narrowed to one step, then each referee runs that step):", flush=True)
+    answers = [e for e in job["events"] if e[1] == "answer"]
+    ended = [e for e in answers if "one step left" in e[4]]
+    if not ended:
+        print("    none", flush=True)
+    moves = len(answers) + len([e for e in job["events"] if e[1] == "midpoint"])
+    for e in ended:
+        print(f"    h{e[0]}: {moves} moves in all; {e[4].split(',')[0].split(': ')[-1]} is the step in dispute",
+              flush=True)
+    for line in _referee_lines(net)[:4]:
+        print(f"    referee: {line}", flush=True)
+
+
+def _referee_lines(net: Devnet) -> list[str]:
+    lines = []
+    for i in range(len(net.homes)):
+        try:
+            text = net.log_path(i).read_text()
+        except OSError:
+            continue
+        lines += [f"node{i}: " + ln.split("stepchain.referee: ", 1)[1] for ln in text.splitlines()
+                  if "stepchain.referee: dispute" in ln and "->" in ln]
+    return lines
+
+
+def forced_errors(net: Devnet, job: dict) -> None:
+    print("  forced errors (planted by honest solvers; the first challenger wins the jackpot):", flush=True)
+    revealed = [e for e in job["events"] if e[1] == "revealed" and "forced error" in e[4]]
+    for e in revealed:
+        print(f"    h{e[0]}: {_name(net, e[2])} revealed {e[4]}", flush=True)
+    for e in [e for e in job["events"] if e[1] == "jackpot"]:
+        print(f"    jackpot {e[3]} to {_name(net, e[2])} ({e[4]})", flush=True)
+    if not revealed:
+        print("    none", flush=True)
 
 
 def job_tour(net: Devnet) -> None:

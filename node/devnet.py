@@ -58,15 +58,18 @@ class Devnet:
     def urls(self) -> list[str]:
         return [Home(h).config().rpc_url for h in self.homes]
 
-    def init(self, block_interval_ms: int = 1000, idle_interval_ms: int = 3000) -> None:
-        """Homes for N validators sharing one genesis; node0's keystore holds the funded `dev` key."""
+    def init(self, block_interval_ms: int = 1000, idle_interval_ms: int = 3000, params: dict | None = None) -> None:
+        """Homes for N validators sharing one genesis (`params` override the template's);
+        node0's keystore holds the funded `dev` key."""
         if all(Home(h).exists() for h in self.homes):
             return  # an existing devnet: resume it
         self.base.mkdir(parents=True, exist_ok=True)
         keys = [PrivateKey.generate() for _ in self.homes]
         p2p = [f"127.0.0.1:{_free_port()}" for _ in self.homes]
         dev = Keystore(Home(self.homes[0]).keystore_dir).create("dev", self.env["STEPCHAIN_PASSWORD"])
-        genesis = dev_genesis(read_template(REPO_GENESIS), keys, [dev["address"]])
+        template = read_template(REPO_GENESIS)
+        template["params"] = {**template.get("params", {}), **(params or {})}
+        genesis = dev_genesis(template, keys, [dev["address"]])
         for i, (path, key) in enumerate(zip(self.homes, keys)):
             home = Home(path)
             home.path.mkdir(parents=True, exist_ok=True)
@@ -198,7 +201,8 @@ def run_devnet(home: str | None, validators: int, demo: bool) -> int:
     base = Path(home) if home else Path(tempfile.mkdtemp(prefix="stepchain-devnet-"))
     net = Devnet(base, validators)
     if demo:  # faster blocks, so the demo's job moves through its windows quickly
-        net.init(block_interval_ms=500, idle_interval_ms=1000)
+        from .demo import DEMO_PARAMS
+        net.init(block_interval_ms=500, idle_interval_ms=1000, params=DEMO_PARAMS)
     else:
         net.init()
     error: Exception | None = None

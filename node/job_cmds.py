@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from consensus.crypto import address_of, format_address, sha256
-from consensus.jobs import budget
+from consensus.jobs import budget, pool_fee
 
 from .client import RpcError, make_tx
 from .jobspec import SpecError, check_chain_rules, load as load_spec
@@ -28,10 +28,12 @@ def cmd_job_submit(args, client, unlock, emit) -> None:
     params = c.get("/params")
     check_chain_rules(spec, params["max_blob_bytes"])  # the sizes against this network's blob limit
     cost = budget(spec, params)
+    fee = pool_fee(cost, params)
     key = unlock(args, args.sender)
     acct = c.account(format_address(address_of(key.pubkey)))
-    if cost + 1 > acct["balance"]:
-        raise SpecError(f"the job budget {cost} (+ fee 1) exceeds the balance {acct['balance']} of {args.sender}")
+    if cost + fee + 1 > acct["balance"]:
+        raise SpecError(f"the job budget {cost} (+ pool fee {fee}, + tx fee 1) exceeds the balance "
+                        f"{acct['balance']} of {args.sender}")
     if spec["steps"] // spec["k"] < params["min_intervals"]:
         raise SpecError(f"steps / k is {spec['steps'] // spec['k']} intervals; this network needs at least "
                         f"{params['min_intervals']} (lower k or raise steps)")
@@ -40,8 +42,9 @@ def cmd_job_submit(args, client, unlock, emit) -> None:
     tx = make_tx(key, c.status()["chain_id"], "submit_job", {"spec": spec}, acct["next_nonce"], 1)
     c.broadcast(tx)
     info = c.wait_for_tx(tx.hash.hex())
-    emit(args, {"job": tx.hash.hex(), "height": info["height"], "budget": cost},
-         f"job {tx.hash.hex()} submitted at height {info['height']}; budget {cost} escrowed")
+    emit(args, {"job": tx.hash.hex(), "height": info["height"], "budget": cost, "pool_fee": fee},
+         f"job {tx.hash.hex()} submitted at height {info['height']}; budget {cost} escrowed, "
+         f"pool fee {fee} paid")
 
 
 def _shard_line(i: int, s: dict) -> str:

@@ -50,3 +50,10 @@ def net(tmp_path):
     """The two-validator job network of tests/jobnet.py: (nodes, worker list, tmp_path)."""
     from tests.jobnet import job_network
     yield from job_network(tmp_path)
+
+
+@pytest.fixture
+def forced_net(tmp_path):
+    """The job network with a forced error in every shard, so that a test can count on one."""
+    from tests.jobnet import job_network
+    yield from job_network(tmp_path, forced_error_ppm=1_000_000)

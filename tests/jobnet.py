@@ -41,13 +41,13 @@ verify_blocks = {verify_blocks}
 STAKE = 1_000_000
 
 
-def job_network(tmp_path):
+def job_network(tmp_path, **params):
     """Two validators (started) and a list the test appends its worker processes to; all are
-    stopped afterwards, and every node must exit cleanly."""
+    stopped afterwards, and every node must exit cleanly. `params` override genesis ones."""
     nodes = init_network(tmp_path, 2)
     # a 4-interval job where each verifier re-runs every interval (3 drawn + the last), so each
     # cheat is found by whoever is drawn
-    set_genesis_params(nodes, min_intervals=4, samples_per_shard=3, dispute_blocks=30)
+    set_genesis_params(nodes, **{"min_intervals": 4, "samples_per_shard": 3, "dispute_blocks": 30, **params})
     for n in nodes:
         n.start(wait=False)
     for n in nodes:
@@ -80,3 +80,12 @@ def submit(node, tmp_path, name: str, **fmt) -> str:
     path = tmp_path / f"{name}.toml"
     path.write_text(SPEC.format(**fmt))
     return node.cli("job", "submit", "--from", "dev", str(path))["job"]
+
+
+def wait_registered(node, addresses, role: str, timeout: float = 60) -> None:
+    """Until every worker of `addresses` has registered its hash chain for `role` (a solver is
+    assigned shards only then: its chain decides each shard's forced error)."""
+    deadline = time.monotonic() + timeout
+    while not all(node.rpc.account(a)["secrets"][role] for a in addresses):
+        assert time.monotonic() < deadline, f"workers did not register {role} hash chains"
+        time.sleep(0.5)

@@ -253,8 +253,9 @@ def narrow(c: Chain, jid: bytes, challenger, i: int = 0, agree: bool = True) -> 
         game = open_game(c, jid, challenger, i)
         if game is None or game["hi"] - game["lo"] == 1:
             return
-        mid = sha256(b"jobworld/midpoint" + game["lo_hash"] + game["hi_hash"])
-        block(c, tx(c, solver_of(c, jid, i), "midpoint", game_body(c, jid, challenger, i, hash=mid)))
+        if not game["mid_hash"]:
+            mid = sha256(b"jobworld/midpoint" + game["lo_hash"] + game["hi_hash"])
+            block(c, tx(c, solver_of(c, jid, i), "midpoint", game_body(c, jid, challenger, i, hash=mid)))
         block(c, tx(c, challenger, "answer", game_body(c, jid, challenger, i, agree=agree)))
 
 
@@ -294,3 +295,31 @@ def verifying_world(**params):
     selected = drawn[0]
     return c, jid, leaves, solver_of(c, jid), selected, challenger
 
+
+
+# -- forced errors ------------------------------------------------------------------------------
+
+def solver_secret(c: Chain, jid: bytes, i: int = 0) -> bytes:
+    """The hash-chain element the assignment of shard i reserved from its solver."""
+    return secret(solver_of(c, jid, i), shard(c, jid, i)["secret_index"], "solver")
+
+
+def forced_of(c: Chain, jid: bytes, i: int = 0) -> int | None:
+    """The interval shard i must carry a forced error in (what only its solver knows)."""
+    from consensus.forced import forced_interval
+    s, spec = shard(c, jid, i), job(c, jid)["spec"]
+    diverged = s["commit"]["diverged_leaf"] if s["commit"] else 0
+    return forced_interval(solver_secret(c, jid, i), s["assign_beacon"], jobs.n_intervals(spec),
+                           get_params(c.view())["forced_error_ppm"], diverged)
+
+
+def reveal_body(c: Chain, jid: bytes, i: int = 0, secret_: bytes | None = None) -> dict:
+    return dict(shard_body(c, jid, i), secret=solver_secret(c, jid, i) if secret_ is None else secret_)
+
+
+def reveal(c: Chain, jid: bytes, i: int = 0) -> None:
+    block(c, tx(c, solver_of(c, jid, i), "reveal", reveal_body(c, jid, i)))
+
+
+def pool(c: Chain) -> int:
+    return c.view().read(jobs.K_POOL, 0)

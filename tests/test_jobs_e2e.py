@@ -6,7 +6,7 @@ import torch
 
 from node.client import make_tx
 from node.wallet import Keystore
-from tests.jobnet import SPEC, STAKE, events_of, submit, wait_job
+from tests.jobnet import SPEC, STAKE, events_of, submit, wait_job, wait_registered
 from tests.nodes import PASSWORD, new_funded_key, start_worker, wait_all
 from verifier.adversary import STRATEGIES
 
@@ -19,17 +19,19 @@ def test_cheats_are_caught_honest_work_is_paid(net):
     for s in STRATEGIES:
         cheaters[s] = new_funded_key(n0, f"cheat-{s}", 3 * STAKE)
         n0.cli("stake", "--from", f"cheat-{s}", "--role", "solver", "--amount", str(STAKE))
-    verifiers = {"lazy": 20 * STAKE, "checker": STAKE, "whistle": STAKE}
+    # a drawn verifier locks 10x the reward: these can each be drawn for every shard at once
+    verifiers = {"lazy": 20 * STAKE, "checker": 10 * STAKE, "whistle": 10 * STAKE}
     for name, amount in verifiers.items():
         new_funded_key(n0, name, 2 * amount)
         n0.cli("stake", "--from", name, "--role", "verifier", "--amount", str(amount))
 
+    for s in STRATEGIES:
+        workers.append(start_worker(n0, "solver", f"cheat-{s}", "--cheat", s, url=nodes[len(workers) % 2].url))
+    wait_registered(n0, cheaters.values(), "solver")
     job_id = submit(n0, tmp_path, "cheats", shards=len(STRATEGIES), commit_blocks=60, verify_blocks=40)
     job = n0.rpc.get(f"/job/{job_id}")
     assert sorted(s["solver"] for s in job["shards"]) == sorted(cheaters.values())  # one shard each
 
-    for s in STRATEGIES:
-        workers.append(start_worker(n0, "solver", f"cheat-{s}", "--cheat", s, url=nodes[len(workers) % 2].url))
     workers.append(start_worker(n0, "verifier", "lazy", "--lazy"))
     workers.append(start_worker(n0, "verifier", "checker", url=nodes[1].url))
     workers.append(start_worker(n0, "verifier", "whistle", "--whistleblower"))
@@ -153,14 +155,16 @@ def test_job_submit_rejects_bad_specs_before_signing(net, tmp_path):
 
 def test_a_job_no_solver_takes_can_be_cancelled(net, tmp_path):
     """With no solver staked the shards stay unassigned: the submitter cancels and gets the
-    whole budget back (only the two fees are spent); nobody else can cancel it, and it cannot be cancelled twice."""
+    whole budget back (only the two tx fees and the pool fee are spent); nobody else can cancel it, and it cannot be cancelled twice."""
     nodes, _, _ = net
     n0 = nodes[0]
     before = n0.cli("balance", "dev")["balance"]
     job_id = submit(n0, tmp_path, "lonely", shards=2, commit_blocks=10, verify_blocks=5)
     job = wait_job(n0, job_id, lambda j: j["escrow"] > 0)
     assert [s["status"] for s in job["shards"]] == ["unassigned", "unassigned"]
-    assert n0.cli("balance", "dev")["balance"] == before - job["escrow"] - 1
+    fee = events_of(job, "pool fee")[0][3]
+    assert fee == job["escrow"] // 100   # 1% of the budget, to the jackpot pool
+    assert n0.cli("balance", "dev")["balance"] == before - job["escrow"] - fee - 1
 
     new_funded_key(n0, "stranger", 1_000)
     for who, job_arg, reason in (("stranger", job_id, "only the job's submitter"),
@@ -173,7 +177,8 @@ def test_a_job_no_solver_takes_can_be_cancelled(net, tmp_path):
     job = n0.cli("job", "status", job_id)
     assert job["status"] == "cancelled" and job["escrow"] == 0
     assert events_of(job, "cancelled")[0][3] == job["events"][0][3]  # the whole budget came back
-    assert n0.cli("balance", "dev")["balance"] == before - 2 - (1_000 + 1)  # two fees; funding the stranger
+    # two tx fees, the pool fee (never refunded) and funding the stranger
+    assert n0.cli("balance", "dev")["balance"] == before - 2 - fee - (1_000 + 1)
     proc = n0.cli("job", "cancel", "--from", "dev", job_id, check=False, json_out=False)
     assert proc.returncode == 1 and "already cancelled" in proc.stderr, proc.stderr
     assert job_id not in n0.rpc.get("/jobs")["active"]

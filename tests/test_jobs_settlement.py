@@ -60,7 +60,7 @@ def test_the_draw_waits_for_a_verifier_with_stake_and_a_hash_chain():
     commit(c, jid)
     blocks(c, 3)
     assert shard(c, jid)["status"] == "committed"
-    block(c, stake(NEWCOMER, "verifier", 50, c.nonce(NEWCOMER)))
+    block(c, stake(NEWCOMER, "verifier", 60, c.nonce(NEWCOMER)))
     assert shard(c, jid)["status"] == "committed", "a verifier with no hash chain was drawn"
     register_secrets(c, NEWCOMER)
     s = shard(c, jid)
@@ -70,8 +70,10 @@ def test_the_draw_waits_for_a_verifier_with_stake_and_a_hash_chain():
 
 
 def test_the_draw_needs_free_stake_for_the_verifier_collateral():
-    """A verifier whose stake is below 0.3 x the reward is never drawn, however long it waits."""
-    c = world(verifiers=((R1, 29), (R2, 30)))
+    """A verifier whose free stake is below its draw's collateral (0.3 x the reward in this
+    world) plus a challenge bond (0.3 x the reward: a drawn verifier can always challenge
+    what it finds) is never drawn, however long it waits."""
+    c = world(verifiers=((R1, 59), (R2, 60)))
     jid = submit(c, shards=1)
     commit(c, jid)
     draw(c)

@@ -7,13 +7,14 @@ import pytest
 from consensus import codec, merkle
 from node.client import make_tx
 from node.wallet import Keystore
-from tests.jobnet import STAKE, events_of, submit, wait_job
+from tests.jobnet import STAKE, events_of, submit, wait_job, wait_registered
 from tests.nodes import PASSWORD, new_funded_key, start_worker
 
 pytestmark = pytest.mark.slow
 
 
-def stake(n0, name: str, role: str, amount: int = STAKE) -> str:
+def stake(n0, name: str, role: str, amount: int | None = None) -> str:
+    amount = amount or (10 * STAKE if role == "verifier" else STAKE)  # a draw locks 10x the reward
     addr = new_funded_key(n0, name, 3 * amount)
     n0.cli("stake", "--from", name, "--role", role, "--amount", str(amount))
     return addr
@@ -34,11 +35,12 @@ def test_withheld_blobs_served_when_challenged_cost_the_challenger_only_its_fee(
     n0 = nodes[0]
     server, hoarder = stake(n0, "server", "solver"), stake(n0, "hoarder", "solver")
     checker = stake(n0, "checker", "verifier")
+    workers.append(start_worker(n0, "solver", "server", "--cheat", "withhold-then-serve"))
+    workers.append(start_worker(n0, "solver", "hoarder", "--cheat", "withhold", url=nodes[1].url))
+    wait_registered(n0, (server, hoarder), "solver")
     job_id = submit(n0, tmp_path, "withheld", shards=2, commit_blocks=60, verify_blocks=20)
     job = wait_job(n0, job_id, lambda j: all(s["solver"] for s in j["shards"]))
     assert sorted(s["solver"] for s in job["shards"]) == sorted([server, hoarder])
-    workers.append(start_worker(n0, "solver", "server", "--cheat", "withhold-then-serve"))
-    workers.append(start_worker(n0, "solver", "hoarder", "--cheat", "withhold", url=nodes[1].url))
     workers.append(start_worker(n0, "verifier", "checker"))
 
     job = wait_job(n0, job_id, lambda j: hoarder in slashed(j) and events_of(j, "served"))
@@ -53,7 +55,7 @@ def test_withheld_blobs_served_when_challenged_cost_the_challenger_only_its_fee(
     assert server not in slashed(job) and checker not in slashed(job)
     paid = {e[2] for e in events_of(job, "paid")}
     assert server in paid and hoarder not in paid
-    assert n0.cli("balance", "checker")["stake"]["verifier"] == STAKE
+    assert n0.cli("balance", "checker")["stake"]["verifier"] == 10 * STAKE
     assert n0.cli("balance", "hoarder")["stake"]["solver"] == STAKE - 3 * 50000  # its whole collateral
 
 

@@ -21,10 +21,10 @@ from .bonds import K_POOL, pool
 from .records import (K_ACTIVE_JOBS, MANIFEST, MAX_EVENTS, START, Challenge, ChallengeKind, Commit, Game, Job,
                       JobStatus, Selection, Shard, ShardStatus, k_escrow, k_job, k_load)
 from .schedule import process_jobs
-from .spec import LIMITS, METRICS, OPTIMIZERS, PROFILES, budget, check_spec, n_intervals
+from .spec import LIMITS, METRICS, OPTIMIZERS, PROFILES, budget, check_spec, n_intervals, pool_fee
 from .txs import TX_HANDLERS
 
 __all__ = ["K_POOL", "pool", "Game", "free_stake", "k_lock", "k_secrets", "locked", "MANIFEST", "ChallengeKind", "Selection",
            "JobError", "K_ACTIVE_JOBS", "MAX_EVENTS", "Challenge", "Commit", "Job", "JobStatus", "Shard",
            "ShardStatus", "k_escrow", "k_job", "k_load", "process_jobs", "LIMITS", "METRICS", "OPTIMIZERS",
-           "PROFILES", "budget", "check_spec", "n_intervals", "START", "TX_HANDLERS"]
+           "PROFILES", "budget", "pool_fee", "check_spec", "n_intervals", "START", "TX_HANDLERS"]

@@ -47,8 +47,9 @@ def challenge_bond(params: dict, spec: dict) -> int:
 
 def verifier_pool(v: View, params: dict, spec: dict, shard) -> list[tuple[bytes, int]]:
     """(verifier, stake) of everyone a draw for this shard may pick: staked, with free stake
-    for the collateral and secrets left, neither its solver nor one that stayed silent on it."""
-    need = attest_collateral(params, spec)
+    for the collateral and a challenge bond (a drawn verifier must always be able to challenge
+    what it finds) and secrets left, neither its solver nor one that stayed silent on it."""
+    need = attest_collateral(params, spec) + challenge_bond(params, spec)
     return [(a, w) for a, w in staking.candidates(v, "verifier")
             if w >= params["min_verifier_stake"] and a != shard.solver and a not in shard.silent
             and free_stake(v, a, "verifier") >= need and has_secrets(v, a, "verifier")]

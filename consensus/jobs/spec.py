@@ -71,5 +71,10 @@ def budget(spec: dict, params: dict) -> int:
     return per_shard * spec["shards"] * spec["rounds"]
 
 
+def pool_fee(cost: int, params: dict) -> int:
+    """What a job pays the jackpot pool on top of its budget (never refunded)."""
+    return cost * params["pool_fee_ppm"] // 1_000_000
+
+
 def n_intervals(spec: dict) -> int:
     return spec["steps"] // spec["k"]

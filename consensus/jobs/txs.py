@@ -10,7 +10,7 @@ from .errors import JobError
 from .lifecycle import move
 from .records import (K_ACTIVE_JOBS, MANIFEST, START, Challenge, ChallengeKind, Commit, Job, JobStatus, Shard, ShardStatus,
                       k_escrow)
-from .spec import budget, check_spec, n_intervals
+from .spec import budget, check_spec, n_intervals, pool_fee
 
 MAX_OPEN_CHALLENGES = 8
 
@@ -59,7 +59,7 @@ def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
     if len(active) >= params["max_active_jobs"]:
         raise JobError("too many active jobs; try later")
     cost = budget(spec, params)
-    fee = cost * params["pool_fee_ppm"] // 1_000_000
+    fee = pool_fee(cost, params)
     acct = get_account(v, sender)
     if acct.balance < cost + fee:
         raise JobError(f"insufficient funds for the job: balance {acct.balance}, budget {cost} + pool fee {fee}")

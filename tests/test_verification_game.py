@@ -1,0 +1,133 @@
+"""The verification game with real training: whoever lies in a bisection game loses, and the
+referee's verdict costs exactly one training step, whatever k is.
+
+A real chain (tests/jobworld.py) holds a real job (the spirals MLP, exact profile, k = 8:
+three rounds of moves). The solver's leaves are really trained (or forged); each party's
+midpoint hashes come from really recomputing its own leaf, or from a lie; the referee judges
+the finished game with `node.workers.referee.judge` on the blobs the parties uploaded, and the
+validators' votes decide it on chain.
+"""
+from __future__ import annotations
+
+import pytest
+
+from consensus.crypto import sha256
+from node.workers.common import JobContext, Verdict
+from node.workers.referee import judge
+from tests.chainfactory import challenge_body, commit_body
+from tests.gamearena import count_steps, forged, honest_answer, honest_leaves, honest_mid, play, record
+from tests.jobworld import (REFEREES, STAKE, VERIFIERS, block, blocks, challenges, draw, events, job, open_game,
+                            shard, solver_of, submit, tx, verifiers_of, vote, world)
+from verifier import checkpoint, training
+
+K, INTERVAL = 8, 3
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The honest leaves of the job's one shard, computed once."""
+    return honest_leaves(K)
+
+
+def _play(leaves, solver_hash, answer, forge: bool = False, serve=None):
+    p = play(K, forged(leaves, INTERVAL + 1) if forge else leaves, INTERVAL, solver_hash, answer, serve)
+    assert p.moves == 6  # log2(8) = 3 rounds
+    return p.chain, p.job, p.challenger, p.judgement, p.referee_steps
+
+
+def _decide(c, jid, challenger, fault: bool) -> None:
+    blocks(c, 10)  # past the response deadline
+    vote(c, jid, challenger, fault, *REFEREES)
+
+
+def test_a_forged_interval_end_loses_the_game_at_its_last_step_for_one_referee_step(trained):
+    """The cheater's midpoints are honest (recomputed from its honest leaf), so the challenger
+    agrees each time and the game ends at the interval's last step, where the forgery is."""
+    c, jid, challenger, judged, steps = _play(trained, honest_mid, honest_answer, forge=True)
+    game = open_game(c, jid, challenger)
+    assert (game["lo"], game["hi"]) == (INTERVAL * K + K - 1, INTERVAL * K + K)
+    assert judged.verdict == Verdict.FAULT and steps == 1
+    solver = solver_of(c, jid)
+    _decide(c, jid, challenger, True)
+    assert c.stake_of(solver, "solver") < STAKE and shard(c, jid)["solver"] != solver.address
+
+
+@pytest.mark.parametrize("lie_at", [0, 1, 2])
+def test_a_solver_that_lies_at_any_midpoint_loses(trained, lie_at):
+    """An honest commit, challenged; the solver posts a wrong hash at round `lie_at`: the honest
+    challenger disagrees, so the lie becomes the disputed end, and one step shows it."""
+    rounds = []
+
+    def lying(game, party):
+        rounds.append(1)
+        return sha256(b"a lie") if len(rounds) - 1 == lie_at else honest_mid(game, party)
+    c, jid, challenger, judged, steps = _play(trained, lying, honest_answer)
+    assert judged.verdict == Verdict.FAULT and steps == 1
+
+
+@pytest.mark.parametrize("answers", ["always-disagree", "always-agree", "alternate"])
+def test_a_challenger_of_an_honest_solver_loses_whatever_it_answers(trained, answers):
+    """False disagreements (and agreements) only move the game between states the honest
+    solver computed: the last step always matches, and the challenger's bond goes to the solver."""
+    turn = []
+
+    def answer(game, party):
+        turn.append(1)
+        return {"always-disagree": False, "always-agree": True, "alternate": len(turn) % 2 == 0}[answers]
+    c, jid, challenger, judged, steps = _play(trained, honest_mid, answer)
+    assert judged.verdict == Verdict.SOUND and steps == 1
+    _decide(c, jid, challenger, False)
+    assert c.stake_of(challenger, "verifier") < STAKE and challenges(c, jid) == []
+    assert any(e[2] == solver_of(c, jid).address for e in events(c, jid, "rewarded"))
+
+
+def test_a_cheater_whose_challenger_falsely_agrees_with_a_wrong_midpoint_still_loses_the_step(trained):
+    """A forged end, and a solver that lies at the first midpoint to pull the game away from
+    it; an honest challenger disagrees and the lie itself is judged at the last step."""
+    first = []
+
+    def pull_away(game, party):
+        first.append(1)
+        return sha256(b"pull") if len(first) == 1 else honest_mid(game, party)
+    c, jid, challenger, judged, steps = _play(trained, pull_away, honest_answer, forge=True)
+    assert judged.verdict == Verdict.FAULT and steps == 1
+
+
+def test_an_agreed_state_at_the_wrong_step_is_the_solvers_fault(trained):
+    """The solver posts the hash of a real state one step late as its midpoint and a careless
+    challenger agrees: the state served for that hash is not at the agreed step."""
+    def late(game, party):
+        return party.at((game["lo"] + game["hi"]) // 2 + 1)
+
+    def serve(game, party):
+        return party.state(game["lo"] + 1)
+    c, jid, challenger, judged, steps = _play(trained, late, lambda g, p: True, serve=serve)
+    assert judged.verdict == Verdict.FAULT and "agreed state" in judged.why
+
+
+def test_an_agreed_state_nobody_serves_is_undecided_then_no_fault_shown(trained):
+    c, jid, challenger, judged, steps = _play(trained, honest_mid, honest_answer, forge=True,
+                                               serve=lambda g, p: b"not the agreed state")
+    assert judged.verdict == Verdict.UNDECIDED and steps == 0
+    ch = record(c, jid).shards[0].challenges[0]
+    later = judge(record(c, jid), 0, ch, ch.game.serve_by + 1, {}.get)
+    assert later.verdict == Verdict.SOUND and "not served in time" in later.why
+
+
+def test_without_a_game_the_tolerance_referee_recomputes_the_whole_interval():
+    """For comparison: the same dispute in the tolerance profile costs k steps."""
+    c = world()
+    jid = submit(c, shards=1, steps=50 * K, k=K, verify_blocks=30, profile="tolerance")
+    ctx = JobContext(record(c, jid), {}.get)
+    leaves_bytes = training.train_shard(ctx.work(0), checkpoint.decode(ctx.expected_start()))
+    leaves = [sha256(b) for b in leaves_bytes]
+    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
+    draw(c)
+    challenger = next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
+    block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, INTERVAL, leaves)))
+    assert challenges(c, jid)[0]["game"] is None
+    blobs = {sha256(b): b for b in leaves_bytes}
+    judged, steps = count_steps(lambda: judge(record(c, jid), 0, record(c, jid).shards[0].challenges[0], c.height,
+                                              blobs.get))
+    assert judged.verdict == Verdict.SOUND and steps == K
+    assert job(c, jid)["status"] == "active"

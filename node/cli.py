@@ -201,7 +201,8 @@ def cmd_unjail(args) -> None:
 def cmd_status(args) -> None:
     s = client(args).status()
     emit(args, s, f"chain {s['chain_id']} height {s['height']}\n  block {s['block_hash']}\n"
-                  f"  app_hash {s['app_hash']}\n  validators {s['validators']}, mempool {s['mempool_size']}")
+                  f"  app_hash {s['app_hash']}\n  validators {s['validators']}, mempool {s['mempool_size']}\n"
+                  f"  jackpot pool {s['jackpot_pool']}")
 
 
 def cmd_block(args) -> None:

@@ -25,7 +25,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from consensus.crypto import format_address, parse_address
 from consensus.genesis import ROLES
-from consensus.jobs import K_ACTIVE_JOBS, k_escrow, k_job, k_secrets, locked
+from consensus.jobs import K_ACTIVE_JOBS, K_POOL, k_escrow, k_job, k_secrets, locked
 from p2p.blobs import BlobError
 from consensus.ledger import get_account, get_params, get_stake
 from consensus.staking import jail_status, unbonding_entries
@@ -214,6 +214,7 @@ class Rpc:
             "chain_id": c.chain_id, "height": c.height, "block_hash": c.tip_hash.hex(),
             "app_hash": c.app_hash.hex(), "genesis_hash": c.genesis.hash.hex(),
             "mempool_size": len(c.mempool), "validators": len(c.validators()),
+            "jackpot_pool": c.view().read(K_POOL, 0),
             "node_address": format_address(self.node.key.address), "moniker": self.node.config.moniker})
 
     async def block(self, request: web.Request) -> web.Response:

@@ -61,6 +61,7 @@ class Solver:
 
     def step(self) -> None:
         ensure_registered(self.client, self.secrets, self.me, "solver", self.send, log)
+        defended = set()
         for job in self.jobs():
             for i, shard in enumerate(job.shards):
                 if shard.solver != self.key.address:
@@ -68,7 +69,11 @@ class Solver:
                 if shard.status == ShardStatus.ASSIGNED:
                     self.solve(job, i)
                 elif shard.commit is not None and shard.status != ShardStatus.PASSED:
+                    defended.add((job.id, job.round, i))
                     self.defend(job, i, shard)
+        # bounded memory: what is remembered of a dispute goes once its shard is settled or gone
+        self.games = {k: v for k, v in self.games.items() if k[:3] in defended}
+        self.sent = {s for s in self.sent if s[0] in defended}
 
     def forced(self, job: Job, shard: Shard, diverged_leaf: int = 0) -> int | None:
         """The interval this shard must carry a forced error in (None: none), from our element."""

@@ -132,14 +132,11 @@ def summary(net: Devnet, job: dict, metric_line: str) -> None:
 def games(net: Devnet, job: dict) -> None:
     """Each bisection game: its moves, the one step it ended on, and what the referees found."""
     print("  bisection games (a dispute narrowed to one step, then each referee runs that step):", flush=True)
-    answers = [e for e in job["events"] if e[1] == "answer"]
-    ended = [e for e in answers if "one step left" in e[4]]
-    if not ended:
-        print("    none", flush=True)
-    moves = len(answers) + len([e for e in job["events"] if e[1] == "midpoint"])
+    ended = [e for e in job["events"] if e[1] == "answer" and "one step left" in e[4]]
+    moves = len([e for e in job["events"] if e[1] in ("answer", "midpoint")])
     for e in ended:
-        print(f"    h{e[0]}: {moves} moves in all; {e[4].split(',')[0].split(': ')[-1]} is the step in dispute",
-              flush=True)
+        print(f"    h{e[0]}: {_name(net, e[2])}'s challenge is down to {e[4].split(', ')[-1]}", flush=True)
+    print(f"    {len(ended)} game(s), {moves} moves in all" if ended else "    none", flush=True)
     for line in _referee_lines(net)[:4]:
         print(f"    referee: {line}", flush=True)
 

@@ -96,8 +96,9 @@ def process_answer(v: View, job: Job, shard: Shard, body: dict, sender: bytes, h
         game.hi, game.hi_hash = game.mid, game.mid_hash
     game.mid_hash, game.moves = b"", game.moves + 1
     _next_turn(get_params(v), game, height)
-    job.log(height, "answer", sender, 0, f"{'agree' if body['agree'] else 'disagree'}: [{game.lo}, {game.hi}]"
-            + (", one step left for the referees" if game.narrowed else ""))
+    said = "agree" if body["agree"] else "disagree"
+    job.log(height, "answer", sender, 0, f"{said}: one step left for the referees, step {game.lo} -> {game.hi}"
+            if game.narrowed else f"{said}: [{game.lo}, {game.hi}]")
 
 
 def expire_moves(v: View, job: Job, index: int, height: int) -> None:

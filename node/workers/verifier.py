@@ -104,17 +104,21 @@ class Verifier:
         self.ensure_registered()
         samples = self.client.get("/params")["samples_per_shard"]
         self.settle_sent()
+        games = set()
         for job_id in self.client.get("/jobs")["active"]:
             job = self.client.job(job_id)
             for i, shard in enumerate(job.shards):
                 ch = shard.open_challenge(self.key.address)
                 if ch is not None and ch.game is not None:
+                    games.add((job.id, job.round, i, ch.opened))
                     self.play(job, i, ch)
                 task = check_task(job, i, shard, self.key.address, self.whistleblower)
                 if task is not None and task not in self.done and task not in self.sent:
                     tx_hash = self.check_shard(job, i, shard, samples, selected=task.selected)
                     if tx_hash is not None:
                         self.sent[task] = tx_hash
+        self.games = {g: hashes for g, hashes in self.games.items() if g in games}  # bounded memory
+        self.moved = {m for m in self.moved if m[0] in games}
 
     def settle_sent(self) -> None:
         """A task is done once its tx is on chain. One the chain dropped (its shard moved on

@@ -131,3 +131,63 @@ def test_without_a_game_the_tolerance_referee_recomputes_the_whole_interval():
                                               blobs.get))
     assert judged.verdict == Verdict.SOUND and steps == K
     assert job(c, jid)["status"] == "active"
+
+
+class ChainClient:
+    """What a worker asks of its node's RPC, answered from an in-memory chain: a tx broadcast
+    is applied in the next block, so the worker's txs land as a node would include them."""
+
+    def __init__(self, c):
+        self.c, self.blobs = c, {}
+
+    def status(self) -> dict:
+        return {"chain_id": self.c.genesis.chain_id}
+
+    def get(self, path: str) -> dict:
+        assert path == "/params", path
+        from consensus.ledger import get_params
+        return get_params(self.c.view())
+
+    def account(self, address: str) -> dict:
+        from consensus.crypto import parse_address
+        from consensus.ledger import get_account
+        return {"next_nonce": get_account(self.c.view(), parse_address(address)).nonce}
+
+    def broadcast(self, t) -> str:
+        block(self.c, t)
+        return t.hash.hex()
+
+    def wait_for_tx(self, tx_hash: str) -> dict:
+        return {"status": "committed", "height": self.c.height}
+
+    def get_blob(self, digest: str) -> bytes | None:
+        return self.blobs.get(bytes.fromhex(digest))
+
+    def put_blob(self, data: bytes) -> str:
+        self.blobs[sha256(data)] = data
+        return sha256(data).hex()
+
+
+def test_a_solver_worker_plays_every_game_of_challenges_opened_in_the_same_block(trained, tmp_path):
+    """Two challengers open games on different intervals of an honest shard in one block: both
+    games have the same opening height and no moves yet, and the solver must post, in each,
+    the midpoint of that game's own interval. Else it misses its move in one and loses its
+    collateral to a challenger that was wrong."""
+    from consensus import codec
+    from node.workers.solver import Solver
+    from tests.gamearena import Party, new_job
+    c, jid = new_job(K)
+    leaves = [sha256(b) for b in trained]
+    solver = solver_of(c, jid)
+    block(c, tx(c, solver, "commit_shard", commit_body(jid, 0, 0, leaves)))
+    draw(c)
+    drawn = verifiers_of(c, jid)
+    griefers = (next(v for v in VERIFIERS if v not in drawn), drawn[0])
+    block(c, *(tx(c, g, "challenge", challenge_body(jid, 0, 0, i, leaves)) for g, i in zip(griefers, (3, 5))))
+    assert len({ch["opened"] for ch in challenges(c, jid)}) == 1
+    (tmp_path / f"{jid.hex()}-0-0.ckpts").write_bytes(codec.encode([trained, 0]))
+    worker = Solver(ChainClient(c), solver, tmp_path, progress=False)
+    worker.defend(record(c, jid), 0, record(c, jid).shards[0])
+    for g, i in zip(griefers, (3, 5)):
+        game = open_game(c, jid, g)
+        assert game["mid_hash"] == Party(c, jid, i, trained[i]).at((game["lo"] + game["hi"]) // 2), g

@@ -239,6 +239,8 @@ def process_reveal(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("only the shard's solver reveals its secret")
     if shard.revealed_at:
         raise JobError("this shard's secret is already revealed")
+    if shard.status == ShardStatus.REVEALING and height > shard.reveal_by:
+        raise JobError("the reveal deadline has passed")
     reveal.process_reveal(v, job, tx.body["shard"], tx.body.get("secret"), height)
     job.save(v)
 

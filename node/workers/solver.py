@@ -61,19 +61,24 @@ class Solver:
 
     def step(self) -> None:
         ensure_registered(self.client, self.secrets, self.me, "solver", self.send, log)
-        defended = set()
+        shards, games = set(), set()
         for job in self.jobs():
             for i, shard in enumerate(job.shards):
                 if shard.solver != self.key.address:
                     continue
+                shards.add((job.id, job.round, i))
+                games |= {(job.id, job.round, i, ch.challenger, ch.opened) for ch in shard.challenges}
                 if shard.status == ShardStatus.ASSIGNED:
                     self.solve(job, i)
                 elif shard.commit is not None and shard.status != ShardStatus.PASSED:
-                    defended.add((job.id, job.round, i))
                     self.defend(job, i, shard)
-        # bounded memory: what is remembered of a dispute goes once its shard is settled or gone
-        self.games = {k: v for k, v in self.games.items() if k[:3] in defended}
-        self.sent = {s for s in self.sent if s[0] in defended}
+        self.forget(shards, games)
+
+    def forget(self, shards: set, games: set) -> None:
+        """Drop what we kept for shards no longer ours and games no longer open (bounded memory)."""
+        self.sent = {s for s in self.sent if s[0] in shards}
+        self.games = {g: hashes for g, hashes in self.games.items() if g in games}
+        self.failures = {f: n for f, n in self.failures.items() if f in shards}
 
     def forced(self, job: Job, shard: Shard, diverged_leaf: int = 0) -> int | None:
         """The interval this shard must carry a forced error in (None: none), from our element."""
@@ -161,7 +166,7 @@ class Solver:
             log.info("revealed the forced-error secret of job %s r%d shard %d", job.id.hex()[:8], job.round, index)
             return
         for ch in shard.challenges:
-            if ch.game is not None and (key, ch.opened, ch.game.moves) not in self.sent:
+            if ch.game is not None and (key, ch.challenger, ch.opened, ch.game.moves) not in self.sent:
                 self.play(job, index, ch, checkpoints, body)
 
     def play(self, job: Job, index: int, ch: Challenge, checkpoints: list[bytes], body: dict) -> None:
@@ -172,7 +177,7 @@ class Solver:
             return
         work = JobContext(job, self.fetch).work(index, self.device)
         first, leaf = ch.interval * job.spec["k"], checkpoints[ch.interval]
-        gkey = (job.id, job.round, index, ch.opened)
+        gkey = (job.id, job.round, index, ch.challenger, ch.opened)  # games opened in one block differ
         if game.narrowed:
             state = leaf if game.lo == first else training.run_interval(work, leaf, first, game.lo - first)
             if sha256(state) == game.lo_hash:
@@ -183,7 +188,7 @@ class Solver:
             self.send("midpoint", {**body, "challenger": ch.challenger, "opened": ch.opened,
                                    "hash": self.games[gkey][game.mid - first]})
             log.info("job %s shard %d: posted the midpoint at step %d", job.id.hex()[:8], index, game.mid)
-        self.sent.add(((job.id, job.round, index), ch.opened, game.moves))
+        self.sent.add(((job.id, job.round, index), ch.challenger, ch.opened, game.moves))
 
     def serve_when_challenged(self, checkpoints: list[bytes], shard: Shard) -> None:
         """Test cheat: withhold every blob until an availability challenge names one, then

@@ -117,7 +117,7 @@ class Verifier:
                     tx_hash = self.check_shard(job, i, shard, samples, selected=task.selected)
                     if tx_hash is not None:
                         self.sent[task] = tx_hash
-        self.games = {k: v for k, v in self.games.items() if k in games}  # bounded: open games only
+        self.games = {g: hashes for g, hashes in self.games.items() if g in games}  # bounded memory
         self.moved = {m for m in self.moved if m[0] in games}
 
     def settle_sent(self) -> None:

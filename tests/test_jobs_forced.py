@@ -146,6 +146,11 @@ def test_verifiers_that_attested_the_forced_error_before_the_reveal_lose_their_c
     lock = selection(c, jid, 0, lazy)["locked"]
     in_pool = pool(c)
     reveal(c, jid)
+    # before anyone is slashed for it, the referees check that the interval was really wrong
+    [check] = shard(c, jid)["challenges"]
+    assert (check["kind"], check["interval"], check["challenger"]) == ("forced", f, solver.address)
+    assert shard(c, jid)["status"] == "revealing" and events(c, jid, "slashed") == []
+    vote(c, jid, solver, True, *REFEREES)   # planted: recomputing it gives another end
     assert shard(c, jid)["status"] == "passed"
     slashed = {e[2]: e for e in events(c, jid, "slashed")}
     assert set(slashed) == {v.address for v in drawn} and "forced error" in slashed[lazy.address][4]
@@ -153,6 +158,35 @@ def test_verifiers_that_attested_the_forced_error_before_the_reveal_lose_their_c
     assert pool(c) == in_pool + lock * len(drawn)          # what they lose funds later jackpots
     paid = {e[2]: e[3] for e in events(c, jid, "paid")}
     assert paid == {solver.address: 100}                   # the solver is paid; they are not
+
+
+def _attested_and_revealed():
+    c, jid, leaves, solver, drawn, other, f = _forced_world()
+    attest(c, jid, 0, *drawn)
+    until(c, lambda: shard(c, jid)["status"] == "revealing")
+    reveal(c, jid)
+    return c, jid, solver, drawn
+
+
+def test_a_solver_that_reveals_a_forced_error_it_never_planted_is_slashed_and_the_attesters_are_paid():
+    """Attesters that found the 'forced' interval right were right: the solver misled the chain."""
+    c, jid, solver, drawn = _attested_and_revealed()
+    collateral = shard(c, jid)["collateral"]
+    vote(c, jid, solver, False, *REFEREES)   # not planted: the interval recomputes to its end
+    assert shard(c, jid)["status"] == "passed" and shard(c, jid)["forced"] == -1
+    assert all(c.stake_of(v, "verifier") == STAKE and locked(c, v) == 0 for v in drawn)
+    assert c.stake_of(solver, "solver") == STAKE - collateral and locked(c, solver, "solver") == 0
+    paid = {e[2] for e in events(c, jid, "paid")}
+    assert solver.address not in paid and {v.address for v in drawn} <= paid
+    assert any("never made it wrong" in e[4] for e in events(c, jid, "slashed"))
+
+
+def test_an_undecided_forced_check_slashes_nobody():
+    c, jid, solver, drawn = _attested_and_revealed()
+    until(c, lambda: shard(c, jid)["status"] == "passed", limit=45)
+    assert events(c, jid, "slashed") == [] and events(c, jid, "undecided")
+    paid = {e[2] for e in events(c, jid, "paid")}
+    assert {solver.address, *(v.address for v in drawn)} <= paid
 
 
 def test_a_solver_that_hides_its_reveal_forfeits_the_reward_and_pays_a_small_slash():

@@ -191,3 +191,46 @@ def test_a_solver_worker_plays_every_game_of_challenges_opened_in_the_same_block
     for g, i in zip(griefers, (3, 5)):
         game = open_game(c, jid, g)
         assert game["mid_hash"] == Party(c, jid, i, trained[i]).at((game["lo"] + game["hi"]) // 2), g
+
+
+# -- forced errors, with real training ---------------------------------------------------------
+
+def _forced_check(planted: bool):
+    """A real shard with (or without) its forced error planted, attested, revealed: the chain's
+    FORCED check and what a referee makes of it, plus the leaves."""
+    from consensus import codec as _codec
+    from tests.jobworld import FORCED_ERRORS, attest, forced_of, reveal, until
+    from verifier import forced as vforced
+    c = world(**dict(FORCED_ERRORS, forced_error_ppm=1_000_000), samples_per_shard=50)
+    jid = submit(c, shards=1, verify_blocks=3)
+    f = forced_of(c, jid)
+    ctx = JobContext(record(c, jid), {}.get)
+    start = checkpoint.decode(ctx.expected_start())
+    leaves_bytes = vforced.train_with_forced_error(ctx.work(0), start, f if planted else None)
+    leaves = [sha256(b) for b in leaves_bytes]
+    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
+    draw(c)
+    attest(c, jid, 0)
+    until(c, lambda: shard(c, jid)["status"] == "revealing")
+    reveal(c, jid)
+    blobs = {sha256(b): b for b in leaves_bytes}
+    blobs[sha256(_codec.encode(leaves))] = _codec.encode(leaves)
+    rec = record(c, jid)
+    [ch] = rec.shards[0].challenges
+    return judge(rec, 0, ch, c.height, blobs.get), ctx, leaves_bytes, f
+
+
+def test_a_planted_forced_error_spoils_exactly_its_interval_and_the_referees_confirm_it():
+    from verifier import replay
+    judged, ctx, leaves, f = _forced_check(planted=True)
+    assert judged.verdict == Verdict.FAULT   # the interval really is wrong: its attesters are lazy
+    work = ctx.work(0)
+    bad = [i for i in range(len(leaves) - 1) if not replay.verify_interval(work, i, leaves[i], leaves[i + 1])[0]]
+    assert bad == [f]
+    honest = training.train_shard(work, checkpoint.decode(leaves[0]))
+    assert replay.relative_distance(checkpoint.decode(honest[-1]), checkpoint.decode(leaves[-1])) < 1e-4
+
+
+def test_a_forced_error_revealed_but_never_planted_is_found_right_by_the_referees():
+    judged, *_ = _forced_check(planted=False)
+    assert judged.verdict == Verdict.SOUND   # so its honest attesters are not slashed

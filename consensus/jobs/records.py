@@ -38,6 +38,8 @@ class JobStatus(enum.StrEnum):
 class ChallengeKind(enum.StrEnum):
     COMPUTE = "compute"        # an interval (or, at -1, the start checkpoint) is wrong
     AVAILABLE = "available"    # a blob the shard's check needs is not served
+    FORCED = "forced"          # opened by the chain: is the revealed forced-error interval really
+                               # wrong? (verifiers that attested it are slashed only if it is)
 
 
 class ShardStatus(enum.StrEnum):

@@ -10,6 +10,14 @@ beacon it decides whether the shard carries a forced error and in which interval
 - or after the window, when the shard awaits it (REVEALING): verifiers that attested the
   forced interval before it was revealed lose their collateral, and the shard is paid.
 
+Nothing but a recomputation shows that the revealed interval really was made wrong. So
+before any attester of it is slashed, the chain opens a FORCED check of that interval for the
+validators' referees (recomputed directly, like a `tolerance` dispute: this only happens when
+someone attested a forced error, which no honest verifier does when the error is planted).
+Planted: the attesters lose their collateral. Not planted: the solver misled the chain, which
+would have slashed verifiers that computed honestly; it forfeits its collateral and its
+reward, and the attesters are paid. Undecided by the deadline: nobody is slashed.
+
 A solver that hides its element until `reveal_by` forfeits the shard's reward (left to the
 submitter) and a small slash; its verifiers are paid. One challenged on its forced interval
 that does not reveal is judged like any other fault: the end of that interval is wrong.
@@ -21,7 +29,7 @@ from ..forced import forced_interval
 from ..ledger import View, add_balance, get_params
 from . import bonds, settle
 from .errors import JobError
-from .records import ChallengeKind, Job, Shard
+from .records import Challenge, ChallengeKind, Job, Shard
 from .spec import n_intervals
 
 
@@ -69,7 +77,42 @@ def process_reveal(v: View, job: Job, index: int, secret, height: int) -> None:
     job.log(height, "revealed", shard.solver, 0, f"shard {index}: "
             + ("no forced error" if forced is None else f"forced error in interval {forced}"))
     if awaited:
+        settle_revealed(v, job, index, height)
+
+
+def settle_revealed(v: View, job: Job, index: int, height: int) -> None:
+    """A revealed shard awaiting settlement: paid at once, unless some verifier attested its
+    forced interval before the reveal; then the referees first check that it was planted."""
+    shard = job.shards[index]
+    if not any(settle.lazy(shard, sel) for sel in shard.verifiers):
         settle.settle_shard(v, job, index, height)
+        return
+    params = get_params(v)
+    shard.challenges.append(Challenge(
+        challenger=shard.solver, kind=ChallengeKind.FORCED, interval=shard.forced, start_leaf=b"", end_leaf=b"",
+        opened=height, respond_by=height, deadline=height + params["dispute_blocks"], bond=0, fee=0))
+    job.log(height, "check", None, 0, f"shard {index}: verifiers attested forced interval {shard.forced}; "
+            "the referees check that it was really made wrong")
+
+
+def forced_check_decided(v: View, job: Job, index: int, ch: Challenge, planted: bool | None, height: int) -> None:
+    """The referees' answer on a FORCED check (None: no 2/3 by its deadline)."""
+    shard = job.shards[index]
+    shard.challenges.remove(ch)
+    if planted:
+        settle.settle_shard(v, job, index, height)   # the attesters of it lose their collateral
+        return
+    forced = shard.forced
+    shard.forced = -1   # not shown to be wrong: nobody is blamed for attesting it
+    if planted is None:
+        job.log(height, "undecided", None, 0, f"shard {index}: no 2/3 decision on forced interval {forced}")
+        settle.settle_shard(v, job, index, height)
+        return
+    cut, _ = bonds.forfeit(v, shard.solver, "solver", shard.collateral, None)
+    shard.collateral = 0
+    job.log(height, "slashed", shard.solver, cut, f"solver revealed interval {forced} of shard {index} as its forced "
+            "error but never made it wrong (honest attesters would have been slashed); reward forfeited")
+    settle.settle_shard(v, job, index, height, pay_solver=False)
 
 
 def reveal_missed(v: View, job: Job, index: int, height: int) -> None:

@@ -66,7 +66,7 @@ def step_shard(v: View, job: Job, index: int, height: int, beacon: bytes) -> Non
     game.expire_moves(v, job, index, height)
     for ch in [c for c in shard.challenges if height > c.deadline]:
         settle.challenge_expired(v, job, index, ch, height)
-    if shard.status == ShardStatus.REVEALING and height > shard.reveal_by:
+    if shard.status == ShardStatus.REVEALING and not shard.revealed_at and height > shard.reveal_by:
         reveal.reveal_missed(v, job, index, height)
     status = shard.status
     if status == ShardStatus.UNASSIGNED:

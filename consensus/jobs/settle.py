@@ -111,6 +111,10 @@ def challenge_rejected(v: View, job: Job, index: int, ch: Challenge, height: int
 
 def challenge_expired(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
     """No 2/3 decision by the deadline: nobody is slashed and the challenge is refunded."""
+    if ch.kind == ChallengeKind.FORCED:
+        from . import reveal  # reveal builds on this module
+        reveal.forced_check_decided(v, job, index, ch, None, height)
+        return
     shard = job.shards[index]
     _return_challenge(v, shard, ch, job)
     job.log(height, "undecided", ch.challenger, 0, f"shard {index}: no 2/3 decision; challenge refunded")
@@ -129,6 +133,10 @@ def after_challenge(job: Job, shard: Shard, height: int) -> None:
 
 
 def resolve_challenge(v: View, job: Job, index: int, ch: Challenge, fault: bool, height: int) -> None:
+    if ch.kind == ChallengeKind.FORCED:
+        from . import reveal  # reveal builds on this module
+        reveal.forced_check_decided(v, job, index, ch, fault, height)
+        return
     (fault_proven if fault else challenge_rejected)(v, job, index, ch, height)
 
 
@@ -149,11 +157,14 @@ def close_window(v: View, job: Job, index: int, height: int) -> None:
     shard is never paid unchecked."""
     shard = job.shards[index]
     if any(sel.attested for sel in shard.verifiers):
-        if shard.revealed_at or not get_params(v)["forced_error_ppm"]:  # no forced errors: nothing to reveal
+        if not get_params(v)["forced_error_ppm"]:  # no forced errors: nothing to reveal
             settle_shard(v, job, index, height)
-        else:
-            move(shard, "await_reveal")
-            shard.reveal_by = height + get_params(v)["response_blocks"]
+            return
+        move(shard, "await_reveal")
+        shard.reveal_by = height + get_params(v)["response_blocks"]
+        if shard.revealed_at:  # revealed already, answering a challenge of its forced interval
+            from . import reveal  # reveal builds on this module
+            reveal.settle_revealed(v, job, index, height)
         return
     release_verifiers(v, shard)
     shard.silent += [sel.verifier for sel in shard.verifiers]

@@ -171,6 +171,18 @@ def check_start(ctx: JobContext, shard: Shard) -> Judgement:
     return Judgement.of(ok, "start checkpoint matches" if ok else "start checkpoint is not the expected round start")
 
 
+def check_forced(ctx: JobContext, index: int, shard: Shard, interval: int) -> Judgement:
+    """FAULT when the interval the solver revealed as its forced error really is wrong (it was
+    planted, so its attesters cannot have computed it); undecided when its leaves are missing."""
+    try:
+        leaves = ctx.manifest(shard.commit)
+    except Unavailable as exc:
+        return Judgement(Verdict.UNDECIDED, str(exc))
+    if not leaves:  # the solver's own manifest: no grounds to blame an attester on
+        return Judgement(Verdict.UNDECIDED, "the manifest does not match the committed root")
+    return check_interval(ctx, index, interval, leaves[interval], leaves[interval + 1])
+
+
 def check_interval(ctx: JobContext, index: int, interval: int, start_leaf: bytes, end_leaf: bytes,
                    device: str = "cpu") -> Judgement:
     """Recompute one interval of shard `index` from its first checkpoint and judge its last."""

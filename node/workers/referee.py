@@ -25,7 +25,7 @@ from consensus.ledger import get_account
 
 from ..client import make_tx
 from ..lifecycle import in_daemon_thread
-from .common import Judgement, JobContext, Verdict, check_game, check_interval, check_start
+from .common import Judgement, JobContext, Verdict, check_forced, check_game, check_interval, check_start
 
 log = logging.getLogger("stepchain.referee")
 RETRY_BLOCKS = 2    # an undecided check is tried again this many blocks later
@@ -41,6 +41,8 @@ def judge(job: Job, index: int, ch: Challenge, height: int, fetch) -> Judgement:
         if height > ch.respond_by:
             return Judgement(Verdict.FAULT, "the challenged blob was not served by the response deadline")
         return Judgement(Verdict.UNDECIDED, "the challenged blob is not served yet; the solver still has time")
+    if ch.kind == ChallengeKind.FORCED:  # fault = the revealed forced interval really is wrong
+        return check_forced(ctx, index, shard, ch.interval)
     if ch.interval == START:
         return check_start(ctx, shard)
     if ch.game is not None:
@@ -67,7 +69,7 @@ class Referee:
         for job_id in v.read(K_ACTIVE_JOBS, []):
             job = Job.load(v, job_id)
             for i, shard in enumerate(job.shards):
-                if shard.status != ShardStatus.DISPUTED:
+                if shard.status not in (ShardStatus.DISPUTED, ShardStatus.REVEALING):
                     continue
                 for ch in shard.challenges:
                     key = (job_id, job.round, i, ch.challenger, ch.opened)

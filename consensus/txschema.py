@@ -113,7 +113,7 @@ SCHEMAS: dict[str, Schema | Callable[[dict], Schema]] = {
     "challenge": _challenge,
     "dispute_vote": {**SHARD, "challenger": ADDRESS, "opened": INDEX, "fault": Bool()},
     "cancel_job": {"job": HASH},
-    "reveal": {**SHARD, "secret": HASH},
+    "reveal": {**SHARD, "secret": HASH, "proof": Hashes()},
     "midpoint": {**SHARD, "challenger": ADDRESS, "opened": INDEX, "hash": HASH},
     "answer": {**SHARD, "challenger": ADDRESS, "opened": INDEX, "agree": Bool()},
 }

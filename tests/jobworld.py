@@ -56,13 +56,21 @@ def seed_of(k, role: str = "verifier") -> bytes:
 
 
 def secret(k, index: int, role: str = "verifier") -> bytes:
-    return hashchain.element(seed_of(k) if role == "verifier" else seed_of(k, role), SECRET_LENGTH, index)
+    """Element `index` of k's verifier hash chain, or its solver secret number `index`."""
+    if role == "verifier":
+        return hashchain.element(seed_of(k), SECRET_LENGTH, index)
+    return solver_secrets(k)[index - 1]
+
+
+def solver_secrets(k) -> list[bytes]:
+    return [sha256(seed_of(k, "solver") + i.to_bytes(4, "big")) for i in range(1, SECRET_LENGTH + 1)]
 
 
 def register_secrets(c: Chain, *who, role: str = "verifier") -> None:
-    seed = (lambda k: seed_of(k)) if role == "verifier" else (lambda k: seed_of(k, role))
-    block(c, *(tx(c, k, "register_secrets", {"role": role, "tip": hashchain.tip(seed(k), SECRET_LENGTH),
-                                             "length": SECRET_LENGTH}) for k in who))
+    from consensus.forced import secret_root
+    tip = (lambda k: hashchain.tip(seed_of(k), SECRET_LENGTH)) if role == "verifier" \
+        else (lambda k: secret_root(solver_secrets(k)))
+    block(c, *(tx(c, k, "register_secrets", {"role": role, "tip": tip(k), "length": SECRET_LENGTH}) for k in who))
 
 
 def world(solvers=SOLVERS, verifiers=VERIFIERS, validators=VALIDATORS, **params) -> Chain:
@@ -314,7 +322,11 @@ def forced_of(c: Chain, jid: bytes, i: int = 0) -> int | None:
 
 
 def reveal_body(c: Chain, jid: bytes, i: int = 0, secret_: bytes | None = None) -> dict:
-    return dict(shard_body(c, jid, i), secret=solver_secret(c, jid, i) if secret_ is None else secret_)
+    """The solver's reveal of shard i: its secret and the Merkle proof under its registered root."""
+    from consensus.forced import secret_proof
+    index = shard(c, jid, i)["secret_index"]
+    return dict(shard_body(c, jid, i), secret=solver_secret(c, jid, i) if secret_ is None else secret_,
+                proof=secret_proof(solver_secrets(solver_of(c, jid, i)), index))
 
 
 def reveal(c: Chain, jid: bytes, i: int = 0) -> None:

@@ -16,7 +16,7 @@ from consensus.genesis import DEFAULT_PARAMS
 from tests.chainfactory import ALICE, challenge_body
 from tests.jobworld import (FORCED_ERRORS, KEYS, REFEREES, STAKE, VERIFIERS, attest, block, blocks, challenge,
                             commit, draw, escrow, events, forced_of, job, locked, pool, refused, reveal, reveal_body,
-                            selection, shard, solver_of, submit, tx, until, verifiers_of, vote, vote_body, world)
+                            secret, selection, shard, solver_of, submit, tx, until, verifiers_of, vote, vote_body, world)
 
 ALWAYS = dict(FORCED_ERRORS, forced_error_ppm=1_000_000)  # every shard carries one: tests can aim at it
 N = 50  # intervals of the world's job spec
@@ -104,13 +104,34 @@ def test_the_first_challenger_of_a_forced_error_wins_the_jackpot_and_nobody_is_s
     assert c.stake_of(solver, "solver") == STAKE
 
 
+def test_a_jobs_jackpots_never_take_more_from_the_pool_than_its_own_pool_fee():
+    """A solver knows its forced interval and could have a sybil collect the jackpot: capped by
+    what the job paid in, that only ever hands a job's own fee back, never drains the pool."""
+    c = world(**ALWAYS, samples_per_shard=N, jackpot=10**9, jackpot_pool_ppm=1_000_000)
+    rich = submit(c, shards=1, reward_per_shard=100_000)   # fills the pool
+    small = submit(c, shards=2, verify_blocks=8)
+    fee = events(c, small, "pool fee")[0][3]
+    assert pool(c) > 10 * fee and job(c, rich)["status"] == "active"
+    leaves = commit(c, small)
+    draw(c)
+    for i in range(2):
+        challenger = next(v for v in VERIFIERS if v not in verifiers_of(c, small, i))
+        challenge(c, small, challenger, forced_of(c, small, i), leaves[i], i=i, play=False)
+        reveal(c, small, i)
+    paid = [e[3] for e in events(c, small, "jackpot")]
+    assert sum(paid) == fee and paid[0] == fee and job(c, small)["jackpots_left"] == 0
+
+
 def test_a_reveal_before_the_window_closes_only_answers_a_challenge_of_the_forced_interval():
     c, jid, leaves, solver, drawn, other, f = _forced_world()
     assert "only answers a challenge" in refused(c, solver, "reveal", reveal_body(c, jid))
     g = (f + 1) % N
     challenge(c, jid, other, g, leaves, play=False)    # an honest interval: the reveal does not answer it
     assert "only answers a challenge" in refused(c, solver, "reveal", reveal_body(c, jid))
-    assert "not element" in refused(c, solver, "reveal", reveal_body(c, jid, secret_=b"\x01" * 32))
+    assert "not secret" in refused(c, solver, "reveal", reveal_body(c, jid, secret_=b"\x01" * 32))
+    other_secret = dict(reveal_body(c, jid), secret=secret(solver, 2, "solver"))  # right tree, wrong leaf
+    assert "not secret" in refused(c, solver, "reveal", other_secret)
+    assert "not secret" in refused(c, solver, "reveal", dict(reveal_body(c, jid), proof=[]))
     assert "only the shard's solver" in refused(c, other, "reveal", reveal_body(c, jid))
 
 

@@ -102,19 +102,38 @@ def test_moves_are_refused_out_of_turn_from_the_wrong_party_or_once_one_step_is_
     assert challenges(c, jid) == [] and locked(c, challenger) == 0
 
 
-def test_a_solver_that_misses_its_move_loses_but_its_attesters_are_not_blamed():
-    """Silence proves the solver wrong, not what its verifiers recomputed: they are released."""
-    c, jid, leaves, solver, drawn, challenger = _game_world(k=8)
+def _silent_solver(k: int = 8):
+    """Both drawn verifiers attest every interval; a challenge of interval 0 whose solver never moves."""
+    c, jid, leaves, solver, drawn, challenger = _game_world(k=k, samples_per_shard=50)
     attest(c, jid, 0, *drawn)
-    collateral = shard(c, jid)["collateral"]
     challenge(c, jid, challenger, 0, leaves, play=False)
     blocks(c, MOVE)
-    assert shard(c, jid)["status"] == "disputed"   # the deadline block itself is still in time
+    assert open_game(c, jid, challenger) is not None   # the deadline block itself is still in time
     block(c)
-    assert shard(c, jid)["solver"] != solver.address and solver.address in shard(c, jid)["tried"]
-    assert c.stake_of(solver, "solver") == STAKE - collateral
-    assert all(c.stake_of(v, "verifier") == STAKE and locked(c, v) == 0 for v in drawn)
+    return c, jid, solver, drawn, challenger
+
+
+def test_a_solver_that_misses_its_move_loses_the_game_and_the_referees_recompute_the_interval():
+    """Its silence is not taken as the fault: it loses the one-step judgement, and a fault
+    found by recomputing slashes it and the verifiers that attested the interval (a caught
+    cheater cannot stop playing to spare them)."""
+    c, jid, solver, drawn, challenger = _silent_solver()
+    [ch] = challenges(c, jid)
+    assert ch["game"] is None and shard(c, jid)["status"] == "disputed"
     assert any("missed its move" in e[4] for e in events(c, jid, "forfeit"))
+    collateral = shard(c, jid)["collateral"]
+    lock = shard(c, jid)["verifiers"][0]["locked"]
+    vote(c, jid, challenger, True, *REFEREES)
+    assert shard(c, jid)["solver"] != solver.address and c.stake_of(solver, "solver") == STAKE - collateral
+    assert all(c.stake_of(v, "verifier") == STAKE - lock for v in drawn)
+
+
+def test_an_honest_solver_that_was_offline_for_its_move_is_not_slashed_when_the_interval_is_right():
+    c, jid, solver, drawn, challenger = _silent_solver()
+    bond = challenges(c, jid)[0]["bond"]
+    vote(c, jid, challenger, False, *REFEREES)
+    assert c.stake_of(solver, "solver") == STAKE and shard(c, jid)["solver"] == solver.address
+    assert c.stake_of(challenger, "verifier") == STAKE - bond
 
 
 def test_a_challenger_that_misses_its_answer_loses_its_bond():

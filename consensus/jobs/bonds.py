@@ -8,9 +8,10 @@ risks always grows with what it answers for, whatever its total stake. A drawn v
 is the large one: attesting a forced error without having computed it loses it, and forced
 errors are rare, so it must outweigh what skipping the work saves (docs/PROTOCOL.md).
 
-Secrets. Every solver and verifier registers the tip of a hash chain (consensus/hashchain.py).
-Each assignment reserves the solver's next element, which, with the assignment block's beacon,
-decides whether the shard carries a forced error (consensus/forced.py).
+Secrets. Every verifier registers the tip of a hash chain (consensus/hashchain.py); every
+solver the Merkle root of independent secrets (consensus/forced.py: revealing one must not
+expose another). Each assignment reserves the solver's next secret, which, with the assignment
+block's beacon, decides whether the shard carries a forced error.
 The chain reserves the next element at each verifier selection, and the verifier reveals it
 when it attests: its intervals are drawn from that element, the commit root and the beacon of
 the selection block, which neither the solver (when it committed) nor the verifier (when it
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import hashchain, staking
+from .. import forced, hashchain, staking
 from ..ledger import View, add_balance, add_burned, get_params, get_stake
 from .errors import JobError
 from .records import Record
@@ -127,7 +128,9 @@ def _chain(v: View, addr: bytes, role: str) -> SecretChain | None:
 
 def has_secrets(v: View, addr: bytes, role: str) -> bool:
     chain = _chain(v, addr, role)
-    return chain is not None and chain.next <= chain.length and chain.next - chain.index <= hashchain.MAX_GAP
+    if chain is None or chain.next > chain.length:
+        return False
+    return role == "solver" or chain.next - chain.index <= hashchain.MAX_GAP  # a solver's are independent
 
 
 def reserve(v: View, addr: bytes, role: str) -> int:
@@ -136,6 +139,13 @@ def reserve(v: View, addr: bytes, role: str) -> int:
     index, chain.next = chain.next, chain.next + 1
     v.write(k_secrets(addr, role), chain.to_map())
     return index
+
+
+def reveal_solver_secret(v: View, addr: bytes, index: int, value: bytes, proof) -> None:
+    """Accept `value` as secret `index` of the solver's registered Merkle root, or raise."""
+    chain = _chain(v, addr, "solver")
+    if chain is None or index >= chain.next or not forced.check_secret(chain.anchor, chain.length, index, value, proof):
+        raise JobError(f"not secret {index} of the registered solver secrets (with its proof)")
 
 
 def reveal(v: View, addr: bytes, role: str, index: int, value: bytes) -> None:

@@ -11,7 +11,8 @@ halve the range:
 until one step [s, s + 1] is left, about log2(k) rounds. Then the agreed state at s must be
 served as a blob (either party may upload it; its hash is on chain), and each referee runs one
 training step from it and compares with the solver's hash at s + 1. A party that misses its
-move's deadline loses the game; a lie cannot win it, since the last step compares a state the
+move's deadline loses the game (a challenger its challenge; a solver the one-step judgement:
+the referees recompute the interval); a lie cannot win it, since the last step compares a state the
 challenger agreed with (so its own, if it is honest) against one the solver claimed (its own).
 
 Only exact profiles play: `tolerance` has no first divergent step (every step is a little
@@ -102,16 +103,21 @@ def process_answer(v: View, job: Job, shard: Shard, body: dict, sender: bytes, h
 
 
 def expire_moves(v: View, job: Job, index: int, height: int) -> None:
-    """A party that let its move's deadline pass loses: the solver's silence proves the fault
-    (but does not blame the verifiers: nothing was recomputed), the challenger's rejects it."""
+    """A party that let its move's deadline pass loses the game. A silent challenger loses its
+    challenge. A silent solver loses the right to have one step judged: the referees recompute
+    the whole interval instead, as in `tolerance`. Were its silence taken as the fault itself,
+    a caught cheater could stop playing to spare the verifiers that attested its fault (nothing
+    recomputed would blame them), and an honest solver that was offline would be slashed for
+    work that was right."""
     shard = job.shards[index]
     for ch in list(shard.challenges):
         game = ch.game
-        if game is None or game.narrowed or height <= game.move_by or ch not in shard.challenges:
+        if game is None or game.narrowed or height <= game.move_by:
             continue
         if game.solver_to_move:
-            job.log(height, "forfeit", shard.solver, 0, f"shard {index}: the solver missed its move")
-            settle.fault_proven(v, job, index, ch, height, recomputed=False)
-            return  # the shard reopened: its other challenges are closed
+            ch.game = None
+            job.log(height, "forfeit", shard.solver, 0, f"shard {index}: the solver missed its move; "
+                    "the referees recompute the whole interval")
+            continue
         job.log(height, "forfeit", ch.challenger, 0, f"shard {index}: the challenger missed its move")
         settle.challenge_rejected(v, job, index, ch, height)

@@ -201,6 +201,7 @@ class Job(Record):
     shards: list[Shard]
     finals: list
     events: list
+    jackpots_left: int = 0  # what this job's jackpots may still take from the pool: its pool fee
 
     @classmethod
     def load(cls, v: View, job_id: bytes) -> "Job":

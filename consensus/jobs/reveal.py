@@ -39,12 +39,16 @@ def forced_of(v: View, job: Job, shard: Shard, secret: bytes) -> int | None:
 
 
 def pay_jackpot(v: View, job: Job, to: bytes, index: int, height: int) -> None:
-    """`jackpot` from the pool, never more than `jackpot_pool_ppm` of what it holds."""
+    """`jackpot` from the pool, never more than `jackpot_pool_ppm` of what it holds, nor more
+    than what this job paid into it (less its earlier jackpots). The solver knows its forced
+    interval from the start and could have a sybil challenge it; so a job's jackpots can at
+    most hand back its own pool fee, never drain what other jobs paid in."""
     params = get_params(v)
-    amount = min(params["jackpot"], bonds.pool(v) * params["jackpot_pool_ppm"] // staking.PPM)
+    amount = min(params["jackpot"], bonds.pool(v) * params["jackpot_pool_ppm"] // staking.PPM, job.jackpots_left)
     if amount:
         bonds.add_pool(v, -amount)
         add_balance(v, to, amount)
+        job.jackpots_left -= amount
     job.log(height, "jackpot", to, amount, f"first to challenge the forced error of shard {index}")
 
 
@@ -64,9 +68,9 @@ def answer_challenges(v: View, job: Job, index: int, forced: int, height: int) -
     settle.after_challenge(job, shard, height)
 
 
-def process_reveal(v: View, job: Job, index: int, secret, height: int) -> None:
+def process_reveal(v: View, job: Job, index: int, secret, proof, height: int) -> None:
     shard = job.shards[index]
-    bonds.reveal(v, shard.solver, "solver", shard.secret_index, secret)
+    bonds.reveal_solver_secret(v, shard.solver, shard.secret_index, secret, proof)
     forced = forced_of(v, job, shard, secret)
     awaited = shard.status.value == "revealing"
     if not awaited:

@@ -67,11 +67,9 @@ def _checked(sel, ch: Challenge) -> bool:
     return ch.interval == START or ch.interval in sel.intervals
 
 
-def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int, recomputed: bool = True) -> None:
+def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
     """The solver forfeits its collateral (a share to the challenger); verifiers that vouched
-    for the faulty part forfeit theirs, but only when the fault was recomputed (a solver that
-    merely stopped playing its game proves nothing about what they checked); everyone else is
-    released and the shard reopens."""
+    for the faulty part forfeit theirs; everyone else is released and the shard reopens."""
     shard = job.shards[index]
     cut, share = bonds.forfeit(v, shard.solver, "solver", shard.collateral, ch.challenger)
     shard.collateral = 0
@@ -79,7 +77,7 @@ def fault_proven(v: View, job: Job, index: int, ch: Challenge, height: int, reco
     job.log(height, "slashed", shard.solver, cut, f"solver: {what} on shard {index}")
     job.log(height, "rewarded", ch.challenger, share, f"challenger proved shard {index} faulty")
     for sel in shard.verifiers:
-        if recomputed and _checked(sel, ch):
+        if _checked(sel, ch):
             c, _ = bonds.forfeit(v, sel.verifier, "verifier", sel.locked, None)
             sel.locked = 0
             job.log(height, "slashed", sel.verifier, c, f"verifier attested a faulty shard {index}")

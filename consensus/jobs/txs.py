@@ -69,7 +69,7 @@ def process_submit_job(v: View, tx, sender: bytes, height: int) -> None:
     Job(id=tx.hash, submitter=sender, spec=spec, status=JobStatus.ACTIVE, round=0, submitted_at=height,
         shards=[Shard() for _ in range(spec["shards"])], finals=[],
         events=[[height, "submitted", sender, cost, "budget escrowed"],
-                [height, "pool fee", sender, fee, "to the jackpot pool, not refunded"]]).save(v)
+                [height, "pool fee", sender, fee, "to the jackpot pool, not refunded"]], jackpots_left=fee).save(v)
     v.write(K_ACTIVE_JOBS, sorted(active + [tx.hash]))
 
 
@@ -188,9 +188,18 @@ def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
     job.save(v)
 
 
-def may_be_forced(v: View, shard: Shard) -> bool:
-    """Could this shard carry a forced error its solver has not revealed yet?"""
-    return bool(get_params(v)["forced_error_ppm"]) and not shard.revealed_at
+def fault_vote_allowed(v: View, shard: Shard, ch: Challenge, height: int) -> bool:
+    """May a referee vote `fault` on this challenge now? Not before the solver's response
+    deadline when it may still serve the blob named, or reveal that the interval carries its
+    forced error (which the start, or an interval ending past a declared divergence, never does)."""
+    if height > ch.respond_by or ch.kind == ChallengeKind.FORCED:
+        return True
+    if ch.kind == ChallengeKind.AVAILABLE:
+        return False
+    diverged = shard.commit.diverged_leaf
+    may_be_forced = bool(get_params(v)["forced_error_ppm"]) and not shard.revealed_at and ch.interval != START \
+        and (not diverged or ch.interval + 1 < diverged)
+    return not may_be_forced
 
 
 def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
@@ -216,7 +225,7 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("a party to a dispute cannot referee it")
     if ch.game is not None and not ch.game.narrowed:
         raise JobError("the bisection game on this challenge is still being played")
-    if body["fault"] and height <= ch.respond_by and (ch.kind == ChallengeKind.AVAILABLE or may_be_forced(v, shard)):
+    if body["fault"] and not fault_vote_allowed(v, shard, ch, height):
         raise JobError("a fault cannot be decided before the solver's response deadline (to serve the blob, "
                        "or reveal a forced error)")
     if any(a == sender for a, _ in ch.votes):
@@ -232,7 +241,7 @@ def process_dispute_vote(v: View, tx, sender: bytes, height: int) -> None:
 
 
 def process_reveal(v: View, tx, sender: bytes, height: int) -> None:
-    """The solver reveals the hash-chain element that decided its shard's forced error."""
+    """The solver reveals the secret (with its Merkle proof) that decided its shard's forced error."""
     job, shard = _shard(v, tx.body, ShardStatus.COMMITTED, ShardStatus.VERIFYING, ShardStatus.DISPUTED,
                         ShardStatus.REVEALING)
     if shard.solver != sender:
@@ -241,7 +250,7 @@ def process_reveal(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError("this shard's secret is already revealed")
     if shard.status == ShardStatus.REVEALING and height > shard.reveal_by:
         raise JobError("the reveal deadline has passed")
-    reveal.process_reveal(v, job, tx.body["shard"], tx.body.get("secret"), height)
+    reveal.process_reveal(v, job, tx.body["shard"], tx.body.get("secret"), tx.body.get("proof"), height)
     job.save(v)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from consensus import codec, hashchain, merkle
+from consensus import codec, forced, hashchain, merkle
 from consensus.crypto import sha256
 from consensus.jobs import Commit, Job, Shard
 
@@ -226,10 +226,39 @@ class SecretStore:
         return hashchain.element(self.seed, self.length, index)
 
     def matches(self, registered: dict | None) -> bool:
-        """Is the chain registered on chain this seed's, with elements left?"""
-        if not registered or registered["length"] != self.length or registered["next"] > self.length:
+        """Is the chain registered on chain this seed's, with elements left (and not so far past
+        the last revealed one that the chain refuses to draw it)?"""
+        if not registered or registered["length"] != self.length or registered["next"] > self.length \
+                or registered["next"] - registered["index"] > hashchain.MAX_GAP:
             return False
         return self.element(registered["index"]).hex() == registered["anchor"]
+
+
+class SecretTree(SecretStore):
+    """A solver's secrets: independent values H(seed, i) under one registered Merkle root
+    (consensus/forced.py), so that revealing one exposes no other. Same seed file as a chain."""
+
+    def element(self, index: int) -> bytes:
+        if not 1 <= index <= self.length:
+            raise ValueError(f"secret {index} is outside 1..{self.length}")
+        return sha256(b"stepchain/solver-secret" + self.seed + index.to_bytes(8, "big"))
+
+    def _all(self) -> list[bytes]:
+        if getattr(self, "_cache", (None,))[0] != self.seed:
+            self._cache = (self.seed, [self.element(i) for i in range(1, self.length + 1)])
+        return self._cache[1]
+
+    @property
+    def tip(self) -> bytes:
+        return forced.secret_root(self._all())
+
+    def proof(self, index: int) -> list[bytes]:
+        return forced.secret_proof(self._all(), index)
+
+    def matches(self, registered: dict | None) -> bool:
+        if not registered or registered["length"] != self.length or registered["next"] > self.length:
+            return False
+        return self.tip.hex() == registered["anchor"]
 
 
 def ensure_registered(client, store: SecretStore, me: str, role: str, send, log: logging.Logger) -> None:

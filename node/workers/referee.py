@@ -21,6 +21,7 @@ import time
 
 from consensus.jobs import K_ACTIVE_JOBS, Challenge, ChallengeKind, Job, ShardStatus
 from consensus.jobs.records import START
+from consensus.jobs.txs import fault_vote_allowed
 from consensus.ledger import get_account
 
 from ..client import make_tx
@@ -79,8 +80,8 @@ class Referee:
                         continue
                     if key in self.decided:
                         fault, sent = self.decided[key]
-                        due = height > ch.respond_by if sent is None else height >= sent + RESEND_BLOCKS
-                        if due and (not fault or height > ch.respond_by):
+                        due = sent is None or height >= sent + RESEND_BLOCKS
+                        if due and (not fault or fault_vote_allowed(v, shard, ch, height + 1)):  # lands next block
                             self._vote(job, i, ch, fault, height, key)
                     elif self.retry_at.get(key, 0) <= height:
                         self.judging.add(key)
@@ -110,8 +111,8 @@ class Referee:
         fault = judgement.verdict == Verdict.FAULT
         log.info("%s: %s (%s)", where, "FAULT" if fault else "no fault", judgement.why)
         height = self.node.chain.height
-        if fault and height <= ch.respond_by:  # the solver may yet reveal a forced error
-            self.decided[key] = (fault, None)
+        if fault and not fault_vote_allowed(self.node.chain.view(), job.shards[index], ch, height + 1):
+            self.decided[key] = (fault, None)  # the solver may yet serve the blob or reveal a forced error
             return
         self._vote(job, index, ch, fault, height, key)
 

@@ -6,8 +6,8 @@ A solver that cannot run a shard (its dataset or its start is not served) declin
 DECLINE_AFTER tries instead of missing the deadline: a decline is not slashed.
 A `--cheat` strategy exists to demonstrate and test that the protocol catches fraud.
 
-Forced errors: each assignment reserves the next element of this solver's hash chain
-(registered on first start, kept in the work directory). With the assignment beacon it says
+Forced errors: each assignment reserves the next of this solver's secrets (a Merkle root of
+them registered on first start, the seed kept in the work directory). With the assignment beacon it says
 whether the shard must carry a forced error and where (consensus/forced.py); the solver then
 plants it (verifier/forced.py). It reveals the element when a challenge names that interval
 (the challenger wins the jackpot, nobody is slashed) or when the chain asks after the window.
@@ -27,7 +27,7 @@ from consensus.forced import forced_interval
 from consensus.jobs import Challenge, ChallengeKind, Job, Shard, ShardStatus
 
 from ..client import Client, make_tx
-from .common import JobContext, SecretStore, Unavailable, ensure_registered, poll
+from .common import JobContext, SecretTree, Unavailable, ensure_registered, poll
 
 log = logging.getLogger("stepchain.solver")
 DECLINE_AFTER = 20  # tries, one a second: a node restarting is not a missing dataset
@@ -45,7 +45,7 @@ class Solver:
         self.progress = progress
         self.failures: dict[tuple, int] = {}
         workdir.mkdir(parents=True, exist_ok=True)
-        self.secrets = SecretStore(workdir / "secrets.json")
+        self.secrets = SecretTree(workdir / "secrets.json")
         self.sent: set[tuple] = set()   # defence moves sent: (shard key, what, state of the dispute)
         self.games: dict[tuple, list[bytes]] = {}  # challenge -> our hash after each step of its interval
 
@@ -161,7 +161,8 @@ class Solver:
         asked = shard.status == ShardStatus.REVEALING or any(
             ch.kind == ChallengeKind.COMPUTE and ch.interval == planted for ch in shard.challenges)
         if not shard.revealed_at and asked and (key, "reveal") not in self.sent:
-            self.send("reveal", {**body, "secret": self.secrets.element(shard.secret_index)})
+            self.send("reveal", {**body, "secret": self.secrets.element(shard.secret_index),
+                                 "proof": self.secrets.proof(shard.secret_index)})
             self.sent.add((key, "reveal"))
             log.info("revealed the forced-error secret of job %s r%d shard %d", job.id.hex()[:8], job.round, index)
             return

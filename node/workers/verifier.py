@@ -36,6 +36,7 @@ from .common import (JobContext, SecretStore, Unavailable, Verdict, check_interv
 
 log = logging.getLogger("stepchain.verifier")
 GRACE_SCANS = 3
+RESEND_SCANS = 5  # a game move not on chain after this many scans (dropped somewhere) is sent again
 
 
 class Task(NamedTuple):
@@ -86,7 +87,7 @@ class Verifier:
         self.sent: dict[tuple, str] = {}  # task -> hash of the tx that should settle it
         self.missing: dict[tuple, int] = {}
         self.games: dict[tuple, list[bytes]] = {}  # challenge -> our hash after each step of its interval
-        self.moved: set[tuple] = set()             # game moves sent (challenge, moves played then)
+        self.moved: dict[tuple, int] = {}          # game moves sent (challenge, moves then) -> scans since
 
     def fetch(self, digest: bytes) -> bytes | None:
         return self.client.get_blob(digest.hex())
@@ -118,7 +119,7 @@ class Verifier:
                     if tx_hash is not None:
                         self.sent[task] = tx_hash
         self.games = {g: hashes for g, hashes in self.games.items() if g in games}  # bounded memory
-        self.moved = {m for m in self.moved if m[0] in games}
+        self.moved = {m: n for m, n in self.moved.items() if m[0] in games}
 
     def settle_sent(self) -> None:
         """A task is done once its tx is on chain. One the chain dropped (its shard moved on
@@ -153,8 +154,12 @@ class Verifier:
         """Our move in the bisection game of our challenge: answer the solver's midpoint from our
         own recomputation, or, once one step is left, upload the state it starts from."""
         game, key = ch.game, (job.id, job.round, index, ch.opened)
-        if (key, game.moves) in self.moved or not (game.mid_hash or game.narrowed):
+        if not (game.mid_hash or game.narrowed):
             return
+        if (key, game.moves) in self.moved:  # sent; sent again if the chain has not seen it by now
+            self.moved[(key, game.moves)] += 1
+            if game.narrowed or self.moved[(key, game.moves)] < RESEND_SCANS:
+                return
         ctx = JobContext(job, self.fetch)
         start = ctx.fetch(ch.start_leaf)
         if start is None:
@@ -169,13 +174,13 @@ class Verifier:
             state = start if game.lo == first else training.run_interval(ctx.work(index), start, first, game.lo - first)
             if sha256(state) == game.lo_hash:
                 self.client.put_blob(state)
-            self.moved.add((key, game.moves))
+            self.moved[(key, game.moves)] = 0
             return
         agree = ours[game.mid - first] == game.mid_hash
         sent = self.send("answer", job, {"shard": index, "challenger": self.key.address, "opened": ch.opened,
                                          "agree": agree})
         if sent is not None:
-            self.moved.add((key, game.moves))
+            self.moved[(key, game.moves)] = 0
             log.info("job %s shard %d: %s with the solver at step %d", job.id.hex()[:8], index,
                      "agreed" if agree else "disagreed", game.mid)
 

@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/solver_overhead.py
 	$(BIN)/python benchmarks/verification.py
 	$(BIN)/python benchmarks/mempool_admission.py
+	$(BIN)/python benchmarks/dispute.py
 
 # Needs root (network namespaces); about 9 minutes.
 bench-chaos: $(STAMP)

@@ -104,6 +104,7 @@ def lazy_verifier(params: dict, draws: int, seed: int) -> dict:
     return {"seed": seed, "draws": draws, "p_caught": round(p, 5), "p_caught_95": wilson(caught, draws),
             "p_caught_analytic": round(rate / 1e6 * m / N_INTERVALS, 5),
             "compute_saved_rewards": round(saved, 5), "loss_if_caught_rewards": round(loss, 3),
+            "expected_loss_rewards": round(p * loss, 5),
             "expected_profit_rewards": round(saved - p * loss, 5)}
 
 

@@ -29,7 +29,7 @@ from ..forced import forced_interval
 from ..ledger import View, add_balance, get_params
 from . import bonds, settle
 from .errors import JobError
-from .records import Challenge, ChallengeKind, Job, Shard
+from .records import Challenge, ChallengeKind, Job, Shard, ShardStatus
 from .spec import n_intervals
 
 
@@ -69,10 +69,12 @@ def answer_challenges(v: View, job: Job, index: int, forced: int, height: int) -
 
 
 def process_reveal(v: View, job: Job, index: int, secret, proof, height: int) -> None:
+    """The solver's secret for shard `index`: during the window it must answer a challenge of
+    the forced interval it decides; after the window it settles the shard (or opens the check)."""
     shard = job.shards[index]
     bonds.reveal_solver_secret(v, shard.solver, shard.secret_index, secret, proof)
     forced = forced_of(v, job, shard, secret)
-    awaited = shard.status.value == "revealing"
+    awaited = shard.status == ShardStatus.REVEALING
     if not awaited:
         if forced is None:
             raise JobError("this shard carries no forced error: reveal its secret after the window")

@@ -35,9 +35,13 @@ class Client:
                                          headers={"Content-Type": ctype} if data is not None else {})
         except ValueError:
             raise RpcError(f"bad RPC URL {self.url!r}: expected something like http://127.0.0.1:26657") from None
+        return self._open(req, self.timeout, lambda resp: resp.read())
+
+    def _open(self, req, timeout: float, read):
+        """read(response) for a request, with every failure turned into one RpcError."""
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.read()
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return read(resp)
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read()).get("error", exc.reason)
@@ -65,6 +69,45 @@ class Client:
 
     def put_blob(self, data: bytes) -> str:
         return json.loads(self._request("/blob", raw=data))["hash"]
+
+    def put_blob_file(self, path, timeout: float = 600.0) -> dict:
+        """Upload a file as one blob, streamed (the node stores it as it arrives): {hash, size}."""
+        import os
+        size, cap = os.path.getsize(path), self.get("/params")["max_blob_bytes"]
+        if size > cap:  # the node would refuse it mid-stream; say why before sending a byte
+            raise RpcError(f"{path} is {size} bytes, more than this network's blob cap of {cap}")
+        with open(path, "rb") as f:
+            req = urllib.request.Request(self.url + "/blob", data=f, method="POST", headers={
+                "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+            return json.loads(self._open(req, timeout, lambda resp: resp.read()))
+
+    def get_blob_file(self, digest: str, path, timeout: float = 600.0) -> int | None:
+        """Download a blob into a file, streamed (never whole in memory); its size, or None
+        when no node has it. The file is written only if the bytes match the hash."""
+        import hashlib
+        import os
+        tmp = f"{path}.part"
+
+        def save(resp) -> int:
+            h, size = hashlib.sha256(), 0
+            with open(tmp, "wb") as out:
+                while piece := resp.read(1 << 20):
+                    h.update(piece)
+                    size += len(piece)
+                    out.write(piece)
+            if h.hexdigest() != digest:
+                raise RpcError(f"the node served bytes that are not blob {digest[:16]}")
+            os.replace(tmp, path)
+            return size
+        try:
+            return self._open(urllib.request.Request(self.url + f"/blob/{digest}"), timeout, save)
+        except RpcError as exc:
+            if "not found" in str(exc):
+                return None
+            raise
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def get_blob(self, digest: str) -> bytes | None:
         try:

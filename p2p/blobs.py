@@ -3,9 +3,15 @@
 A blob's name is the sha256 of its bytes, so whatever a peer sends is checked by hashing
 before it is stored or used. Blobs travel in 1 MiB chunks (well under the frame limit);
 ``Assembly`` collects one blob's chunks from one peer and refuses anything inconsistent.
+
+``BlobWriter`` stores a blob as it arrives (an RPC upload streamed in pieces): written to a
+temporary file and hashed incrementally, never held whole in memory, and moved under its
+hash only once it is complete (a crash or an abort never leaves half a blob). Serving a
+chunk reads that chunk from disk, not the whole blob.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -42,26 +48,83 @@ class BlobStore:
 
     def put(self, data: bytes) -> bytes:
         """Store data under its hash (atomically: a crash never leaves half a blob)."""
-        if len(data) > self.max_bytes:
-            raise BlobError(f"blob of {len(data)} bytes exceeds the limit of {self.max_bytes}")
-        digest = sha256(data)
-        target = self.path(digest)
-        if not target.exists():
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".part-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        return digest
+        with self.writer() as w:
+            w.write(data)
+            return w.commit()
+
+    def writer(self, expect: bytes | None = None) -> "BlobWriter":
+        """A blob written piece by piece; `expect` is the hash it must turn out to have."""
+        return BlobWriter(self, expect)
+
+    def size(self, digest: bytes) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def chunk(self, digest: bytes, index: int) -> tuple[bytes, int] | None:
-        """(chunk bytes, total chunks), or None when we do not have the blob or chunk."""
-        data = self.get(digest)
-        if data is None:
+        """(chunk bytes, total chunks), or None when we do not have the blob or chunk. Reads
+        only that chunk."""
+        size = self.size(digest)
+        if size is None:
             return None
-        total = max(1, -(-len(data) // CHUNK))
+        total = max(1, -(-size // CHUNK))
         if not 0 <= index < total:
             return None
-        return data[index * CHUNK:(index + 1) * CHUNK], total
+        try:
+            with open(self.path(digest), "rb") as f:
+                f.seek(index * CHUNK)
+                return f.read(CHUNK), total
+        except FileNotFoundError:
+            return None
+
+
+class BlobWriter:
+    """One blob being stored as it arrives: at most `max_bytes`, hashed as it is written."""
+
+    def __init__(self, store: BlobStore, expect: bytes | None):
+        self.store, self.expect = store, expect
+        self.size = 0
+        self._hash = hashlib.sha256()
+        fd, self._tmp = tempfile.mkstemp(dir=store.dir, prefix=".part-")
+        self._file = os.fdopen(fd, "wb")
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.store.max_bytes:
+            raise BlobError(f"blob exceeds the limit of {self.store.max_bytes} bytes")
+        self._hash.update(data)
+        self._file.write(data)
+
+    def commit(self) -> bytes:
+        """Keep the blob under its hash (refused if it is not the expected one)."""
+        digest = self._hash.digest()
+        if self.expect is not None and digest != self.expect:
+            raise BlobError("blob does not match its hash")
+        self._file.close()
+        target = self.store.path(digest)
+        if target.exists():
+            os.unlink(self._tmp)
+        else:
+            os.replace(self._tmp, target)
+        self._done = True
+        return digest
+
+    def abort(self) -> None:
+        if not self._done:
+            self._file.close()
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+            self._done = True
+
+    def __enter__(self) -> "BlobWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
 
 
 class Assembly:

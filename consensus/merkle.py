@@ -29,7 +29,13 @@ def _next_level(level: list[bytes]) -> list[bytes]:
 def root(leaves: list[bytes]) -> bytes:
     if not leaves:
         return EMPTY_ROOT
-    level = [leaf_hash(x) for x in leaves]
+    return root_of_leaf_hashes([leaf_hash(x) for x in leaves])
+
+
+def root_of_leaf_hashes(level: list[bytes]) -> bytes:
+    """The root of a tree whose leaves are already hashed (leaf_hash of each)."""
+    if not level:
+        return EMPTY_ROOT
     while len(level) > 1:
         level = _next_level(level)
     return level[0]

@@ -84,18 +84,18 @@ class Client:
     def get_blob_file(self, digest: str, path, timeout: float = 600.0) -> int | None:
         """Download a blob into a file, streamed (never whole in memory); its size, or None
         when no node has it. The file is written only if the bytes match the hash."""
-        import hashlib
         import os
+        from consensus.blobid import BlobHasher
         tmp = f"{path}.part"
 
         def save(resp) -> int:
-            h, size = hashlib.sha256(), 0
+            h, size = BlobHasher(), 0
             with open(tmp, "wb") as out:
                 while piece := resp.read(1 << 20):
                     h.update(piece)
                     size += len(piece)
                     out.write(piece)
-            if h.hexdigest() != digest:
+            if h.digest().hex() != digest:
                 raise RpcError(f"the node served bytes that are not blob {digest[:16]}")
             os.replace(tmp, path)
             return size

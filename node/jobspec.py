@@ -87,8 +87,8 @@ def _data(data: dict, base_dir: Path) -> tuple[dict, bytes | None]:
             blob = path.read_bytes()
         except OSError as exc:
             raise SpecError(f"cannot read dataset {path}: {exc.strerror}") from None
-        from consensus.crypto import sha256
-        return {"blob": sha256(blob), "size": len(blob)}, blob
+        from consensus.blobid import blob_id
+        return {"blob": blob_id(blob), "size": len(blob)}, blob
     name = _take(data, "generator", str, "data")
     seed = _take(data, "seed", int, "data", 0)
     return {"generator": name, "args": data, "seed": seed}, None

@@ -1,7 +1,7 @@
 """Content-addressed blobs (datasets, checkpoints, models) and their exchange in chunks.
 
-A blob's name is the sha256 of its bytes, so whatever a peer sends is checked by hashing
-before it is stored or used. Blobs travel in 1 MiB chunks (well under the frame limit);
+A blob's name is its id (consensus/blobid.py: the Merkle root over its 1 MiB chunks), so
+whatever a peer sends is checked by hashing before it is stored or used. Blobs travel in 1 MiB chunks (well under the frame limit);
 ``Assembly`` collects one blob's chunks from one peer and refuses anything inconsistent.
 
 ``BlobWriter`` stores a blob as it arrives (an RPC upload streamed in pieces): written to a
@@ -11,14 +11,12 @@ chunk reads that chunk from disk, not the whole blob.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 
-from consensus.crypto import sha256
+from consensus.blobid import CHUNK, BlobHasher, blob_id
 
-CHUNK = 1024 * 1024
 DEFAULT_MAX_BLOB = 64 * 1024 * 1024
 
 
@@ -85,7 +83,7 @@ class BlobWriter:
     def __init__(self, store: BlobStore, expect: bytes | None):
         self.store, self.expect = store, expect
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._hash = BlobHasher()
         fd, self._tmp = tempfile.mkstemp(dir=store.dir, prefix=".part-")
         self._file = os.fdopen(fd, "wb")
         self._done = False
@@ -147,7 +145,7 @@ class Assembly:
         if len(self.parts) < self.total:
             return None
         blob = b"".join(self.parts)
-        if sha256(blob) != self.digest:
+        if blob_id(blob) != self.digest:
             raise BlobError("blob does not match its hash")
         return blob
 

@@ -200,10 +200,10 @@ def fake_leaves(n: int, tag: bytes = b"") -> list[bytes]:
 
 
 def manifest_of(leaves: list[bytes]) -> bytes:
-    """The hash of a shard's manifest blob (the list of its leaf hashes)."""
+    """The id of a shard's manifest blob (the list of its leaf hashes)."""
     from consensus import codec
-    from consensus.crypto import sha256
-    return sha256(codec.encode(leaves))
+    from consensus.blobid import blob_id
+    return blob_id(codec.encode(leaves))
 
 
 def commit_body(job_id: bytes, round_: int, shard: int, leaves: list[bytes], **overrides) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from consensus import codec
-from consensus.crypto import sha256
+from consensus.blobid import blob_id
 from consensus.jobs import Job, k_job
 from node.workers.common import JobContext, Judgement
 from node.workers.referee import judge
@@ -48,7 +48,7 @@ class Party:
         self.work = JobContext(record(c, jid), {}.get).work(0)
         self.first = interval * self.work.spec.k
         self.start = start_leaf
-        self.hashes = [sha256(start_leaf)] + training.step_hashes(self.work, start_leaf, self.work.spec.k)
+        self.hashes = [blob_id(start_leaf)] + training.step_hashes(self.work, start_leaf, self.work.spec.k)
 
     def at(self, step: int) -> bytes:
         return self.hashes[step - self.first]
@@ -114,7 +114,7 @@ def play(k: int, leaves_bytes: list[bytes], interval: int, solver_hash=honest_mi
     and `answer(game, party)` (each move in the next block), upload the agreed state (or what
     `serve(game, party)` gives) and judge the last step as a referee."""
     c, jid = new_job(k, **spec)
-    leaves = [sha256(b) for b in leaves_bytes]
+    leaves = [blob_id(b) for b in leaves_bytes]
     solver = solver_of(c, jid)
     block(c, tx(c, solver, "commit_shard", commit_body(jid, 0, 0, leaves)))
     draw(c)
@@ -130,9 +130,9 @@ def play(k: int, leaves_bytes: list[bytes], interval: int, solver_hash=honest_mi
         game = open_game(c, jid, challenger)
         block(c, tx(c, challenger, "answer", game_body(c, jid, challenger, agree=answer(game, party))))
     game = open_game(c, jid, challenger)
-    blobs = {sha256(b): b for b in leaves_bytes}
+    blobs = {blob_id(b): b for b in leaves_bytes}
     agreed = party.state(game["lo"]) if serve is None else serve(game, party)
-    blobs[sha256(agreed)] = agreed
+    blobs[blob_id(agreed)] = agreed
     judged_job = record(c, jid)
     ch = judged_job.shards[0].challenges[0]
     judged, steps = count_steps(lambda: judge(judged_job, 0, ch, c.height, blobs.get))

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from consensus.blobid import BlobHasher
 from node.client import RpcError
 from p2p.blobs import CHUNK, BlobError, BlobStore
 from tests.nodes import init_network, set_genesis_params
@@ -16,15 +17,15 @@ GiB = 1 << 30
 
 
 def _write(path, size: int, seed: int) -> str:
-    """A file of `size` pseudo-random bytes (1 MiB pieces); its sha256 hex."""
-    h = hashlib.sha256()
+    """A file of `size` pseudo-random bytes (1 MiB pieces); its blob id in hex."""
+    h = BlobHasher()
     piece = hashlib.sha256(bytes([seed])).digest() * (CHUNK // 32)
     with open(path, "wb") as f:
         for i in range(0, size, CHUNK):
             part = (piece[:8] + i.to_bytes(8, "big") + piece[16:])[:min(CHUNK, size - i)]
             h.update(part)
             f.write(part)
-    return h.hexdigest()
+    return h.digest().hex()
 
 
 def _peak_rss(pid: int) -> int:
@@ -62,10 +63,10 @@ def test_a_1_gib_blob_streams_up_and_down_in_bounded_node_memory(big_node, tmp_p
     assert os.path.getsize(dst) == GiB
     src.unlink()
     with open(dst, "rb") as f:
-        h = hashlib.sha256()
+        h = BlobHasher()
         while piece := f.read(CHUNK * 8):
             h.update(piece)
-    assert h.hexdigest() == digest
+    assert h.digest().hex() == digest
     grew = _peak_rss(node.proc.pid) - baseline
     assert grew < 128 * (1 << 20), f"the node's peak memory grew by {grew >> 20} MiB moving a 1 GiB blob"
 

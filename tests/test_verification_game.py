@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from consensus.crypto import sha256
+from consensus.blobid import blob_id
 from node.workers.common import JobContext, Verdict
 from node.workers.referee import judge
 from tests.chainfactory import challenge_body, commit_body
@@ -60,7 +60,7 @@ def test_a_solver_that_lies_at_any_midpoint_loses(trained, lie_at):
 
     def lying(game, party):
         rounds.append(1)
-        return sha256(b"a lie") if len(rounds) - 1 == lie_at else honest_mid(game, party)
+        return blob_id(b"a lie") if len(rounds) - 1 == lie_at else honest_mid(game, party)
     c, jid, challenger, judged, steps = _play(trained, lying, honest_answer)
     assert judged.verdict == Verdict.FAULT and steps == 1
 
@@ -88,7 +88,7 @@ def test_a_cheater_whose_challenger_falsely_agrees_with_a_wrong_midpoint_still_l
 
     def pull_away(game, party):
         first.append(1)
-        return sha256(b"pull") if len(first) == 1 else honest_mid(game, party)
+        return blob_id(b"pull") if len(first) == 1 else honest_mid(game, party)
     c, jid, challenger, judged, steps = _play(trained, pull_away, honest_answer, forge=True)
     assert judged.verdict == Verdict.FAULT and steps == 1
 
@@ -120,13 +120,13 @@ def test_without_a_game_the_tolerance_referee_recomputes_the_whole_interval():
     jid = submit(c, shards=1, steps=50 * K, k=K, verify_blocks=30, profile="tolerance")
     ctx = JobContext(record(c, jid), {}.get)
     leaves_bytes = training.train_shard(ctx.work(0), checkpoint.decode(ctx.expected_start()))
-    leaves = [sha256(b) for b in leaves_bytes]
+    leaves = [blob_id(b) for b in leaves_bytes]
     block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
     draw(c)
     challenger = next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
     block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, INTERVAL, leaves)))
     assert challenges(c, jid)[0]["game"] is None
-    blobs = {sha256(b): b for b in leaves_bytes}
+    blobs = {blob_id(b): b for b in leaves_bytes}
     judged, steps = count_steps(lambda: judge(record(c, jid), 0, record(c, jid).shards[0].challenges[0], c.height,
                                               blobs.get))
     assert judged.verdict == Verdict.SOUND and steps == K
@@ -164,8 +164,8 @@ class ChainClient:
         return self.blobs.get(bytes.fromhex(digest))
 
     def put_blob(self, data: bytes) -> str:
-        self.blobs[sha256(data)] = data
-        return sha256(data).hex()
+        self.blobs[blob_id(data)] = data
+        return blob_id(data).hex()
 
 
 def test_a_solver_worker_plays_every_game_of_challenges_opened_in_the_same_block(trained, tmp_path):
@@ -177,7 +177,7 @@ def test_a_solver_worker_plays_every_game_of_challenges_opened_in_the_same_block
     from node.workers.solver import Solver
     from tests.gamearena import Party, new_job
     c, jid = new_job(K)
-    leaves = [sha256(b) for b in trained]
+    leaves = [blob_id(b) for b in trained]
     solver = solver_of(c, jid)
     block(c, tx(c, solver, "commit_shard", commit_body(jid, 0, 0, leaves)))
     draw(c)
@@ -207,14 +207,14 @@ def _forced_check(planted: bool):
     ctx = JobContext(record(c, jid), {}.get)
     start = checkpoint.decode(ctx.expected_start())
     leaves_bytes = vforced.train_with_forced_error(ctx.work(0), start, f if planted else None)
-    leaves = [sha256(b) for b in leaves_bytes]
+    leaves = [blob_id(b) for b in leaves_bytes]
     block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
     draw(c)
     attest(c, jid, 0)
     until(c, lambda: shard(c, jid)["status"] == "revealing")
     reveal(c, jid)
-    blobs = {sha256(b): b for b in leaves_bytes}
-    blobs[sha256(_codec.encode(leaves))] = _codec.encode(leaves)
+    blobs = {blob_id(b): b for b in leaves_bytes}
+    blobs[blob_id(_codec.encode(leaves))] = _codec.encode(leaves)
     rec = record(c, jid)
     [ch] = rec.shards[0].challenges
     return judge(rec, 0, ch, c.height, blobs.get), ctx, leaves_bytes, f

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from consensus import codec
-from consensus.crypto import sha256
+from consensus.blobid import blob_id
 from tests.tinyjobs import EXACT_CASES, JOB, shard_root, tiny, work
 from verifier import checkpoint, data, replay, training
 from verifier.checkpoint import CheckpointError
@@ -40,7 +40,7 @@ def test_checkpoint_round_trip_is_byte_identical(optimizer, profile):
         assert checkpoint.encode(state) == raw
         assert all(t.dtype == spec.dtype for t in state.params.values())
     assert [checkpoint.decode(r).step for r in leaves] == [0, 2, 4]
-    assert checkpoint.checkpoint_hash(leaves[0]) == sha256(leaves[0])
+    assert checkpoint.checkpoint_hash(leaves[0]) == blob_id(leaves[0])
 
 
 def _honest_ckpt() -> bytes:

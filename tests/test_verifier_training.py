@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from consensus import codec, merkle
+from consensus.blobid import blob_id
 from consensus.crypto import sha256
 from verifier import adversary, checkpoint, data, replay, training
 from verifier.checkpoint import CheckpointError, TrainState
@@ -65,7 +66,7 @@ def test_checkpoint_round_trip_is_canonical():
         raw = checkpoint.encode(state)
         back = checkpoint.decode(raw)
         assert checkpoint.encode(back) == raw and back.step == 0 and len(back.rng) == 32
-        assert checkpoint.checkpoint_hash(raw) == sha256(raw)
+        assert checkpoint.checkpoint_hash(raw) == blob_id(raw)
         assert sorted(codec.decode(raw, max_size=1 << 26)["params"]) == sorted(state.params)
 
 

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from consensus import codec
-from consensus.crypto import sha256
 
 FORMAT = 1
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
@@ -130,5 +129,6 @@ def is_finite(state: TrainState) -> bool:
 
 
 def checkpoint_hash(raw: bytes) -> bytes:
-    """The Merkle leaf of a checkpoint: sha256 of its canonical bytes."""
-    return sha256(raw)
+    """The Merkle leaf of a checkpoint: the blob id of its canonical bytes (consensus/blobid.py)."""
+    from consensus.blobid import blob_id
+    return blob_id(raw)

@@ -64,11 +64,12 @@ malformed checkpoint is the solver's fault and must turn into a verdict, not a c
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
 import torch
+
+from consensus.blobid import blob_id
 
 from . import checkpoint, training
 from .checkpoint import CheckpointError, TrainState
@@ -340,7 +341,7 @@ def verify_step(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_c
         ours = training.run_steps(training.ShardData(work), agreed, 1)
     except (DataError, ValueError) as exc:
         return False, f"step {step} cannot be recomputed: {exc}"
-    if hashlib.sha256(ours).digest() == claimed_hash:
+    if blob_id(ours) == claimed_hash:
         return True, f"step {step} -> {step + 1}: bitwise identical"
     return False, f"step {step} -> {step + 1}: the solver's hash differs from the recomputed step"
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from . import checkpoint, data, models, optim
 from consensus import runnable
+from consensus.blobid import blob_id
 from consensus.runnable import MAX_TOLERANCE_PPM
 from .checkpoint import CheckpointError, TrainState
 from .data import Dataset
@@ -355,7 +356,7 @@ def run_interval(work: ShardWork, start_ckpt: bytes, start_step: int, n_steps: i
 
 
 def step_hashes(work: ShardWork, start_ckpt: bytes, n_steps: int) -> list[bytes]:
-    """sha256 of the checkpoint after each of n_steps steps from start_ckpt (entry j is the
+    """The blob id of the checkpoint after each of n_steps steps from start_ckpt (entry j is the
     state j + 1 steps on): what a party to a bisection game recomputes from its own leaf
     instead of storing every step."""
     state = checkpoint.decode(start_ckpt)
@@ -365,7 +366,7 @@ def step_hashes(work: ShardWork, start_ckpt: bytes, n_steps: int) -> list[bytes]
         trainer = Trainer(work.spec, state, shard_data.device)
         for x, y in shard_data.batches(state.step, n_steps):
             trainer.train_step(x, y)
-            hashes.append(hashlib.sha256(trainer.encode()).digest())
+            hashes.append(blob_id(trainer.encode()))
     return hashes
 
 

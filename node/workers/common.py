@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from consensus import codec, forced, hashchain, merkle
+from consensus.blobid import blob_id
 from consensus.crypto import sha256
 from consensus.jobs import Commit, Job, Shard
 
@@ -67,10 +68,10 @@ def poll(step: Callable[[], None], log: logging.Logger, once: bool = False) -> N
 
 
 def checked(fetch: Fetch) -> Fetch:
-    """`fetch` that returns a blob only when its sha256 is the digest asked for."""
+    """`fetch` that returns a blob only when its id is the digest asked for."""
     def get(digest: bytes) -> bytes | None:
         raw = fetch(digest)
-        return raw if raw is not None and sha256(raw) == digest else None
+        return raw if raw is not None and blob_id(raw) == digest else None
     return get
 
 

@@ -22,7 +22,8 @@ import logging
 from pathlib import Path
 
 from consensus import codec, merkle
-from consensus.crypto import PrivateKey, format_address, sha256
+from consensus.blobid import blob_id
+from consensus.crypto import PrivateKey, format_address
 from consensus.forced import forced_interval
 from consensus.jobs import Challenge, ChallengeKind, Job, Shard, ShardStatus
 
@@ -118,14 +119,14 @@ class Solver:
             except Unavailable as exc:
                 return self._cannot_run(job, index, str(exc))
             cache.write_bytes(codec.encode([checkpoints, diverged]))
-        leaves = [sha256(c) for c in checkpoints]
+        leaves = [blob_id(c) for c in checkpoints]
         manifest = codec.encode(leaves)
         if self.cheat not in WITHHOLDING:
             for c in checkpoints:
                 self.client.put_blob(c)
             self.client.put_blob(manifest)
         body = {"job": job.id, "round": job.round, "shard": index,
-                "root": merkle.root(leaves), "leaves": len(leaves), "manifest": sha256(manifest),
+                "root": merkle.root(leaves), "leaves": len(leaves), "manifest": blob_id(manifest),
                 "start": leaves[0], "start_proof": merkle.proof(leaves, 0),
                 "final": leaves[-1], "final_proof": merkle.proof(leaves, len(leaves) - 1),
                 "diverged_leaf": diverged}
@@ -151,7 +152,7 @@ class Solver:
     def defend(self, job: Job, index: int, shard: Shard) -> None:
         """Answer what the chain asks of a committed shard: the reveal, game moves, served blobs."""
         checkpoints = self.checkpoints(job, index)
-        if checkpoints is None or merkle.root([sha256(c) for c in checkpoints]) != shard.commit.root:
+        if checkpoints is None or merkle.root([blob_id(c) for c in checkpoints]) != shard.commit.root:
             return  # not our commit (another worker's, or a lost work directory)
         body = {"job": job.id, "round": job.round, "shard": index}
         key = (job.id, job.round, index)
@@ -181,11 +182,11 @@ class Solver:
         gkey = (job.id, job.round, index, ch.challenger, ch.opened)  # games opened in one block differ
         if game.narrowed:
             state = leaf if game.lo == first else training.run_interval(work, leaf, first, game.lo - first)
-            if sha256(state) == game.lo_hash:
+            if blob_id(state) == game.lo_hash:
                 self.client.put_blob(state)
         else:
             if gkey not in self.games:
-                self.games[gkey] = [sha256(leaf)] + training.step_hashes(work, leaf, job.spec["k"])
+                self.games[gkey] = [blob_id(leaf)] + training.step_hashes(work, leaf, job.spec["k"])
             self.send("midpoint", {**body, "challenger": ch.challenger, "opened": ch.opened,
                                    "hash": self.games[gkey][game.mid - first]})
             log.info("job %s shard %d: posted the midpoint at step %d", job.id.hex()[:8], index, game.mid)
@@ -198,7 +199,7 @@ class Solver:
             return
         for c in checkpoints:
             self.client.put_blob(c)
-        self.client.put_blob(codec.encode([sha256(c) for c in checkpoints]))
+        self.client.put_blob(codec.encode([blob_id(c) for c in checkpoints]))
 
     def send(self, kind: str, body: dict) -> dict:
         status = self.client.status()

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from consensus import merkle
-from consensus.crypto import PrivateKey, format_address, sha256
+from consensus.blobid import blob_id
+from consensus.crypto import PrivateKey, format_address
 from consensus.jobs import Challenge, Job, Shard, ShardStatus
 from consensus.sampling import verifier_intervals
 
@@ -167,12 +168,12 @@ class Verifier:
         first = ch.interval * ctx.spec.k
         if key not in self.games:
             from verifier import training
-            self.games[key] = [sha256(start)] + training.step_hashes(ctx.work(index), start, ctx.spec.k)
+            self.games[key] = [blob_id(start)] + training.step_hashes(ctx.work(index), start, ctx.spec.k)
         ours = self.games[key]
         if game.narrowed:
             from verifier import training
             state = start if game.lo == first else training.run_interval(ctx.work(index), start, first, game.lo - first)
-            if sha256(state) == game.lo_hash:
+            if blob_id(state) == game.lo_hash:
                 self.client.put_blob(state)
             self.moved[(key, game.moves)] = 0
             return

@@ -135,3 +135,28 @@ def test_a_solver_cannot_replace_its_secrets_while_a_shard_still_needs_one():
     until(c, lambda: shard(c, jid)["status"] == "revealing")
     reveal(c, jid)  # the reserved secret still answers under the root it was reserved from
     assert shard(c, jid)["status"] == "passed" and c.stake_of(solver, "solver") == STAKE
+
+
+def test_a_solver_worker_keeps_its_seed_while_a_shard_still_needs_a_secret(tmp_path):
+    """The worker's side of the rule above: its secrets used up (or not the registered ones)
+    and nothing locked, it must not renew its seed while it holds a shard, or the secret that
+    shard reserved is lost and its reveal impossible."""
+    import logging
+    from node.workers.common import SecretTree, ensure_registered
+    c = world(**ALWAYS)
+    jid = submit(c, shards=1, verify_blocks=3, reward_per_shard=0)
+    until(c, lambda: shard(c, jid)["status"] == "assigned")
+    solver = solver_of(c, jid)
+
+    class ChainAccount:  # what the node's /account answers, read from this chain
+        def account(self, _me):
+            v = c.view()
+            return {"locked": {r: jobs.locked(v, solver.address, r) for r in ("solver", "verifier")},
+                    "secrets": {r: v.read(jobs.k_secrets(solver.address, r)) for r in ("solver", "verifier")},
+                    "open_shards": v.read(jobs.k_load(solver.address), 0)}
+
+    store = SecretTree(tmp_path / "secrets.json")  # not the registered root
+    seed, sent = store.seed, []
+    ensure_registered(ChainAccount(), store, "me", "solver", lambda kind, body: sent.append(kind),
+                      logging.getLogger("test"))
+    assert sent == [] and store.seed == seed

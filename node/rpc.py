@@ -25,7 +25,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from consensus.crypto import format_address, parse_address
 from consensus.genesis import ROLES
-from consensus.jobs import K_ACTIVE_JOBS, K_POOL, k_escrow, k_job, k_secrets, locked
+from consensus.jobs import K_ACTIVE_JOBS, K_POOL, k_escrow, k_job, k_load, k_secrets, locked
 from p2p.blobs import BlobError
 
 BLOB_PIECE = 1 << 20  # an upload is read and written this much at a time
@@ -264,6 +264,7 @@ class Rpc:
             "jailed": None if jail is None else {"until": jail[0], "tombstoned": jail[1]},
             "locked": {r: locked(v, addr, r) for r in ("solver", "verifier")},
             "secrets": {r: jsonable(v.read(k_secrets(addr, r))) for r in ("solver", "verifier")},
+            "open_shards": v.read(k_load(addr), 0),  # held as solver: each still owes its reserved secret
             "height": self.chain.height})
 
     async def validators(self, request: web.Request) -> web.Response:

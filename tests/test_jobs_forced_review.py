@@ -113,3 +113,50 @@ def test_a_caught_cheat_cannot_shield_its_attesters_by_forfeiting_the_game():
     challenge(c, jid, whistleblower, 3, leaves, play=False)
     blocks(c, MOVE + 1)                     # the solver never posts its midpoint
     assert all(c.stake_of(v, "verifier") < STAKE or locked(c, v) > 0 for v in drawn)
+
+
+def test_a_solver_cannot_replace_its_secrets_while_a_shard_still_needs_one():
+    """A shard paying no reward locks no solver collateral, so `locked` alone does not show
+    that the solver's reserved secret is still owed. Were a new root accepted then, a solver
+    could pick, after a challenge, a secret that makes the challenged interval its "forced
+    error" (its fraud closed with nobody slashed); and an honest worker that renews its
+    exhausted secrets could no longer reveal the old one, and be slashed for it."""
+    from consensus.forced import secret_root
+    c = world(**ALWAYS)
+    jid = submit(c, shards=1, verify_blocks=3, reward_per_shard=0)
+    until(c, lambda: shard(c, jid)["status"] == "assigned")
+    solver = solver_of(c, jid)
+    assert locked(c, solver, "solver") == 0
+    new_root = secret_root([bytes([n]) * 32 for n in range(8)])
+    assert "registered" in refused(c, solver, "register_secrets", {"role": "solver", "tip": new_root, "length": 8})
+    commit(c, jid)
+    draw(c)
+    attest(c, jid, 0)
+    until(c, lambda: shard(c, jid)["status"] == "revealing")
+    reveal(c, jid)  # the reserved secret still answers under the root it was reserved from
+    assert shard(c, jid)["status"] == "passed" and c.stake_of(solver, "solver") == STAKE
+
+
+def test_a_solver_worker_keeps_its_seed_while_a_shard_still_needs_a_secret(tmp_path):
+    """The worker's side of the rule above: its secrets used up (or not the registered ones)
+    and nothing locked, it must not renew its seed while it holds a shard, or the secret that
+    shard reserved is lost and its reveal impossible."""
+    import logging
+    from node.workers.common import SecretTree, ensure_registered
+    c = world(**ALWAYS)
+    jid = submit(c, shards=1, verify_blocks=3, reward_per_shard=0)
+    until(c, lambda: shard(c, jid)["status"] == "assigned")
+    solver = solver_of(c, jid)
+
+    class ChainAccount:  # what the node's /account answers, read from this chain
+        def account(self, _me):
+            v = c.view()
+            return {"locked": {r: jobs.locked(v, solver.address, r) for r in ("solver", "verifier")},
+                    "secrets": {r: v.read(jobs.k_secrets(solver.address, r)) for r in ("solver", "verifier")},
+                    "open_shards": v.read(jobs.k_load(solver.address), 0)}
+
+    store = SecretTree(tmp_path / "secrets.json")  # not the registered root
+    seed, sent = store.seed, []
+    ensure_registered(ChainAccount(), store, "me", "solver", lambda kind, body: sent.append(kind),
+                      logging.getLogger("test"))
+    assert sent == [] and store.seed == seed

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from .. import forced, hashchain, staking
 from ..ledger import View, add_balance, add_burned, get_params, get_stake
 from .errors import JobError
-from .records import Record
+from .records import Record, k_load
 
 ROLES = ("solver", "verifier")
 K_POOL = b"pool"  # the protocol's jackpot pool: funded by job fees and lazy verifiers' stakes
@@ -115,9 +115,11 @@ class SecretChain(Record):
 
 def register(v: View, addr: bytes, role: str, tip: bytes, length: int) -> None:
     """A new chain replaces the old one only when nothing is locked: an open selection still
-    needs the element it reserved."""
-    if locked(v, addr, role):
-        raise JobError("a new hash chain can be registered only with no collateral locked in that role")
+    needs the element it reserved. Nor while a solver holds a shard: one paying no reward locks
+    no collateral, yet its reserved secret is still owed (and a new root would let the solver
+    choose, after the fact, which interval was its forced error)."""
+    if locked(v, addr, role) or (role == "solver" and v.read(k_load(addr), 0)):
+        raise JobError("new secrets can be registered only with no collateral locked and no shard held in that role")
     v.write(k_secrets(addr, role), SecretChain(tip, 0, length, 1).to_map())
 
 

@@ -268,9 +268,9 @@ def ensure_registered(client, store: SecretStore, me: str, role: str, send, log:
     acct = client.account(me)
     if store.matches(acct["secrets"][role]):
         return
-    if acct["locked"][role]:
-        log.warning("the registered %s hash chain is not this key's and collateral is locked: "
-                    "waiting for it to be released before registering a new one", role)
+    if acct["locked"][role] or (role == "solver" and acct.get("open_shards")):
+        log.warning("the registered %s secrets are not this key's (or are used up) and collateral is locked or "
+                    "a shard is held: waiting before registering new ones (the seed kept answers them)", role)
         return
     if acct["secrets"][role]:
         store.renew()

@@ -249,11 +249,6 @@ def _poisoned_leaves(work, start, f: int) -> list[bytes]:
     return head[:-1] + training.train_leaves(data, chosen)
 
 
-@pytest.mark.xfail(strict=True, reason="a revealed forced interval is accepted whatever its end holds: the "
-                                       "FORCED check (common.check_forced) and the in-window reveal only ask "
-                                       "whether the interval is wrong, never whether it is wrong by exactly "
-                                       "the planted change, so a solver can put any model it likes at the end "
-                                       "of its forced interval and have the shard pass")
 def test_a_forced_interval_ending_in_a_model_of_the_solvers_choosing_does_not_pass():
     """The solver knows its forced interval from its assignment. Instead of the one-ulp change
     verifier/forced.py plants, it ends that interval on a model of its own choosing (poisoned,
@@ -263,9 +258,50 @@ def test_a_forced_interval_ending_in_a_model_of_the_solvers_choosing_does_not_pa
     from tests.jobworld import REFEREES
     judged, ctx, leaves, f = _forced_check(make=_poisoned_leaves)
     c, jid, solver = ctx.chain, ctx.job.id, ctx.solver
-    assert judged.verdict == Verdict.FAULT
-    vote(c, jid, solver, True, *REFEREES)
+    assert judged.verdict == Verdict.SOUND and "not the planted change" in judged.why
     honest = training.train_shard(ctx.work(0), checkpoint.decode(leaves[0]))
     from verifier import replay
     assert replay.relative_distance(checkpoint.decode(honest[-1]), checkpoint.decode(leaves[-1])) > 0.1
-    assert shard(c, jid)["status"] != "passed" or c.stake_of(solver, "solver") < STAKE
+    vote(c, jid, solver, False, *REFEREES)   # what the referees found
+    assert shard(c, jid)["status"] != "passed" and c.stake_of(solver, "solver") < STAKE
+
+
+@pytest.mark.parametrize("poisoned", [True, False])
+def test_after_a_reveal_a_verifier_checks_the_forced_interval_against_the_planted_change(poisoned, tmp_path):
+    """A challenge of the forced interval is answered by the reveal. The drawn verifiers look
+    again: a forced interval that ends on a model of the solver's choosing is challenged as
+    not the planted change, and the referees find it so; a properly planted one is attested."""
+    from tests.jobworld import FORCED_ERRORS, forced_of, reveal
+    from node.workers.verifier import Verifier
+    from verifier import forced as vforced
+    c = world(**dict(FORCED_ERRORS, forced_error_ppm=1_000_000), samples_per_shard=50)
+    jid = submit(c, shards=1, verify_blocks=20)
+    f = forced_of(c, jid)
+    ctx = JobContext(record(c, jid), {}.get)
+    start = checkpoint.decode(ctx.expected_start())
+    make = _poisoned_leaves if poisoned else (lambda w, s, i: vforced.train_with_forced_error(w, s, i))
+    leaves_bytes = make(ctx.work(0), start, f)
+    leaves = [blob_id(b) for b in leaves_bytes]
+    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
+    draw(c)
+    outsider = next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
+    block(c, tx(c, outsider, "challenge", challenge_body(jid, 0, 0, f, leaves)))
+    reveal(c, jid)
+    assert challenges(c, jid) == [] and shard(c, jid)["forced"] == f
+    client = ChainClient(c)
+    from consensus import codec as _codec
+    for b in leaves_bytes + [_codec.encode(leaves)]:
+        client.put_blob(b)
+    drawn = verifiers_of(c, jid)[0]
+    worker = Verifier(client, drawn, tmp_path)
+    from tests.jobworld import secret
+    worker.secrets.element = lambda i: secret(drawn, i)   # the world's chain for this key
+    worker.check_shard(record(c, jid), 0, record(c, jid).shards[0], 50, selected=True)
+    if not poisoned:
+        assert challenges(c, jid) == [] and next(s for s in shard(c, jid)["verifiers"]
+                                                 if s["verifier"] == drawn.address)["attested"]
+        return
+    [ch] = challenges(c, jid)
+    assert (ch["kind"], ch["interval"], ch["challenger"]) == ("unplanted", f, drawn.address)
+    judged = judge(record(c, jid), 0, record(c, jid).shards[0].challenges[0], c.height, client.blobs.get)
+    assert judged.verdict == Verdict.FAULT and "not the planted change" in judged.why

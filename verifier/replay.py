@@ -346,6 +346,28 @@ def verify_step(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_c
     return False, f"step {step} -> {step + 1}: the solver's hash differs from the recomputed step"
 
 
+def verify_forced(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes) -> tuple[bool, str]:
+    """Is the claimed end of a revealed forced-error interval exactly the planted change of the
+    honest end (verifier/forced.py)? Exact profiles: equal bytes; `tolerance`: within the bound
+    of the planted state. Anything else (the honest end itself, or a model of the solver's
+    choosing) is not a forced error, whatever the solver revealed."""
+    from . import forced
+    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, None)
+    if isinstance(leaves, str):
+        return False, leaves
+    start, claimed = leaves
+    try:
+        honest = checkpoint.decode(training.run_steps(training.ShardData(work), start, work.spec.k))
+    except (DataError, ValueError) as exc:
+        return False, f"interval cannot be recomputed: {exc}"
+    planted = forced.corrupt(work.spec, start, honest)
+    if work.spec.exact:
+        ok = checkpoint.encode(planted) == claimed_end_ckpt
+        return ok, "the planted change, bit for bit" if ok else "not the planted change of the honest end"
+    ok, why = _close(start, planted, claimed, work.spec.tolerance_ppm)
+    return ok, ("the planted change, " if ok else "not the planted change: ") + why
+
+
 def expected_round_start(spec: TrainSpec, previous_finals: list[bytes]) -> bytes:
     """The bytes a round must start from: the job's initial state for round 0 (no finals),
     else the average of the previous round's final checkpoints in shard order.

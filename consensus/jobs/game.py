@@ -40,6 +40,8 @@ def game_blocks(params: dict, k: int) -> int:
 
 
 def plays_game(spec: dict, shard: Shard, kind: ChallengeKind, interval: int) -> bool:
+    """Compute challenges of an exact profile's intervals up to a declared divergence. (An
+    UNPLANTED challenge is not one: its referees compare with the planted change.)"""
     diverged = shard.commit.diverged_leaf
     return kind == ChallengeKind.COMPUTE and spec["profile"] in EXACT_PROFILES and interval != START \
         and (not diverged or interval < diverged)

@@ -19,6 +19,9 @@
                                                               still hidden)
     settle               verifying, revealing    passed      (attested, and the secret revealed
                                                               or its deadline missed)
+    unplanted            revealing               unassigned  (the revealed forced interval is not
+                                                              the planted change: the solver
+                                                              forfeits its collateral)
 
 `move` is the only place a shard's status changes, so an illegal transition fails here, in
 one place, whatever rule asked for it.
@@ -39,6 +42,7 @@ TRANSITIONS: dict[str, tuple[frozenset, S]] = {
     "cleared_before_draw": (frozenset({S.DISPUTED}), S.COMMITTED),
     "redraw": (frozenset({S.VERIFYING}), S.COMMITTED),
     "await_reveal": (frozenset({S.VERIFYING}), S.REVEALING),
+    "unplanted": (frozenset({S.REVEALING}), S.UNASSIGNED),
     "settle": (frozenset({S.VERIFYING, S.REVEALING}), S.PASSED),
 }
 

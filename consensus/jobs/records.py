@@ -38,8 +38,10 @@ class JobStatus(enum.StrEnum):
 class ChallengeKind(enum.StrEnum):
     COMPUTE = "compute"        # an interval (or, at -1, the start checkpoint) is wrong
     AVAILABLE = "available"    # a blob the shard's check needs is not served
-    FORCED = "forced"          # opened by the chain: is the revealed forced-error interval really
-                               # wrong? (verifiers that attested it are slashed only if it is)
+    FORCED = "forced"          # opened by the chain: does the revealed forced-error interval end on
+                               # exactly the planted change? (only then are its attesters slashed)
+    UNPLANTED = "unplanted"    # a revealed forced interval does not end on the planted change: the
+                               # solver passed off other work (a model of its choosing) as one
 
 
 class ShardStatus(enum.StrEnum):

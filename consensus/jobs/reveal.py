@@ -102,14 +102,18 @@ def settle_revealed(v: View, job: Job, index: int, height: int) -> None:
 
 
 def forced_check_decided(v: View, job: Job, index: int, ch: Challenge, planted: bool | None, height: int) -> None:
-    """The referees' answer on a FORCED check (None: no 2/3 by its deadline)."""
+    """The referees' answer on a FORCED check (None: no 2/3 by its deadline). Planted: the
+    attesters of it lose their collateral and the shard is paid. Not the planted change (the
+    honest end, which would have slashed honest attesters, or a model of the solver's choosing,
+    which must never reach the next round): the solver forfeits its collateral and the shard
+    is trained again, the attesters released."""
     shard = job.shards[index]
     shard.challenges.remove(ch)
     if planted:
-        settle.settle_shard(v, job, index, height)   # the attesters of it lose their collateral
+        settle.settle_shard(v, job, index, height)
         return
     forced = shard.forced
-    shard.forced = -1   # not shown to be wrong: nobody is blamed for attesting it
+    shard.forced = -1   # not shown to be the planted change: nobody is blamed for attesting it
     if planted is None:
         job.log(height, "undecided", None, 0, f"shard {index}: no 2/3 decision on forced interval {forced}")
         settle.settle_shard(v, job, index, height)
@@ -117,8 +121,8 @@ def forced_check_decided(v: View, job: Job, index: int, ch: Challenge, planted: 
     cut, _ = bonds.forfeit(v, shard.solver, "solver", shard.collateral, None)
     shard.collateral = 0
     job.log(height, "slashed", shard.solver, cut, f"solver revealed interval {forced} of shard {index} as its forced "
-            "error but never made it wrong (honest attesters would have been slashed); reward forfeited")
-    settle.settle_shard(v, job, index, height, pay_solver=False)
+            "error, but it does not end on the planted change; the shard is trained again")
+    settle.reopen_shard(v, shard, "unplanted")
 
 
 def reveal_missed(v: View, job: Job, index: int, height: int) -> None:

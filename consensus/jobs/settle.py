@@ -62,8 +62,8 @@ def _checked(sel, ch: Challenge) -> bool:
     wrong interval only the verifiers that re-ran that very interval (one that re-ran a
     neighbour shares a leaf with it, but honestly checked a different step). An unserved blob
     says nothing about an attester: it may have fetched the blob while it was still served."""
-    if not sel.attested or ch.kind == ChallengeKind.AVAILABLE:
-        return False
+    if not sel.attested or ch.kind in (ChallengeKind.AVAILABLE, ChallengeKind.UNPLANTED):
+        return False  # (whether a forced interval was planted says nothing of its attesters)
     return ch.interval == START or ch.interval in sel.intervals
 
 

@@ -167,7 +167,7 @@ def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
         raise JobError(f"{MAX_OPEN_CHALLENGES} challenges are already open on this shard; try when one closes")
     kind, interval, start, end = _challenged(body, shard.commit)
     if kind == ChallengeKind.COMPUTE and shard.revealed_at and interval == shard.forced:
-        raise JobError(f"interval {interval} is this shard's revealed forced error, not a fault")
+        kind = ChallengeKind.UNPLANTED  # wrong it must be; the question is whether by the planted change
     fee = params["challenge_fee"] if kind == ChallengeKind.AVAILABLE else 0
     if fee:
         acct = get_account(v, sender)

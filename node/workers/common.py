@@ -173,15 +173,41 @@ def check_start(ctx: JobContext, shard: Shard) -> Judgement:
 
 
 def check_forced(ctx: JobContext, index: int, shard: Shard, interval: int) -> Judgement:
-    """FAULT when the interval the solver revealed as its forced error really is wrong (it was
-    planted, so its attesters cannot have computed it); undecided when its leaves are missing."""
+    """The chain's FORCED check: FAULT ("planted") when the interval the solver revealed as its
+    forced error ends on exactly the planted change of the honest end (so its attesters cannot
+    have computed it); SOUND when it does not (the honest end, or a model of the solver's
+    choosing: no forced error at all); undecided when its leaves cannot be fetched."""
+    from verifier import replay
     try:
         leaves = ctx.manifest(shard.commit)
     except Unavailable as exc:
         return Judgement(Verdict.UNDECIDED, str(exc))
     if not leaves:  # the solver's own manifest: no grounds to blame an attester on
         return Judgement(Verdict.UNDECIDED, "the manifest does not match the committed root")
-    return check_interval(ctx, index, interval, leaves[interval], leaves[interval + 1])
+    start, end = ctx.fetch(leaves[interval]), ctx.fetch(leaves[interval + 1])
+    if start is None or end is None:
+        return Judgement(Verdict.UNDECIDED, f"checkpoints of interval {interval} are not served")
+    try:
+        work = ctx.work(index)
+    except Unavailable as exc:
+        return Judgement(Verdict.UNDECIDED, str(exc))
+    planted, why = replay.verify_forced(work, interval, start, end)
+    return Judgement(Verdict.FAULT if planted else Verdict.SOUND, why)
+
+
+def check_revealed(ctx: JobContext, index: int, interval: int, start_leaf: bytes, end_leaf: bytes) -> Judgement:
+    """A challenge of a revealed forced interval says its end is not the planted change:
+    FAULT when that is so."""
+    from verifier import replay
+    start, end = ctx.fetch(start_leaf), ctx.fetch(end_leaf)
+    if start is None or end is None:
+        return Judgement(Verdict.UNDECIDED, f"checkpoints of interval {interval} are not served")
+    try:
+        work = ctx.work(index)
+    except Unavailable as exc:
+        return Judgement(Verdict.UNDECIDED, str(exc))
+    planted, why = replay.verify_forced(work, interval, start, end)
+    return Judgement(Verdict.SOUND if planted else Verdict.FAULT, why)
 
 
 def check_interval(ctx: JobContext, index: int, interval: int, start_leaf: bytes, end_leaf: bytes,

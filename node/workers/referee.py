@@ -26,7 +26,8 @@ from consensus.ledger import get_account
 
 from ..client import make_tx
 from ..lifecycle import in_daemon_thread
-from .common import Judgement, JobContext, Verdict, check_forced, check_game, check_interval, check_start
+from .common import (Judgement, JobContext, Verdict, check_forced, check_game, check_interval, check_revealed,
+                     check_start)
 
 log = logging.getLogger("stepchain.referee")
 RETRY_BLOCKS = 2    # an undecided check is tried again this many blocks later
@@ -46,6 +47,8 @@ def judge(job: Job, index: int, ch: Challenge, height: int, fetch) -> Judgement:
         return check_forced(ctx, index, shard, ch.interval)
     if ch.interval == START:
         return check_start(ctx, shard)
+    if ch.kind == ChallengeKind.UNPLANTED:
+        return check_revealed(ctx, index, ch.interval, ch.start_leaf, ch.end_leaf)
     if ch.game is not None:
         if not ch.game.narrowed:
             return Judgement(Verdict.UNDECIDED, "the bisection game is still being played")

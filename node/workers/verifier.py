@@ -15,7 +15,9 @@ game: the verifier answers each of the solver's midpoints from its own recomputa
 uploads the state the game ends on for the referees.
 
 A shard whose solver revealed a forced error (answering a challenge of that interval) is
-looked at again: its planted interval is skipped, and the rest attested as usual.
+looked at again: its forced interval must end on exactly the planted change (else it is
+challenged: the solver passed other work off as a forced error), and the rest is attested as
+usual.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from consensus.jobs import Challenge, Job, Shard, ShardStatus
 from consensus.sampling import verifier_intervals
 
 from ..client import Client, RpcError, make_tx
-from .common import (JobContext, SecretStore, Unavailable, Verdict, check_interval, check_start, ensure_registered,
-                     poll)
+from .common import (JobContext, SecretStore, Unavailable, Verdict, check_interval, check_revealed, check_start,
+                     ensure_registered, poll)
 
 log = logging.getLogger("stepchain.verifier")
 GRACE_SCANS = 3
@@ -138,8 +140,8 @@ class Verifier:
                 del self.sent[task]
 
     def intervals(self, shard: Shard, samples: int, selected: bool) -> list[int]:
-        """What to re-run: a drawn verifier's intervals, or a whistleblower's own sample; never
-        the revealed forced error (it is wrong on purpose, and already settled)."""
+        """What to re-run: a drawn verifier's intervals, or a whistleblower's own sample (a
+        revealed forced interval among them is checked against the planted change)."""
         n = shard.commit.leaves - 1
         if selected:
             secret = self.secrets.element(shard.selection(self.key.address).secret_index)
@@ -149,7 +151,7 @@ class Verifier:
             chosen = list(range(n))
         else:
             chosen = sorted({n - 1, *random.sample(range(n - 1), self.extra_checks)})
-        return [i for i in chosen if not (shard.revealed_at and i == shard.forced)]
+        return chosen
 
     def play(self, job: Job, index: int, ch: Challenge) -> None:
         """Our move in the bisection game of our challenge: answer the solver's midpoint from our
@@ -221,7 +223,10 @@ class Verifier:
             for leaf in (i, i + 1):
                 if ctx.fetch(leaves[leaf]) is None:
                     return self._missing(ctx, index, leaf, leaves[leaf], leaves, f"checkpoint {leaf} is not served")
-            judged = check_interval(ctx, index, i, leaves[i], leaves[i + 1])
+            if shard.revealed_at and i == shard.forced:  # wrong on purpose: by exactly the planted change?
+                judged = check_revealed(ctx, index, i, leaves[i], leaves[i + 1])
+            else:
+                judged = check_interval(ctx, index, i, leaves[i], leaves[i + 1])
             if judged.verdict == Verdict.UNDECIDED:
                 return Finding(Verdict.UNDECIDED, judged.why)
             if judged.verdict == Verdict.FAULT:

@@ -10,13 +10,15 @@ beacon it decides whether the shard carries a forced error and in which interval
 - or after the window, when the shard awaits it (REVEALING): verifiers that attested the
   forced interval before it was revealed lose their collateral, and the shard is paid.
 
-Nothing but a recomputation shows that the revealed interval really was made wrong. So
-before any attester of it is slashed, the chain opens a FORCED check of that interval for the
-validators' referees (recomputed directly, like a `tolerance` dispute: this only happens when
-someone attested a forced error, which no honest verifier does when the error is planted).
-Planted: the attesters lose their collateral. Not planted: the solver misled the chain, which
-would have slashed verifiers that computed honestly; it forfeits its collateral and its
-reward, and the attesters are paid. Undecided by the deadline: nobody is slashed.
+Nothing but a recomputation shows that the revealed interval ends on exactly the planted
+change. So before any attester of it is slashed, the chain opens a FORCED check of that
+interval for the validators' referees (recomputed directly, like a `tolerance` dispute: this
+only happens when someone attested a forced error, which no honest verifier does when the
+error is planted). Planted: the attesters lose their collateral. Not planted (the honest end,
+which would have slashed verifiers that computed honestly, or a model of the solver's
+choosing): the solver forfeits its collateral and the shard is trained again. Undecided by
+the deadline: nobody is slashed. During the window, a challenge of a revealed forced interval
+(UNPLANTED) asks the same question.
 
 A solver that hides its element until `reveal_by` forfeits the shard's reward (left to the
 submitter) and a small slash; its verifiers are paid. One challenged on its forced interval
@@ -88,7 +90,8 @@ def process_reveal(v: View, job: Job, index: int, secret, proof, height: int) ->
 
 def settle_revealed(v: View, job: Job, index: int, height: int) -> None:
     """A revealed shard awaiting settlement: paid at once, unless some verifier attested its
-    forced interval before the reveal; then the referees first check that it was planted."""
+    forced interval before the reveal; then the referees first check that it ends on exactly
+    the planted change."""
     shard = job.shards[index]
     if not any(settle.lazy(shard, sel) for sel in shard.verifiers):
         settle.settle_shard(v, job, index, height)
@@ -98,7 +101,7 @@ def settle_revealed(v: View, job: Job, index: int, height: int) -> None:
         challenger=shard.solver, kind=ChallengeKind.FORCED, interval=shard.forced, start_leaf=b"", end_leaf=b"",
         opened=height, respond_by=height, deadline=height + params["dispute_blocks"], bond=0, fee=0))
     job.log(height, "check", None, 0, f"shard {index}: verifiers attested forced interval {shard.forced}; "
-            "the referees check that it was really made wrong")
+            "the referees check that it ends on the planted change")
 
 
 def forced_check_decided(v: View, job: Job, index: int, ch: Challenge, planted: bool | None, height: int) -> None:

@@ -305,3 +305,35 @@ def test_after_a_reveal_a_verifier_checks_the_forced_interval_against_the_plante
     assert (ch["kind"], ch["interval"], ch["challenger"]) == ("unplanted", f, drawn.address)
     judged = judge(record(c, jid), 0, record(c, jid).shards[0].challenges[0], c.height, client.blobs.get)
     assert judged.verdict == Verdict.FAULT and "not the planted change" in judged.why
+
+
+def test_a_challenger_whose_start_leaf_is_no_state_disagrees_down_to_it_and_wins(trained, tmp_path):
+    """The solver committed garbage as leaf 3. The challenger of interval 3 cannot recompute a
+    single step after it, so it disagrees with every midpoint: the game ends on the first step,
+    whose agreed state is that leaf, and the referees find it no state of the job."""
+    from consensus import codec as _codec
+    from node.workers.verifier import Verifier
+    from tests.gamearena import new_job
+    c, jid = new_job(K)
+    bad = list(trained)
+    bad[INTERVAL] = _codec.encode({"not": "a checkpoint"})
+    leaves = [blob_id(b) for b in bad]
+    solver = solver_of(c, jid)
+    block(c, tx(c, solver, "commit_shard", commit_body(jid, 0, 0, leaves)))
+    draw(c)
+    challenger = next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
+    block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, INTERVAL, leaves)))
+    client = ChainClient(c)
+    for b in bad:
+        client.put_blob(b)
+    worker = Verifier(client, challenger, tmp_path)
+    from tests.jobworld import game_body
+    for n in range(3):
+        block(c, tx(c, solver, "midpoint", game_body(c, jid, challenger, hash=blob_id(b"mid %d" % n))))
+        rec = record(c, jid)
+        worker.play(rec, 0, rec.shards[0].open_challenge(challenger.address))
+    game = open_game(c, jid, challenger)
+    assert (game["lo"], game["hi"], game["lo_hash"]) == (INTERVAL * K, INTERVAL * K + 1, leaves[INTERVAL])
+    rec = record(c, jid)
+    judged = judge(rec, 0, rec.shards[0].challenges[0], c.height, client.blobs.get)
+    assert judged.verdict == Verdict.FAULT and "rejected" in judged.why

@@ -168,18 +168,23 @@ class Verifier:
         if start is None:
             return  # we uploaded it with the challenge; the node is catching up
         first = ch.interval * ctx.spec.k
+        from verifier import training
+        from verifier.checkpoint import CheckpointError
         if key not in self.games:
-            from verifier import training
-            self.games[key] = [blob_id(start)] + training.step_hashes(ctx.work(index), start, ctx.spec.k)
+            try:
+                self.games[key] = [blob_id(start)] + training.step_hashes(ctx.work(index), start, ctx.spec.k)
+            except CheckpointError:  # the start leaf is not a state of this job: no step after it is
+                self.games[key] = []  # right, so disagree all the way down to it (the referees see it)
         ours = self.games[key]
         if game.narrowed:
-            from verifier import training
-            state = start if game.lo == first else training.run_interval(ctx.work(index), start, first, game.lo - first)
-            if blob_id(state) == game.lo_hash:
-                self.client.put_blob(state)
+            if ours:
+                state = start if game.lo == first else training.run_interval(ctx.work(index), start, first,
+                                                                              game.lo - first)
+                if blob_id(state) == game.lo_hash:
+                    self.client.put_blob(state)
             self.moved[(key, game.moves)] = 0
             return
-        agree = ours[game.mid - first] == game.mid_hash
+        agree = bool(ours) and ours[game.mid - first] == game.mid_hash
         sent = self.send("answer", job, {"shard": index, "challenger": self.key.address, "opened": ch.opened,
                                          "agree": agree})
         if sent is not None:

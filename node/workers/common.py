@@ -177,22 +177,15 @@ def check_forced(ctx: JobContext, index: int, shard: Shard, interval: int) -> Ju
     forced error ends on exactly the planted change of the honest end (so its attesters cannot
     have computed it); SOUND when it does not (the honest end, or a model of the solver's
     choosing: no forced error at all); undecided when its leaves cannot be fetched."""
-    from verifier import replay
     try:
         leaves = ctx.manifest(shard.commit)
     except Unavailable as exc:
         return Judgement(Verdict.UNDECIDED, str(exc))
     if not leaves:  # the solver's own manifest: no grounds to blame an attester on
         return Judgement(Verdict.UNDECIDED, "the manifest does not match the committed root")
-    start, end = ctx.fetch(leaves[interval]), ctx.fetch(leaves[interval + 1])
-    if start is None or end is None:
-        return Judgement(Verdict.UNDECIDED, f"checkpoints of interval {interval} are not served")
-    try:
-        work = ctx.work(index)
-    except Unavailable as exc:
-        return Judgement(Verdict.UNDECIDED, str(exc))
-    planted, why = replay.verify_forced(work, interval, start, end)
-    return Judgement(Verdict.FAULT if planted else Verdict.SOUND, why)
+    judged = check_revealed(ctx, index, interval, leaves[interval], leaves[interval + 1])
+    planted = {Verdict.FAULT: Verdict.SOUND, Verdict.SOUND: Verdict.FAULT}  # the opposite question
+    return Judgement(planted.get(judged.verdict, judged.verdict), judged.why)
 
 
 def check_revealed(ctx: JobContext, index: int, interval: int, start_leaf: bytes, end_leaf: bytes) -> Judgement:

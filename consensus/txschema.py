@@ -92,11 +92,14 @@ CHALLENGE = {**SHARD, "interval": INDEX, "start_leaf": HASH, "start_proof": Hash
 
 
 CHALLENGE_AVAILABLE = {**SHARD, "unavailable": HASH, "leaf": Int(-1, 2**32), "proof": Hashes()}
+CHALLENGE_UNPLANTED = {**CHALLENGE, "unplanted": Bool()}  # a revealed forced interval is not the planted change
 
 
 def _challenge(body: dict) -> Schema:
     if "unavailable" in body:
         return CHALLENGE_AVAILABLE
+    if "unplanted" in body:
+        return CHALLENGE_UNPLANTED
     return CHALLENGE_START if body.get("interval") == -1 else CHALLENGE
 
 

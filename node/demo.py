@@ -164,9 +164,23 @@ def forced_errors(net: Devnet, job: dict) -> None:
         print("    none", flush=True)
 
 
+def wait_registered(net: Devnet, timeout_s: float = 120) -> None:
+    """Until every worker has registered its secrets: a solver is assigned shards only then
+    (its secrets decide each shard's forced error), so a late one would miss the job."""
+    client, deadline = Client(net.urls[0]), time.monotonic() + timeout_s
+    keys = json.loads(_run(net, "wallet", "list", "--json", show=False))["keys"]
+    addrs = {row["name"]: row["address"] for row in keys}
+    for name, role, _amount, _extra in WORKERS:
+        while not client.account(addrs[name])["secrets"][role]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not register its {role} secrets; see {net.base / f'{name}.log'}")
+            time.sleep(0.5)
+
+
 def job_tour(net: Devnet) -> None:
     procs = start_workers(net)
     try:
+        wait_registered(net)
         print("\n== a training job ==", flush=True)
         out = json.loads(_run(net, "job", "submit", "--from", "dev", str(JOB_SPEC), "--json"))
         job = watch_job(net, out["job"])

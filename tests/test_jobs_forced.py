@@ -93,8 +93,13 @@ def test_the_first_challenger_of_a_forced_error_wins_the_jackpot_and_nobody_is_s
     assert locked(c, other) == 0 and c.stake_of(other, "verifier") == STAKE
     assert locked(c, drawn[0]) == selection(c, jid, 0, drawn[0])["locked"]  # its draw lock, not its bond
     assert events(c, jid, "slashed") == []
-    # challenging it again now says "not the planted change" (no game: referees compare with it)
-    block(c, tx(c, other, "challenge", challenge_body(jid, 0, 0, f, leaves)))
+    # a plain challenge of it is refused (one sent before the reveal landed must not become a
+    # claim its sender never made); an unplanted one says "not the planted change" (no game)
+    assert "challenge it as unplanted" in refused(c, other, "challenge", challenge_body(jid, 0, 0, f, leaves))
+    g = (f + 1) % N
+    assert "names the shard's revealed" in refused(c, other, "challenge",
+                                                   challenge_body(jid, 0, 0, g, leaves, unplanted=True))
+    block(c, tx(c, other, "challenge", challenge_body(jid, 0, 0, f, leaves, unplanted=True)))
     [again] = shard(c, jid)["challenges"]
     assert again["kind"] == "unplanted" and again["game"] is None
     vote(c, jid, other, False, *REFEREES)   # it is the planted change: the challenger was wrong

@@ -166,8 +166,14 @@ def process_challenge(v: View, tx, sender: bytes, height: int) -> None:
     if len(shard.challenges) >= MAX_OPEN_CHALLENGES:
         raise JobError(f"{MAX_OPEN_CHALLENGES} challenges are already open on this shard; try when one closes")
     kind, interval, start, end = _challenged(body, shard.commit)
-    if kind == ChallengeKind.COMPUTE and shard.revealed_at and interval == shard.forced:
+    revealed = kind == ChallengeKind.COMPUTE and bool(shard.revealed_at) and interval == shard.forced
+    if body.get("unplanted") is True and not revealed:
+        raise JobError("an unplanted challenge names the shard's revealed forced-error interval")
+    if body.get("unplanted") is True:
         kind = ChallengeKind.UNPLANTED  # wrong it must be; the question is whether by the planted change
+    elif revealed:  # (a challenge sent before the reveal landed must not turn into this claim)
+        raise JobError(f"interval {interval} is this shard's revealed forced error; challenge it as unplanted "
+                       "if it does not end on the planted change")
     fee = params["challenge_fee"] if kind == ChallengeKind.AVAILABLE else 0
     if fee:
         acct = get_account(v, sender)

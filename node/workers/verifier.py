@@ -237,9 +237,10 @@ class Verifier:
             if judged.verdict == Verdict.FAULT:
                 for leaf in (i, i + 1):  # so referees can fetch them whatever the solver does
                     self.client.put_blob(ctx.fetch(leaves[leaf]))
+                unplanted = {"unplanted": True} if shard.revealed_at and i == shard.forced else {}
                 return Finding(Verdict.FAULT, f"interval {i}: {judged.why}", {
                     "interval": i, "start_leaf": leaves[i], "start_proof": merkle.proof(leaves, i),
-                    "end_leaf": leaves[i + 1], "end_proof": merkle.proof(leaves, i + 1)})
+                    "end_leaf": leaves[i + 1], "end_proof": merkle.proof(leaves, i + 1), **unplanted})
         return Finding(Verdict.SOUND, f"intervals {intervals} check out")
 
     def _missing(self, ctx: JobContext, index: int, leaf: int, blob: bytes, leaves: list[bytes], why: str) -> Finding:

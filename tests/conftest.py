@@ -1,6 +1,17 @@
+import signal
+
 import pytest
 
 from tests.nodes import NodeProcess, kill_started, started_mark
+
+
+def pytest_configure(config):
+    """A SIGTERM (a CI timeout, `kill`) skips fixture teardown: kill every process the run
+    started first, then stop as Ctrl-C would, so a killed test run leaves nothing behind."""
+    def on_term(signum, frame):
+        kill_started()
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -187,7 +187,7 @@ def test_a_solver_worker_plays_every_game_of_challenges_opened_in_the_same_block
     assert len({ch["opened"] for ch in challenges(c, jid)}) == 1
     (tmp_path / f"{jid.hex()}-0-0.ckpts").write_bytes(codec.encode([trained, 0]))
     worker = Solver(ChainClient(c), solver, tmp_path, progress=False)
-    worker.defend(record(c, jid), 0, record(c, jid).shards[0])
+    worker.defend(record(c, jid), 0, record(c, jid).shards[0], 0)
     for g, i in zip(griefers, (3, 5)):
         game = open_game(c, jid, g)
         assert game["mid_hash"] == Party(c, jid, i, trained[i]).at((game["lo"] + game["hi"]) // 2), g

@@ -49,6 +49,7 @@ class Solver:
         self.secrets = SecretTree(workdir / "secrets.json")
         self.sent: set[tuple] = set()   # defence moves sent: (shard key, what, state of the dispute)
         self.games: dict[tuple, list[bytes]] = {}  # challenge -> our hash after each step of its interval
+        self.roots: dict[tuple, bytes] = {}  # shard -> the root of the checkpoints we keep for it
 
     def fetch(self, digest: bytes) -> bytes | None:
         return self.client.get_blob(digest.hex())
@@ -62,6 +63,7 @@ class Solver:
 
     def step(self) -> None:
         ensure_registered(self.client, self.secrets, self.me, "solver", self.send, log)
+        rate = self.client.get("/params")["forced_error_ppm"]
         shards, games = set(), set()
         for job in self.jobs():
             for i, shard in enumerate(job.shards):
@@ -72,7 +74,7 @@ class Solver:
                 if shard.status == ShardStatus.ASSIGNED:
                     self.solve(job, i)
                 elif shard.commit is not None and shard.status != ShardStatus.PASSED:
-                    self.defend(job, i, shard)
+                    self.defend(job, i, shard, rate)
         self.forget(shards, games)
 
     def forget(self, shards: set, games: set) -> None:
@@ -80,10 +82,10 @@ class Solver:
         self.sent = {s for s in self.sent if s[0] in shards}
         self.games = {g: hashes for g, hashes in self.games.items() if g in games}
         self.failures = {f: n for f, n in self.failures.items() if f in shards}
+        self.roots = {r: root for r, root in self.roots.items() if r in shards}
 
-    def forced(self, job: Job, shard: Shard, diverged_leaf: int = 0) -> int | None:
-        """The interval this shard must carry a forced error in (None: none), from our element."""
-        rate = self.client.get("/params")["forced_error_ppm"]
+    def forced(self, job: Job, shard: Shard, rate: int, diverged_leaf: int = 0) -> int | None:
+        """The interval this shard must carry a forced error in (None: none), from our secret."""
         n = job.spec["steps"] // job.spec["k"]
         return forced_interval(self.secrets.element(shard.secret_index), shard.assign_beacon, n, rate, diverged_leaf)
 
@@ -97,7 +99,7 @@ class Solver:
         if self.cheat and self.cheat not in WITHHOLDING:
             published = adversary.publish(self.cheat, work, start)
             return published.leaves, published.diverged_leaf or 0
-        planted = self.forced(job, job.shards[index])
+        planted = self.forced(job, job.shards[index], self.client.get("/params")["forced_error_ppm"])
         if planted is not None:
             log.info("job %s r%d shard %d carries a forced error in interval %d", job.id.hex()[:8], job.round,
                      index, planted)
@@ -149,16 +151,26 @@ class Solver:
             return None
         return codec.decode(cache.read_bytes(), max_size=1 << 31)[0]
 
-    def defend(self, job: Job, index: int, shard: Shard) -> None:
-        """Answer what the chain asks of a committed shard: the reveal, game moves, served blobs."""
-        checkpoints = self.checkpoints(job, index)
-        if checkpoints is None or merkle.root([blob_id(c) for c in checkpoints]) != shard.commit.root:
+    def our_root(self, job: Job, index: int) -> bytes | None:
+        """The root of the checkpoints we keep for a shard, hashed once (it is asked every poll)."""
+        key = (job.id, job.round, index)
+        if key not in self.roots:
+            checkpoints = self.checkpoints(job, index)
+            if checkpoints is None:
+                return None
+            self.roots[key] = merkle.root([blob_id(c) for c in checkpoints])
+        return self.roots[key]
+
+    def defend(self, job: Job, index: int, shard: Shard, rate: int) -> None:
+        """Answer what the chain asks of a committed shard: the reveal, game moves, served blobs.
+        The checkpoints are read from disk only when a move or a served blob needs them."""
+        if self.our_root(job, index) != shard.commit.root:
             return  # not our commit (another worker's, or a lost work directory)
         body = {"job": job.id, "round": job.round, "shard": index}
         key = (job.id, job.round, index)
-        if self.cheat == "withhold-then-serve":
-            self.serve_when_challenged(checkpoints, shard)
-        planted = self.forced(job, shard, shard.commit.diverged_leaf)
+        if self.cheat == "withhold-then-serve" and any(c.kind == ChallengeKind.AVAILABLE for c in shard.challenges):
+            self.serve_all(self.checkpoints(job, index))
+        planted = self.forced(job, shard, rate, shard.commit.diverged_leaf)
         asked = shard.status == ShardStatus.REVEALING or any(
             ch.kind == ChallengeKind.COMPUTE and ch.interval == planted for ch in shard.challenges)
         if not shard.revealed_at and asked and (key, "reveal") not in self.sent:
@@ -167,16 +179,17 @@ class Solver:
             self.sent.add((key, "reveal"))
             log.info("revealed the forced-error secret of job %s r%d shard %d", job.id.hex()[:8], job.round, index)
             return
-        for ch in shard.challenges:
-            if ch.game is not None and (key, ch.challenger, ch.opened, ch.game.moves) not in self.sent:
+        ours = [ch for ch in shard.challenges if ch.game is not None and (ch.game.solver_to_move or ch.game.narrowed)
+                and (key, ch.challenger, ch.opened, ch.game.moves) not in self.sent]
+        if ours:
+            checkpoints = self.checkpoints(job, index)
+            for ch in ours:
                 self.play(job, index, ch, checkpoints, body)
 
     def play(self, job: Job, index: int, ch: Challenge, checkpoints: list[bytes], body: dict) -> None:
         """Post our midpoint hash, or upload the state a finished game starts its last step from."""
         from verifier import training
         game = ch.game
-        if not (game.solver_to_move or game.narrowed):
-            return
         work = JobContext(job, self.fetch).work(index, self.device)
         first, leaf = ch.interval * job.spec["k"], checkpoints[ch.interval]
         gkey = (job.id, job.round, index, ch.challenger, ch.opened)  # games opened in one block differ
@@ -192,11 +205,9 @@ class Solver:
             log.info("job %s shard %d: posted the midpoint at step %d", job.id.hex()[:8], index, game.mid)
         self.sent.add(((job.id, job.round, index), ch.challenger, ch.opened, game.moves))
 
-    def serve_when_challenged(self, checkpoints: list[bytes], shard: Shard) -> None:
-        """Test cheat: withhold every blob until an availability challenge names one, then
-        serve everything (the challenger should lose only its fee)."""
-        if not any(c.kind == ChallengeKind.AVAILABLE for c in shard.challenges):
-            return
+    def serve_all(self, checkpoints: list[bytes]) -> None:
+        """Test cheat withhold-then-serve: once an availability challenge names a blob, serve
+        everything (the challenger should lose only its fee)."""
         for c in checkpoints:
             self.client.put_blob(c)
         self.client.put_blob(codec.encode([blob_id(c) for c in checkpoints]))

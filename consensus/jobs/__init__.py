@@ -15,9 +15,8 @@ collects attestations and challenges, counts validators' referee votes, and move
     settle.py     outcomes: payouts, slashes, reopening a shard, closing a job
     schedule.py   end of block: assignment, verifier draws, deadlines
 """
-from .bonds import free_stake, k_lock, k_secrets, locked
+from .bonds import K_POOL, free_stake, k_lock, k_secrets, locked, pool
 from .errors import JobError
-from .bonds import K_POOL, pool
 from .records import (K_ACTIVE_JOBS, MANIFEST, MAX_EVENTS, START, Challenge, ChallengeKind, Commit, Game, Job,
                       JobStatus, Selection, Shard, ShardStatus, k_escrow, k_job, k_load)
 from .schedule import process_jobs

@@ -110,7 +110,7 @@ class Game(Record):
     range [lo, hi] halves with each pair of moves until it is one step."""
     lo: int                # a step whose state both parties agree on
     hi: int                # a later step whose state they disagree about
-    lo_hash: bytes         # sha256 of the agreed checkpoint at lo
+    lo_hash: bytes         # the blob id of the agreed checkpoint at lo
     hi_hash: bytes         # the solver's claimed checkpoint hash at hi
     mid_hash: bytes        # the solver's hash at (lo + hi) // 2; empty while the solver is to post it
     move_by: int           # the party whose turn it is loses if it has not moved by this height
@@ -174,9 +174,9 @@ class Shard(Record):
     tried: list = field(default_factory=list)     # solvers that failed or declined this shard
     declined: list = field(default_factory=list)  # of those, the ones that declined
     silent: list = field(default_factory=list)    # verifiers drawn for this commit that never attested
-    secret_index: int = 0  # the solver's hash-chain element reserved at assignment ...
+    secret_index: int = 0  # the solver's secret reserved at assignment ...
     assign_beacon: bytes = b""  # ... and the assignment block's beacon: the forced-error draw
-    revealed_at: int = 0   # the height the solver revealed that element (0: not yet)
+    revealed_at: int = 0   # the height the solver revealed that secret (0: not yet)
     forced: int = -1       # the revealed forced-error interval; -1: none (or not revealed yet)
     reveal_by: int = 0     # REVEALING: the solver must reveal by this height
 

@@ -1,8 +1,9 @@
 """Forced errors on chain: the solver's reveal, the jackpot, and what a hidden secret costs.
 
-Every assignment reserves the solver's next hash-chain element; with the assignment block's
-beacon it decides whether the shard carries a forced error and in which interval
-(consensus/forced.py). The solver reveals the element (a `reveal` tx):
+Every assignment reserves the solver's next secret (a leaf under the Merkle root it
+registered); with the assignment block's beacon it decides whether the shard carries a forced
+error and in which interval (consensus/forced.py). The solver reveals the secret with its
+proof (a `reveal` tx):
 
 - while a challenge of the forced interval is open: the challenge was right about a planted
   fault, so nobody is slashed; the first challenger of that interval wins the jackpot, every
@@ -11,7 +12,8 @@ beacon it decides whether the shard carries a forced error and in which interval
   forced interval before it was revealed lose their collateral, and the shard is paid.
 
 Nothing but a recomputation shows that the revealed interval ends on exactly the planted
-change. So before any attester of it is slashed, the chain opens a FORCED check of that
+change. So before any attester of it is slashed, the chain opens a FORCED check
+(settle.settle_revealed, settle.forced_check_decided) of that
 interval for the validators' referees (recomputed directly, like a `tolerance` dispute: this
 only happens when someone attested a forced error, which no honest verifier does when the
 error is planted). Planted: the attesters lose their collateral. Not planted (the honest end,
@@ -20,7 +22,7 @@ choosing): the solver forfeits its collateral and the shard is trained again. Un
 the deadline: nobody is slashed. During the window, a challenge of a revealed forced interval
 (UNPLANTED) asks the same question.
 
-A solver that hides its element until `reveal_by` forfeits the shard's reward (left to the
+A solver that hides its secret past `reveal_by` forfeits the shard's reward (left to the
 submitter) and a small slash; its verifiers are paid. One challenged on its forced interval
 that does not reveal is judged like any other fault: the end of that interval is wrong.
 """
@@ -31,7 +33,7 @@ from ..forced import forced_interval
 from ..ledger import View, add_balance, get_params
 from . import bonds, settle
 from .errors import JobError
-from .records import Challenge, ChallengeKind, Job, Shard, ShardStatus
+from .records import ChallengeKind, Job, Shard, ShardStatus
 from .spec import n_intervals
 
 
@@ -85,47 +87,7 @@ def process_reveal(v: View, job: Job, index: int, secret, proof, height: int) ->
     job.log(height, "revealed", shard.solver, 0, f"shard {index}: "
             + ("no forced error" if forced is None else f"forced error in interval {forced}"))
     if awaited:
-        settle_revealed(v, job, index, height)
-
-
-def settle_revealed(v: View, job: Job, index: int, height: int) -> None:
-    """A revealed shard awaiting settlement: paid at once, unless some verifier attested its
-    forced interval before the reveal; then the referees first check that it ends on exactly
-    the planted change."""
-    shard = job.shards[index]
-    if not any(settle.lazy(shard, sel) for sel in shard.verifiers):
-        settle.settle_shard(v, job, index, height)
-        return
-    params = get_params(v)
-    shard.challenges.append(Challenge(
-        challenger=shard.solver, kind=ChallengeKind.FORCED, interval=shard.forced, start_leaf=b"", end_leaf=b"",
-        opened=height, respond_by=height, deadline=height + params["dispute_blocks"], bond=0, fee=0))
-    job.log(height, "check", None, 0, f"shard {index}: verifiers attested forced interval {shard.forced}; "
-            "the referees check that it ends on the planted change")
-
-
-def forced_check_decided(v: View, job: Job, index: int, ch: Challenge, planted: bool | None, height: int) -> None:
-    """The referees' answer on a FORCED check (None: no 2/3 by its deadline). Planted: the
-    attesters of it lose their collateral and the shard is paid. Not the planted change (the
-    honest end, which would have slashed honest attesters, or a model of the solver's choosing,
-    which must never reach the next round): the solver forfeits its collateral and the shard
-    is trained again, the attesters released."""
-    shard = job.shards[index]
-    shard.challenges.remove(ch)
-    if planted:
-        settle.settle_shard(v, job, index, height)
-        return
-    forced = shard.forced
-    shard.forced = -1   # not shown to be the planted change: nobody is blamed for attesting it
-    if planted is None:
-        job.log(height, "undecided", None, 0, f"shard {index}: no 2/3 decision on forced interval {forced}")
-        settle.settle_shard(v, job, index, height)
-        return
-    cut, _ = bonds.forfeit(v, shard.solver, "solver", shard.collateral, None)
-    shard.collateral = 0
-    job.log(height, "slashed", shard.solver, cut, f"solver revealed interval {forced} of shard {index} as its forced "
-            "error, but it does not end on the planted change; the shard is trained again")
-    settle.reopen_shard(v, shard, "unplanted")
+        settle.settle_revealed(v, job, index, height)
 
 
 def reveal_missed(v: View, job: Job, index: int, height: int) -> None:

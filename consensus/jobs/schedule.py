@@ -10,8 +10,9 @@ from .records import K_ACTIVE_JOBS, Job, JobStatus, Selection, ShardStatus, k_jo
 
 
 def assign_solver(v: View, job: Job, index: int, height: int, beacon: bytes) -> None:
-    """Stake-weighted draw among solvers with free capacity, a hash chain with elements left
-    (one decides the shard's forced error) and enough free stake for the collateral, preferring ones without a shard of this job's round and never one that
+    """Stake-weighted draw among solvers with free capacity, registered secrets left (one
+    decides the shard's forced error) and enough free stake for the collateral, preferring
+    ones without a shard of this job's round and never one that
     already failed or declined this shard. A shard every staked solver declined cancels the
     job: nobody can run it."""
     params, shard = get_params(v), job.shards[index]

@@ -110,8 +110,7 @@ def challenge_rejected(v: View, job: Job, index: int, ch: Challenge, height: int
 def challenge_expired(v: View, job: Job, index: int, ch: Challenge, height: int) -> None:
     """No 2/3 decision by the deadline: nobody is slashed and the challenge is refunded."""
     if ch.kind == ChallengeKind.FORCED:
-        from . import reveal  # reveal builds on this module
-        reveal.forced_check_decided(v, job, index, ch, None, height)
+        forced_check_decided(v, job, index, ch, None, height)
         return
     shard = job.shards[index]
     _return_challenge(v, shard, ch, job)
@@ -132,8 +131,7 @@ def after_challenge(job: Job, shard: Shard, height: int) -> None:
 
 def resolve_challenge(v: View, job: Job, index: int, ch: Challenge, fault: bool, height: int) -> None:
     if ch.kind == ChallengeKind.FORCED:
-        from . import reveal  # reveal builds on this module
-        reveal.forced_check_decided(v, job, index, ch, fault, height)
+        forced_check_decided(v, job, index, ch, fault, height)
         return
     (fault_proven if fault else challenge_rejected)(v, job, index, ch, height)
 
@@ -161,8 +159,7 @@ def close_window(v: View, job: Job, index: int, height: int) -> None:
         move(shard, "await_reveal")
         shard.reveal_by = height + get_params(v)["response_blocks"]
         if shard.revealed_at:  # revealed already, answering a challenge of its forced interval
-            from . import reveal  # reveal builds on this module
-            reveal.settle_revealed(v, job, index, height)
+            settle_revealed(v, job, index, height)
         return
     release_verifiers(v, shard)
     shard.silent += [sel.verifier for sel in shard.verifiers]
@@ -206,6 +203,48 @@ def settle_shard(v: View, job: Job, index: int, height: int, pay_solver: bool = 
     release_solver(v, shard)
     release_verifiers(v, shard)
     move(shard, "settle")
+
+
+# -- forced errors: the check before lazy attesters are slashed --------------------------------
+
+def settle_revealed(v: View, job: Job, index: int, height: int) -> None:
+    """A revealed shard awaiting settlement: paid at once, unless some verifier attested its
+    forced interval before the reveal; then the referees first check that it ends on exactly
+    the planted change."""
+    shard = job.shards[index]
+    if not any(lazy(shard, sel) for sel in shard.verifiers):
+        settle_shard(v, job, index, height)
+        return
+    params = get_params(v)
+    shard.challenges.append(Challenge(
+        challenger=shard.solver, kind=ChallengeKind.FORCED, interval=shard.forced, start_leaf=b"", end_leaf=b"",
+        opened=height, respond_by=height, deadline=height + params["dispute_blocks"], bond=0, fee=0))
+    job.log(height, "check", None, 0, f"shard {index}: verifiers attested forced interval {shard.forced}; "
+            "the referees check that it ends on the planted change")
+
+
+def forced_check_decided(v: View, job: Job, index: int, ch: Challenge, planted: bool | None, height: int) -> None:
+    """The referees' answer on a FORCED check (None: no 2/3 by its deadline). Planted: the
+    attesters of it lose their collateral and the shard is paid. Not the planted change (the
+    honest end, which would have slashed honest attesters, or a model of the solver's choosing,
+    which must never reach the next round): the solver forfeits its collateral and the shard
+    is trained again, the attesters released."""
+    shard = job.shards[index]
+    shard.challenges.remove(ch)
+    if planted:
+        settle_shard(v, job, index, height)
+        return
+    forced = shard.forced
+    shard.forced = -1   # not shown to be the planted change: nobody is blamed for attesting it
+    if planted is None:
+        job.log(height, "undecided", None, 0, f"shard {index}: no 2/3 decision on forced interval {forced}")
+        settle_shard(v, job, index, height)
+        return
+    cut, _ = bonds.forfeit(v, shard.solver, "solver", shard.collateral, None)
+    shard.collateral = 0
+    job.log(height, "slashed", shard.solver, cut, f"solver revealed interval {forced} of shard {index} as its forced "
+            "error, but it does not end on the planted change; the shard is trained again")
+    reopen_shard(v, shard, "unplanted")
 
 
 def finish_round(v: View, job: Job, height: int) -> None:

@@ -294,7 +294,7 @@ def ensure_registered(client, store: SecretStore, me: str, role: str, send, log:
     if acct["secrets"][role]:
         store.renew()
     send("register_secrets", {"role": role, "tip": store.tip, "length": store.length})
-    log.info("registered a %s hash chain of %d secrets", role, store.length)
+    log.info("registered %d %s secrets", store.length, role)
 
 
 # -- the end of a bisection game -----------------------------------------------------------------

@@ -43,7 +43,7 @@ def judge(job: Job, index: int, ch: Challenge, height: int, fetch) -> Judgement:
         if height > ch.respond_by:
             return Judgement(Verdict.FAULT, "the challenged blob was not served by the response deadline")
         return Judgement(Verdict.UNDECIDED, "the challenged blob is not served yet; the solver still has time")
-    if ch.kind == ChallengeKind.FORCED:  # fault = the revealed forced interval really is wrong
+    if ch.kind == ChallengeKind.FORCED:  # fault = the revealed forced interval is the planted change
         return check_forced(ctx, index, shard, ch.interval)
     if ch.interval == START:
         return check_start(ctx, shard)

@@ -7,9 +7,9 @@ DECLINE_AFTER tries instead of missing the deadline: a decline is not slashed.
 A `--cheat` strategy exists to demonstrate and test that the protocol catches fraud.
 
 Forced errors: each assignment reserves the next of this solver's secrets (a Merkle root of
-them registered on first start, the seed kept in the work directory). With the assignment beacon it says
-whether the shard must carry a forced error and where (consensus/forced.py); the solver then
-plants it (verifier/forced.py). It reveals the element when a challenge names that interval
+them registered on first start, the seed kept in the work directory). With the assignment
+beacon it says whether the shard must carry a forced error and where (consensus/forced.py);
+the solver then plants it (verifier/forced.py). It reveals the secret when a challenge names that interval
 (the challenger wins the jackpot, nobody is slashed) or when the chain asks after the window.
 
 Disputes: in an exact profile a challenge opens a bisection game; the solver posts its state

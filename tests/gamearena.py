@@ -34,6 +34,20 @@ def new_job(k: int, **spec):
     return c, jid
 
 
+def commit_trained(c, jid, leaves_bytes: list[bytes]) -> list[bytes]:
+    """The shard's solver commits these checkpoints (their blob ids are the leaves), and its
+    verifiers are drawn; returns the leaves."""
+    leaves = [blob_id(b) for b in leaves_bytes]
+    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
+    draw(c)
+    return leaves
+
+
+def outsider(c, jid):
+    """A staked verifier not drawn for the shard: a whistleblower, or a griefer."""
+    return next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
+
+
 def honest_leaves(k: int, **spec) -> list[bytes]:
     """The job's shard trained honestly (the same on every chain `new_job` makes)."""
     c, jid = new_job(k, **spec)
@@ -114,11 +128,8 @@ def play(k: int, leaves_bytes: list[bytes], interval: int, solver_hash=honest_mi
     and `answer(game, party)` (each move in the next block), upload the agreed state (or what
     `serve(game, party)` gives) and judge the last step as a referee."""
     c, jid = new_job(k, **spec)
-    leaves = [blob_id(b) for b in leaves_bytes]
-    solver = solver_of(c, jid)
-    block(c, tx(c, solver, "commit_shard", commit_body(jid, 0, 0, leaves)))
-    draw(c)
-    challenger = next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
+    leaves, solver = commit_trained(c, jid, leaves_bytes), solver_of(c, jid)
+    challenger = outsider(c, jid)
     block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, interval, leaves)))
     opened = c.height
     party = Party(c, jid, interval, leaves_bytes[interval])

@@ -14,10 +14,11 @@ import pytest
 from consensus.blobid import blob_id
 from node.workers.common import JobContext, Verdict
 from node.workers.referee import judge
-from tests.chainfactory import challenge_body, commit_body
-from tests.gamearena import count_steps, forged, honest_answer, honest_leaves, honest_mid, play, record
-from tests.jobworld import (REFEREES, STAKE, VERIFIERS, block, blocks, challenges, draw, events, job, open_game,
-                            shard, solver_of, submit, tx, verifiers_of, vote, world)
+from tests.chainfactory import challenge_body
+from tests.gamearena import (commit_trained, count_steps, forged, honest_answer, honest_leaves, honest_mid,
+                             outsider, play, record)
+from tests.jobworld import (REFEREES, STAKE, block, blocks, challenges, events, job, open_game, shard, solver_of,
+                            submit, tx, verifiers_of, vote, world)
 from verifier import checkpoint, training
 
 K, INTERVAL = 8, 3
@@ -120,10 +121,8 @@ def test_without_a_game_the_tolerance_referee_recomputes_the_whole_interval():
     jid = submit(c, shards=1, steps=50 * K, k=K, verify_blocks=30, profile="tolerance")
     ctx = JobContext(record(c, jid), {}.get)
     leaves_bytes = training.train_shard(ctx.work(0), checkpoint.decode(ctx.expected_start()))
-    leaves = [blob_id(b) for b in leaves_bytes]
-    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
-    draw(c)
-    challenger = next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
+    leaves = commit_trained(c, jid, leaves_bytes)
+    challenger = outsider(c, jid)
     block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, INTERVAL, leaves)))
     assert challenges(c, jid)[0]["game"] is None
     blobs = {blob_id(b): b for b in leaves_bytes}
@@ -177,12 +176,8 @@ def test_a_solver_worker_plays_every_game_of_challenges_opened_in_the_same_block
     from node.workers.solver import Solver
     from tests.gamearena import Party, new_job
     c, jid = new_job(K)
-    leaves = [blob_id(b) for b in trained]
-    solver = solver_of(c, jid)
-    block(c, tx(c, solver, "commit_shard", commit_body(jid, 0, 0, leaves)))
-    draw(c)
-    drawn = verifiers_of(c, jid)
-    griefers = (next(v for v in VERIFIERS if v not in drawn), drawn[0])
+    leaves, solver = commit_trained(c, jid, trained), solver_of(c, jid)
+    griefers = (outsider(c, jid), verifiers_of(c, jid)[0])
     block(c, *(tx(c, g, "challenge", challenge_body(jid, 0, 0, i, leaves)) for g, i in zip(griefers, (3, 5))))
     assert len({ch["opened"] for ch in challenges(c, jid)}) == 1
     (tmp_path / f"{jid.hex()}-0-0.ckpts").write_bytes(codec.encode([trained, 0]))
@@ -209,9 +204,7 @@ def _forced_check(planted: bool = True, make=None):
     start = checkpoint.decode(ctx.expected_start())
     leaves_bytes = make(ctx.work(0), start, f) if make else \
         vforced.train_with_forced_error(ctx.work(0), start, f if planted else None)
-    leaves = [blob_id(b) for b in leaves_bytes]
-    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
-    draw(c)
+    leaves = commit_trained(c, jid, leaves_bytes)
     attest(c, jid, 0)
     until(c, lambda: shard(c, jid)["status"] == "revealing")
     reveal(c, jid)
@@ -281,11 +274,9 @@ def test_after_a_reveal_a_verifier_checks_the_forced_interval_against_the_plante
     start = checkpoint.decode(ctx.expected_start())
     make = _poisoned_leaves if poisoned else (lambda w, s, i: vforced.train_with_forced_error(w, s, i))
     leaves_bytes = make(ctx.work(0), start, f)
-    leaves = [blob_id(b) for b in leaves_bytes]
-    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
-    draw(c)
-    outsider = next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
-    block(c, tx(c, outsider, "challenge", challenge_body(jid, 0, 0, f, leaves)))
+    leaves = commit_trained(c, jid, leaves_bytes)
+    whistleblower = outsider(c, jid)
+    block(c, tx(c, whistleblower, "challenge", challenge_body(jid, 0, 0, f, leaves)))
     reveal(c, jid)
     assert challenges(c, jid) == [] and shard(c, jid)["forced"] == f
     client = ChainClient(c)
@@ -317,11 +308,8 @@ def test_a_challenger_whose_start_leaf_is_no_state_disagrees_down_to_it_and_wins
     c, jid = new_job(K)
     bad = list(trained)
     bad[INTERVAL] = _codec.encode({"not": "a checkpoint"})
-    leaves = [blob_id(b) for b in bad]
-    solver = solver_of(c, jid)
-    block(c, tx(c, solver, "commit_shard", commit_body(jid, 0, 0, leaves)))
-    draw(c)
-    challenger = next(v for v in VERIFIERS if v not in verifiers_of(c, jid))
+    leaves, solver = commit_trained(c, jid, bad), solver_of(c, jid)
+    challenger = outsider(c, jid)
     block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, INTERVAL, leaves)))
     client = ChainClient(c)
     for b in bad:

@@ -1,7 +1,8 @@
 """Content-addressed blobs (datasets, checkpoints, models) and their exchange in chunks.
 
 A blob's name is its id (consensus/blobid.py: the Merkle root over its 1 MiB chunks), so
-whatever a peer sends is checked by hashing before it is stored or used. Blobs travel in 1 MiB chunks (well under the frame limit);
+whatever a peer sends is checked by hashing before it is stored or used. Blobs travel in
+1 MiB chunks (well under the frame limit);
 ``Assembly`` collects one blob's chunks from one peer and refuses anything inconsistent.
 
 ``BlobWriter`` stores a blob as it arrives (an RPC upload streamed in pieces): written to a

@@ -1,7 +1,7 @@
 """A solver's forced error: one interval's end made wrong on purpose, and training on from it.
 
 The chain decides whether a shard carries one and where (consensus/forced.py); the solver
-knows it from its own hash-chain element and the assignment beacon. It trains honestly up to
+knows it from its own secret and the assignment beacon. It trains honestly up to
 the end of that interval, changes the state there as little as the profile can still see,
 and keeps training from the changed state. So exactly that interval fails a recomputation
 (its next one starts from the changed leaf and is honest from there), and the model is
@@ -17,6 +17,7 @@ import torch
 
 from . import checkpoint, training
 from .checkpoint import TrainState
+from .replay import floor_of
 from .work import ShardWork
 
 TOLERANCE_MARGIN = 4  # times the bound: well past any honest difference, still tiny
@@ -37,14 +38,9 @@ def corrupt(spec: training.TrainSpec, start: TrainState, end: TrainState) -> Tra
     else:
         s64, e64 = start.params[name].to(torch.float64), tensor.to(torch.float64)
         move = float(torch.linalg.vector_norm(e64 - s64))
-        floor = training_floor(s64)
+        floor = floor_of(s64)
         flat[0] += TOLERANCE_MARGIN * spec.tolerance_ppm / 1e6 * max(move, floor) + 1e-6
     return TrainState({**end.params, name: tensor}, dict(end.opt), end.step, end.rng)
-
-
-def training_floor(start: torch.Tensor) -> float:
-    from .replay import floor_of
-    return floor_of(start)
 
 
 def train_with_forced_error(work: ShardWork, start: TrainState, forced: int | None,

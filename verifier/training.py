@@ -301,8 +301,9 @@ class ShardData:
         idx = data.shard_indices(len(work.dataset), shard.count, shard.index)
         self.spec, self.size = spec, len(idx)
         self.device = resolve_device(spec, work.device)
-        self.x = _inputs(spec, work.dataset.x[idx]).to(self.device)
-        self.y = torch.as_tensor(work.dataset.y[idx]).long().to(self.device)
+        x, y = work.dataset.take(idx)  # this shard's items only, gathered once
+        self.x = _inputs(spec, x).to(self.device)
+        self.y = torch.as_tensor(y).long().to(self.device)
         self.seed = data.order_seed(shard.job_id, shard.round, shard.index)
 
     def batches(self, first_step: int, n_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

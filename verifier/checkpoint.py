@@ -126,6 +126,8 @@ def _write_tensors(sink: _Sink, tensors: dict[str, torch.Tensor]) -> None:
     for name in sorted(tensors):
         t = tensors[name]
         dtype, raw = _tensor_bytes(t)
+        if len(raw) >= 1 << 32:  # msgpack's largest bytes object
+            raise CheckpointError(f"tensor {name} is {len(raw)} bytes: a checkpoint tensor must be under 4 GiB")
         shape = list(t.shape)
         sink.put(_str(name) + _array_header(3) + _str(dtype) + _array_header(len(shape))
                  + b"".join(_uint(d) for d in shape) + _bin_header(len(raw)))
@@ -175,7 +177,7 @@ class _Reader:
     one form the encoder writes."""
 
     def __init__(self, f, size: int):
-        self.f, self.left = f, size
+        self.f, self.left, self.size = f, size, size
 
     def take(self, n: int) -> bytes:
         if n > self.left:
@@ -238,6 +240,16 @@ class _Reader:
         self._canonical(bytes([first]) + raw, _uint(v), "integer")
         return v
 
+    @property
+    def offset(self) -> int:
+        return self.size - self.left
+
+    def skip(self, n: int) -> None:
+        if n > self.left:
+            raise CheckpointError("not a checkpoint: truncated")
+        self.f.seek(n, os.SEEK_CUR)
+        self.left -= n
+
     def into(self, arr: np.ndarray) -> None:
         """Read len(arr) items' bytes straight into arr."""
         view = memoryview(arr).cast("B")
@@ -250,7 +262,15 @@ class _Reader:
         self.left -= len(view)
 
 
-def _read_tensor(r: _Reader, where: str) -> torch.Tensor:
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a tensor's data lies in a checkpoint file (`index`), to read it alone."""
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+
+def _read_tensor(r: _Reader, where: str, load: bool = True) -> torch.Tensor | TensorRef:
     entry = f"{where}: expected [dtype, shape, bytes]"
     if r.array(entry) != 3:
         raise CheckpointError(entry)
@@ -266,6 +286,10 @@ def _read_tensor(r: _Reader, where: str) -> torch.Tensor:
     nbytes = r.bin(mismatch)
     if nbytes != math.prod(shape) * _NUMPY[dtype].itemsize:
         raise CheckpointError(mismatch)
+    if not load:
+        ref = TensorRef(dtype, tuple(shape), r.offset)
+        r.skip(nbytes)
+        return ref
     arr = np.empty(math.prod(shape), dtype=_NUMPY[dtype]) if nbytes <= r.left else None
     if arr is None:  # checked before allocating: a small file cannot ask for gigabytes
         raise CheckpointError("not a checkpoint: truncated")
@@ -275,7 +299,7 @@ def _read_tensor(r: _Reader, where: str) -> torch.Tensor:
     return torch.from_numpy(arr.reshape(shape))
 
 
-def _read_tensors(r: _Reader, where: str, allow_empty: bool) -> dict[str, torch.Tensor]:
+def _read_tensors(r: _Reader, where: str, allow_empty: bool, load: bool = True) -> dict:
     err = f"{where} must be a {'' if allow_empty else 'non-empty '}map of names to tensors"
     n = r.map(err)
     if n > MAX_TENSORS or (n == 0 and not allow_empty):
@@ -286,12 +310,12 @@ def _read_tensors(r: _Reader, where: str, allow_empty: bool) -> dict[str, torch.
         name = r.str(err)
         if last is not None and name <= last:
             raise CheckpointError(f"not a checkpoint: {where} names are not in canonical order")
-        out[name] = _read_tensor(r, f"{where}[{name}]")
+        out[name] = _read_tensor(r, f"{where}[{name}]", load)
         last = name
     return out
 
 
-def _read_state(r: _Reader) -> TrainState:
+def _read_state(r: _Reader, load: bool = True) -> TrainState:
     fields_err = f"not a checkpoint: expected exactly the fields {', '.join(FIELDS)}"
     if r.map(fields_err) != len(FIELDS):
         raise CheckpointError(fields_err)
@@ -304,7 +328,7 @@ def _read_state(r: _Reader) -> TrainState:
             if fields[want] != FORMAT:
                 raise CheckpointError(f"checkpoint format {fields[want]!r} is not supported (this node reads {FORMAT})")
         elif want in ("opt", "params"):
-            fields[want] = _read_tensors(r, want, want == "opt")
+            fields[want] = _read_tensors(r, want, want == "opt", load)
         elif want == "rng":
             rng_err = f"checkpoint rng must be {RNG_BYTES} bytes"
             if r.bin(rng_err) != RNG_BYTES:
@@ -337,6 +361,27 @@ def decode(src: bytes | str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Tr
     if len(src) > max_bytes:
         raise CheckpointError(f"not a checkpoint: input of {len(src)} bytes exceeds the limit of {max_bytes}")
     return _read_state(_Reader(io.BytesIO(src), len(src)))
+
+
+def index(path: str | Path) -> TrainState:
+    """A checkpoint file's framing, checked like `decode`, with a TensorRef where each tensor
+    would be: to read its tensors one at a time (`read_tensor`) instead of all at once."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb", buffering=0) as f:
+            return _read_state(_Reader(f, size), load=False)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint cannot be read: {exc.strerror}") from None
+
+
+def read_tensor(path: str | Path, ref: TensorRef) -> torch.Tensor:
+    """One tensor of a checkpoint file, at the place `index` found it."""
+    arr = np.empty(math.prod(ref.shape), dtype=_NUMPY[ref.dtype])
+    with open(path, "rb", buffering=0) as f:
+        f.seek(ref.offset)
+        r = _Reader(f, arr.nbytes)
+        r.into(arr)
+    return torch.from_numpy(arr.reshape(ref.shape))
 
 
 def is_finite(state: TrainState) -> bool:

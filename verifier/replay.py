@@ -65,6 +65,7 @@ malformed checkpoint is the solver's fault and must turn into a verdict, not a c
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -381,6 +382,10 @@ def expected_round_state(spec: TrainSpec, previous_finals: list[Leaf]) -> TrainS
     non-finite one: a diverged shard ends the job, it never seeds another round."""
     if not previous_finals:
         return training.init_state(spec)
+    if all(isinstance(f, Path) for f in previous_finals):  # real sizes: one checkpoint in memory at a time
+        for f in previous_finals:
+            training.check_state(spec, checkpoint.decode(f))
+        return training.average_files(previous_finals)
     finals = [checkpoint.decode(f) for f in previous_finals]
     for state in finals:
         training.check_state(spec, state)

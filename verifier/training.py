@@ -207,6 +207,37 @@ def average_states(states: list[TrainState]) -> TrainState:
     return TrainState(params, opt, 0, rng)
 
 
+def average_files(paths: list[Path]) -> TrainState:
+    """average_states of checkpoint files, bit for bit, holding one checkpoint and a tensor:
+    each tensor is summed across the files (in float64, in list order) and rounded once.
+    Each file is first decoded alone, to be checked as average_states checks its states."""
+    if not paths:
+        raise ValueError("cannot average an empty list of states")
+    indexes = []
+    for i, p in enumerate(paths):
+        if not checkpoint.is_finite(checkpoint.decode(p)):
+            raise ValueError(f"state {i} to average is not finite (its training diverged)")
+        indexes.append(checkpoint.index(p))
+    first = indexes[0]
+    for ix in indexes[1:]:
+        if ix.step != first.step or ix.params.keys() != first.params.keys() or ix.opt.keys() != first.opt.keys():
+            raise ValueError("states to average differ in step or in their tensors")
+
+    def mean(section: str, name: str) -> torch.Tensor:
+        refs = [getattr(ix, section)[name] for ix in indexes]
+        if any(r.shape != refs[0].shape for r in refs):
+            raise ValueError("states to average have tensors of different shapes")
+        total = torch.zeros(refs[0].shape, dtype=torch.float64)
+        for p, ref in zip(paths, refs):
+            total += checkpoint.read_tensor(p, ref).to(torch.float64)
+        return (total / len(paths)).to(checkpoint.DTYPES[refs[0].dtype])
+
+    params = {n: mean("params", n) for n in sorted(first.params)}
+    opt = {n: mean("opt", n) for n in sorted(first.opt)}
+    rng = hashlib.sha256(b"stepchain/rng-average" + b"".join(ix.rng for ix in indexes)).digest()
+    return TrainState(params, opt, 0, rng)
+
+
 def state_dict(spec: TrainSpec, state: TrainState) -> dict[str, torch.Tensor]:
     """Weights that `models.build_model(...).load_state_dict` accepts."""
     return {n: t.detach().to("cpu", copy=True) for n, t in sorted(state.params.items())}

@@ -315,8 +315,8 @@ class Rpc:
             keeper.admit()
             with blobs.writer() as w:
                 async for piece in request.content.iter_chunked(BLOB_PIECE):
+                    keeper.charge(len(piece))  # before writing: refused bytes never reach the disk
                     w.write(piece)
-                    keeper.charge(len(piece))
                 digest = w.commit()
             blobs.touch(digest)  # uploaded again: its grace period starts over
         except BlobError as exc:

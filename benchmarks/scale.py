@@ -1,7 +1,7 @@
 """Real-size jobs: models of about 1M, 20M and 124M parameters, checkpoints, solver overhead,
 memory per role, verification time and P2P throughput, against this machine's raw limits.
 
-    python -m benchmarks.scale [--models mlp-1m,gpt-124m] [--device cuda] [--p2p-runs 3]
+    python benchmarks/scale.py [--models mlp-1m,gpt-124m] [--device cuda] [--p2p-runs 3]
 
 Per model (each role is a process of its own, so its peak RSS is its own):
   solver    trains one interval of the job's k steps from the initial state, writing both
@@ -15,7 +15,8 @@ Per model (each role is a process of its own, so its peak RSS is its own):
             against the raw limit of one core: SecretBox sealing plus the blob hash.
 Peak RSS is each process's high-water mark; `rss_over_base` subtracts what the process held
 before the model existed (torch, the dataset), and `rss_bound_ok` compares it with 2.5
-checkpoints. Prints one JSON object; long, so it stays out of CI (`make bench-scale`).
+checkpoints. Prints one JSON object; long (about 10 minutes), so it stays out of CI
+(`make bench-scale`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.common import run_benchmark, say
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import run_benchmark, say  # noqa: E402
 
 RSS_BOUND_CHECKPOINTS = 2.5
 
@@ -147,7 +150,7 @@ def role_verifier(m: ScaleModel, workdir: Path, device: str) -> dict:
 
 
 def _run_role(role: str, m: ScaleModel, workdir: Path, device: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.scale", "--role", role, "--models", m.name, "--dir", str(workdir),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--models", m.name, "--dir", str(workdir),
            "--device", device]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:

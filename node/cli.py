@@ -349,6 +349,8 @@ def _worker_commands(sub, common) -> None:
     s.add_argument("--lazy", action="store_true", help="tests only: attest without checking")
     s.add_argument("--check", type=_checks, default=1, metavar="N|all",
                    help="whistleblower: random intervals to re-run in each shard besides the last (default 1)")
+    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="recompute on this device where the job's profile allows it (tolerance)")
     s.set_defaults(func=cmd_verifier)
 
 

@@ -79,7 +79,7 @@ class Finding:
 
 class Verifier:
     def __init__(self, client: Client, key: PrivateKey, workdir: Path, whistleblower: bool = False,
-                 lazy: bool = False, extra_checks: int = 1):
+                 lazy: bool = False, extra_checks: int = 1, device: str = "cpu"):
         self.client, self.key = client, key
         self.me = format_address(key.address)
         self.secrets = SecretStore(workdir / "secrets.json")
@@ -92,6 +92,7 @@ class Verifier:
         self.games: dict[tuple, list[bytes]] = {}  # challenge -> our hash after each step of its interval
         self.moved: dict[tuple, int] = {}          # game moves sent (challenge, moves then) -> scans since
         self.blobs = BlobCache(client, workdir / "blobs")
+        self.device = device
 
     def fetch(self, digest: bytes) -> Path | None:
         return self.blobs.fetch(digest)
@@ -232,7 +233,7 @@ class Verifier:
             if shard.revealed_at and i == shard.forced:  # wrong on purpose: by exactly the planted change?
                 judged = check_revealed(ctx, index, i, leaves[i], leaves[i + 1])
             else:
-                judged = check_interval(ctx, index, i, leaves[i], leaves[i + 1])
+                judged = check_interval(ctx, index, i, leaves[i], leaves[i + 1], self.device)
             if judged.verdict == Verdict.UNDECIDED:
                 return Finding(Verdict.UNDECIDED, judged.why)
             if judged.verdict == Verdict.FAULT:

@@ -6,12 +6,17 @@ import io
 import struct
 import zipfile
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from consensus import codec
-from verifier import checkpoint, data
-from verifier.checkpoint import CheckpointError
+from consensus.blobid import blob_id
+from node.workers.blobcache import BlobCache
+from p2p.blobs import BlobStore
+from verifier import checkpoint, data, replay, training
+from verifier.checkpoint import CheckpointError, TrainState
 
 
 def _raw_checkpoint(shape: list[int]) -> bytes:
@@ -117,3 +122,42 @@ def test_a_damaged_or_encrypted_dataset_is_a_data_error(make, tmp_path):
     path = tmp_path / "data.npz"
     path.write_bytes(raw)
     assert _outcome(raw) == _outcome(path) == "refused"
+
+
+# -- a worker's bounded blob cache -----------------------------------------------------------------
+
+class _StoreClient:
+    """The one call BlobCache makes of the RPC client (get_blob_file: verified, written whole
+    under its id), served from a real node blob store instead of over HTTP."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def get_blob_file(self, digest: str, path) -> int | None:
+        raw = self.store.get(bytes.fromhex(digest))
+        if raw is None:
+            return None
+        assert blob_id(raw).hex() == digest
+        Path(path).write_bytes(raw)
+        return len(raw)
+
+
+def test_a_round_start_check_keeps_every_final_it_fetched(tmp_path):
+    """A verifier checks a round's start against the average of all the previous round's finals:
+    it fetches them all, then averages them. A cache bound below their sum must not drop the
+    first finals while fetching the last (their paths then lead nowhere, and an honest start
+    was judged wrong: a FAULT verdict, and a challenge, against an honest solver)."""
+    spec = training.TrainSpec(model="mlp", model_args={"in_dim": 2, "hidden": [8], "out_dim": 3}, optimizer="adam",
+                              lr_ppm=10_000, batch_size=4, steps=2, k=1, profile="cpu-f32-1thread", seed=3)
+    base = training.init_state(spec)
+    finals = [TrainState({n: t + i for n, t in base.params.items()}, base.opt, 2, bytes([i]) * 32) for i in range(3)]
+    store = BlobStore(tmp_path / "node")
+    ids = [store.put(checkpoint.encode(s)) for s in finals]
+    size = len(checkpoint.encode(finals[0]))
+    cache = BlobCache(_StoreClient(store), tmp_path / "cache", max_bytes=2 * size)
+    paths = [cache.fetch(h) for h in ids]
+    start = checkpoint.encode(training.average_states(finals))
+    assert replay.verify_round_start(spec, paths, start)
+    cache.release()  # the check is over: the next blob fetched brings the cache back within its bound
+    assert cache.fetch(store.put(checkpoint.encode(base))) is not None
+    assert cache.used_bytes() <= 2 * size

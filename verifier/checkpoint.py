@@ -282,6 +282,9 @@ def _read_tensor(r: _Reader, where: str, load: bool = True) -> torch.Tensor | Te
     if dims > MAX_TENSOR_DIMS:
         raise CheckpointError(bad_shape)
     shape = [r.uint(bad_shape) for _ in range(dims)]
+    if math.prod(max(d, 1) for d in shape) * _NUMPY[dtype].itemsize > MAX_CHECKPOINT_BYTES:
+        # an empty tensor with giant dimensions: nothing numpy (or any model) can hold
+        raise CheckpointError(f"{where}: shape {shape} is larger than any checkpoint")
     mismatch = f"{where}: data length does not match shape {shape} and dtype {dtype}"
     nbytes = r.bin(mismatch)
     if nbytes != math.prod(shape) * _NUMPY[dtype].itemsize:

@@ -16,27 +16,38 @@ DEFAULT_MAX_BYTES = 16 << 30
 class BlobCache:
     def __init__(self, client, directory: str | Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self.client, self.dir, self.max_bytes = client, Path(directory), max_bytes
+        self.held: set[Path] = set()
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def fetch(self, digest: bytes) -> Path | None:
-        """The blob as a verified file, or None when no node serves it."""
+        """The blob as a verified file, or None when no node serves it. It is held (never
+        trimmed) until `release`: a check fetches all it needs before it reads any of it."""
         path = self.dir / digest.hex()
         if path.exists():
             os.utime(path)  # recently used
+            self.held.add(path)
             return path
         if self.client.get_blob_file(digest.hex(), path) is None:
             return None
+        self.held.add(path)
         self.trim(keep=path)
         return path
+
+    def release(self) -> None:
+        """The blobs fetched so far are no longer in use (a worker moves on to another shard):
+        trimming may drop them again. Until then the cache may pass its bound by one check's
+        blobs."""
+        self.held.clear()
 
     def used_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.iterdir() if p.is_file())
 
     def trim(self, keep: Path | None = None) -> None:
         """Drop least recently used blobs until the cache is within its bound."""
-        files = sorted((p for p in self.dir.iterdir() if p.is_file() and p != keep),
+        kept = self.held | ({keep} if keep else set())
+        files = sorted((p for p in self.dir.iterdir() if p.is_file() and p not in kept),
                        key=lambda p: (p.stat().st_mtime, p.name))
-        total = sum(p.stat().st_size for p in files) + (keep.stat().st_size if keep else 0)
+        total = sum(p.stat().st_size for p in files) + sum(p.stat().st_size for p in kept if p.exists())
         for p in files:
             if total <= self.max_bytes:
                 break

@@ -79,6 +79,7 @@ class Solver:
             for i, shard in enumerate(job.shards):
                 if shard.solver != self.key.address:
                     continue
+                self.blobs.release()  # what the last shard fetched may be trimmed now
                 shards.add((job.id, job.round, i))
                 games |= {(job.id, job.round, i, ch.challenger, ch.opened) for ch in shard.challenges}
                 if shard.status == ShardStatus.ASSIGNED:

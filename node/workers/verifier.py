@@ -114,6 +114,7 @@ class Verifier:
         for job_id in self.client.get("/jobs")["active"]:
             job = self.client.job(job_id)
             for i, shard in enumerate(job.shards):
+                self.blobs.release()  # what the last shard's checks fetched may be trimmed now
                 ch = shard.open_challenge(self.key.address)
                 if ch is not None and ch.game is not None:
                     games.add((job.id, job.round, i, ch.opened))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from consensus import codec
 from consensus.blobid import blob_id
@@ -161,3 +162,58 @@ def test_a_round_start_check_keeps_every_final_it_fetched(tmp_path):
     cache.release()  # the check is over: the next blob fetched brings the cache back within its bound
     assert cache.fetch(store.put(checkpoint.encode(base))) is not None
     assert cache.used_bytes() <= 2 * size
+
+
+def test_a_dataset_of_long_doubles_is_refused(tmp_path):
+    """np.longdouble is 80-bit on x86 and 128-bit on arm: the same blob would be two datasets."""
+    import numpy as np
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((4, 2), dtype=np.longdouble), y=np.zeros(4, dtype=np.int64))
+    with pytest.raises(data.DataError, match="more than 8 bytes"):
+        data.load_npz(buf.getvalue())
+
+
+def test_a_checkpoint_of_very_many_tiny_tensors_is_refused_before_it_is_read():
+    many = {f"t{i:05d}": torch.zeros(0) for i in range(checkpoint.MAX_TENSORS + 1)}
+    raw = checkpoint.encode(TrainState(many, {}, 0, bytes(32)))
+    with pytest.raises(CheckpointError, match="map of names to tensors"):
+        checkpoint.decode(raw)
+
+
+def test_a_solver_drops_leaves_only_on_the_chains_word(tmp_path):
+    """A node that is catching up (or lists no jobs for a moment) must not make a solver delete
+    leaves a dispute may still ask for; a shard reassigned to it later is trained afresh."""
+    from types import SimpleNamespace as NS
+
+    from consensus.crypto import PrivateKey
+    from consensus.jobs import JobStatus, ShardStatus
+    from node.client import RpcError
+    from node.workers.solver import Solver
+    key = PrivateKey.generate()
+    answers: dict = {}
+
+    class Node:
+        def job(self, job_hex):
+            if job_hex not in answers:
+                raise RpcError("node unavailable")
+            return answers[job_hex]
+
+    worker = Solver(Node(), key, tmp_path, progress=False)
+    jid = b"\x07" * 32
+    mine = NS(status=ShardStatus.COMMITTED, solver=key.address, secret_index=3)
+    job = NS(id=jid, round=0, status=JobStatus.ACTIVE, shards=[mine])
+    d = worker.shard_dir(job, 0)
+    d.mkdir()
+    worker.forget(set(), set())  # the node cannot say: kept
+    answers[jid.hex()] = job
+    worker.forget(set(), set())  # still ours and open: kept
+    assert d.exists()
+    mine.secret_index = 4  # reassigned (to us again, with another secret): the old leaves are stale
+    assert worker.shard_dir(job, 0) != d
+    worker.forget(set(), set())
+    assert not d.exists()
+    d2 = worker.shard_dir(job, 0)
+    d2.mkdir()
+    mine.status = ShardStatus.PASSED
+    worker.forget(set(), set())
+    assert not d2.exists()

@@ -34,7 +34,7 @@ from consensus.blobid import BlobHasher, blob_id, file_id
 FORMAT = 1
 MAX_CHECKPOINT_BYTES = 1 << 36  # well above any genesis blob cap: the blob cap is the real bound
 MAX_TENSOR_DIMS = 8
-MAX_TENSORS = 100_000
+MAX_TENSORS = 10_000  # per map: a 24-layer gpt has 300; each costs ~1 KB of bookkeeping
 MAX_NAME_BYTES = 1024
 RNG_BYTES = 32
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -79,6 +79,8 @@ def _npy_header(f, name: str) -> tuple[tuple, bool, np.dtype]:
         raise DataError(f"array {name} uses unsupported .npy format {version}")
     if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
         raise DataError(f"array {name} has dtype {dtype}: only numeric arrays are allowed (no objects, no pickles)")
+    if dtype.itemsize > 8:  # long double: 80 bits on x86, 128 on arm, so one blob, two datasets
+        raise DataError(f"array {name} has dtype {dtype}: items of more than 8 bytes read differently per machine")
     return shape, fortran, dtype
 
 

@@ -31,7 +31,7 @@ from consensus import codec, merkle
 from consensus.blobid import blob_id
 from consensus.crypto import PrivateKey, format_address
 from consensus.forced import forced_interval
-from consensus.jobs import Challenge, ChallengeKind, Job, Shard, ShardStatus
+from consensus.jobs import Challenge, ChallengeKind, Job, JobStatus, Shard, ShardStatus
 
 from verifier.leaves import LeafDir
 
@@ -92,14 +92,31 @@ class Solver:
 
     def forget(self, shards: set, games: set) -> None:
         """Drop what we kept for shards no longer ours, or settled, and games no longer open
-        (bounded memory and disk)."""
+        (bounded memory and disk). Leaves go only on the chain's word that nothing can ask
+        for them again: a node still catching up (or briefly listing no jobs) loses us nothing."""
         for d in self.workdir.glob("shard-*"):
-            if d.is_dir() and _shard_key(d.name) not in shards:
+            key = _shard_key(d.name)
+            if d.is_dir() and key is not None and key[:3] not in shards and self._finished(*key):
                 shutil.rmtree(d, ignore_errors=True)
         self.sent = {s for s in self.sent if s[0] in shards}
         self.games = {g: hashes for g, hashes in self.games.items() if g in games}
         self.failures = {f: n for f, n in self.failures.items() if f in shards}
         self.roots = {r: root for r, root in self.roots.items() if r in shards}
+
+    def _finished(self, job_id: bytes, round_: int, index: int, secret: int) -> bool:
+        """Is this assignment of ours over: its job closed or past its round, or the shard
+        passed or held by another assignment? Unknown (the node cannot say): not finished."""
+        from ..client import RpcError
+        try:
+            job = self.client.job(job_id.hex())
+        except (RpcError, ValueError):
+            return False
+        if job.status != JobStatus.ACTIVE or job.round > round_:
+            return True
+        if job.round < round_ or not 0 <= index < len(job.shards):
+            return False
+        shard = job.shards[index]
+        return shard.status == ShardStatus.PASSED or shard.solver != self.key.address or shard.secret_index != secret
 
     def forced(self, job: Job, shard: Shard, rate: int, diverged_leaf: int = 0) -> int | None:
         """The interval this shard must carry a forced error in (None: none), from our secret."""
@@ -107,7 +124,10 @@ class Solver:
         return forced_interval(self.secrets.element(shard.secret_index), shard.assign_beacon, n, rate, diverged_leaf)
 
     def shard_dir(self, job: Job, index: int) -> Path:
-        return self.workdir / f"shard-{job.id.hex()}-{job.round}-{index}"
+        """Per assignment: a shard reassigned to us later (another secret, maybe another forced
+        error) is trained afresh, never answered from the leaves of the first assignment."""
+        secret = job.shards[index].secret_index
+        return self.workdir / f"shard-{job.id.hex()}-{job.round}-{index}-{secret}"
 
     def _train(self, job: Job, index: int, leaves: LeafDir) -> int:
         """Train the shard into `leaves`: honest (with its forced error, if it carries one), or
@@ -247,10 +267,10 @@ class Solver:
 
 
 def _shard_key(name: str) -> tuple | None:
-    """(job id, round, shard) from a shard directory's name, None if it is not one."""
+    """(job id, round, shard, secret index) from a shard directory's name, None if it is not one."""
     try:
-        _, job, round_, index = name.split("-")
-        return bytes.fromhex(job), int(round_), int(index)
+        _, job, round_, index, secret = name.split("-")
+        return bytes.fromhex(job), int(round_), int(index), int(secret)
     except ValueError:
         return None
 

@@ -6,7 +6,7 @@ import torch
 
 from node.client import make_tx
 from node.wallet import Keystore
-from tests.jobnet import SPEC, STAKE, events_of, submit, wait_job, wait_registered
+from tests.jobnet import SPEC, STAKE, events_of, job_network, submit, wait_job, wait_registered
 from tests.nodes import PASSWORD, new_funded_key, start_worker, wait_all
 from verifier.adversary import STRATEGIES
 
@@ -120,8 +120,14 @@ def bad_commits_are_refused(n0, done_job_id: str) -> None:
     assert after == before
 
 
-def test_job_submit_rejects_bad_specs_before_signing(net, tmp_path):
-    nodes, _, _ = net
+@pytest.fixture
+def small_cap_net(tmp_path):
+    """The job network with an 8 MiB blob cap, so that a dataset over it is a small file."""
+    yield from job_network(tmp_path, max_blob_bytes=8 * 1024 * 1024)
+
+
+def test_job_submit_rejects_bad_specs_before_signing(small_cap_net, tmp_path):
+    nodes, _, _ = small_cap_net
     n0 = nodes[0]
     balance = n0.cli("balance", "dev")["balance"]
 

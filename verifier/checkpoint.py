@@ -400,8 +400,9 @@ def is_finite(state: TrainState) -> bool:
 def _finite(t: torch.Tensor) -> bool:
     # A float32 tensor's float64 sum is finite iff every entry is (|x| < 3.5e38, so no finite
     # float64 sum of fewer than 1e269 of them overflows): one pass, no mask the size of the tensor.
-    if t.dtype == torch.float32:
-        return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+    # numpy sums in buffered blocks; torch's sum(dtype=float64) first casts the whole tensor.
+    if t.dtype == torch.float32 and t.device.type == "cpu":
+        return math.isfinite(np.add.reduce(t.detach().contiguous().numpy().reshape(-1), dtype=np.float64))
     return bool(torch.isfinite(t).all())
 
 

@@ -54,6 +54,7 @@ def train_with_forced_error(work: ShardWork, start: TrainState, forced: int | No
     data = training.ShardData(work)
     spec = work.spec
     head = training.train_leaves(data, start, progress=progress, last_leaf=forced + 1, store=store, own=own)
+    del start  # with `own`, trained in: what is left of it is in head, and memory is for the rest
     end = checkpoint.decode(head[-1])
     before = checkpoint.decode(head[-2])
     if not (checkpoint.is_finite(before) and checkpoint.is_finite(end)):

@@ -135,9 +135,8 @@ class Solver:
         from verifier import adversary, forced
         ctx = JobContext(job, self.fetch)
         work = ctx.work(index, self.device)
-        start = ctx.expected_start()
         if self.cheat and self.cheat not in WITHHOLDING:
-            published = adversary.publish(self.cheat, work, start)
+            published = adversary.publish(self.cheat, work, ctx.expected_start())
             for i, raw in enumerate(published.leaves):
                 leaves.put_raw(i, raw)
             return published.diverged_leaf or 0
@@ -147,7 +146,8 @@ class Solver:
                      index, planted)
         bar = _progress(f"job {job.id.hex()[:8]} r{job.round} shard {index}", ctx.spec.steps) if self.progress else None
         try:
-            forced.train_with_forced_error(work, start, planted, progress=bar.update if bar else None,
+            # The start is handed over, not kept here: training happens in its tensors.
+            forced.train_with_forced_error(work, ctx.expected_start(), planted, progress=bar.update if bar else None,
                                            store=leaves, own=True)
         finally:
             if bar:

@@ -55,7 +55,7 @@ class Node:
                              misbehave=self.config.misbehave)
         self.network = Network(self.chain, self.engine, self.key, self.config.p2p_listen, self.config.seeds,
                                self.config.max_frame_bytes, home.path / "blobs",
-                               external=self.config.p2p_external)
+                               external=self.config.p2p_external, misbehave=self.config.misbehave)
 
     async def _broadcast(self, kind: str, msg, skip: frozenset = frozenset()) -> None:
         await self.network.broadcast(kind, msg, skip)

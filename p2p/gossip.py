@@ -285,7 +285,12 @@ class Gossip:
     async def _writer(self, peer: Peer) -> None:
         try:
             while True:
-                await peer.session.send(await peer.outbound.get(time.monotonic))
+                kind, payload = await peer.outbound.get(time.monotonic)
+                if callable(payload):  # read only now (a blob chunk): a queue of these holds no data
+                    payload = payload()
+                    if payload is None:
+                        continue
+                await peer.session.send([kind, payload])
         except (TransportError, OSError) as exc:
             self._drop(peer, str(exc))
 

@@ -22,12 +22,13 @@ import logging
 import shutil
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from consensus.blobid import chunk_count
 from consensus.crypto import format_address
-from p2p.blobfetch import Accept, AskChunks, AskLeaves, Blame, FetchConfig, FetchPlanner, LeavesOk
+from p2p.blobfetch import Accept, AskChunks, AskLeaves, Blame, Check, FetchConfig, FetchPlanner, LeavesOk, leaf_of
 from p2p.blobpartial import PartialBlob, prune_partials
 from p2p.blobs import BlobError, BlobStore
 from p2p.gossip import Gossip, Misbehaviour, Peer
@@ -41,6 +42,7 @@ STALL_S = 30.0            # a fetch with no new chunk for this long stops (its s
 POLL_S = 0.25
 SLOW_SERVE_S = 0.05       # misbehave = "slow-blobs": one chunk per 50 ms per peer (tests of resuming)
 HISTORY = 16
+CHECKERS = 2              # threads hashing and writing arriving chunks (sha256 and pwrite free the GIL)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class _Fetch:
     planner: FetchPlanner | None = None
     partial: PartialBlob | None = None
     failure: str = ""
+    pending: set = field(default_factory=set)       # chunks being hashed and written in a worker
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
@@ -67,6 +70,7 @@ class BlobTransfers:
         self._queued: dict[bytes, tuple[Peer, int]] = {}   # peer id -> (that session, refs queued)
         self._next_slow: dict[bytes, float] = {}
         self._leaves_jobs: dict[bytes, asyncio.Task] = {}
+        self._checker = ThreadPoolExecutor(CHECKERS, thread_name_prefix="blob-check")
 
     # -- fetching -------------------------------------------------------------------------
 
@@ -84,6 +88,10 @@ class BlobTransfers:
             return await asyncio.wait_for(asyncio.shield(fetch.done), timeout)
         except asyncio.TimeoutError:
             return None
+
+    def close(self) -> None:
+        """After the network stopped: the checker threads end (their jobs are milliseconds)."""
+        self._checker.shutdown(wait=True)
 
     def end_all(self) -> None:
         """Shutting down: every caller still waiting gets None now (state stays for a resume)."""
@@ -109,6 +117,8 @@ class BlobTransfers:
             fetch.failure = f"unexpected error: {exc!r}"
             log.exception("blob %s fetch failed", fetch.digest.hex()[:16])
         finally:
+            if fetch.pending:  # no worker may write through a file descriptor that is closed (or reused)
+                await asyncio.wait(list(fetch.pending))
             if fetch.partial is not None and result is None:
                 fetch.partial.close()
             if result is None and not fetch.failure and fetch.planner is not None:
@@ -191,12 +201,33 @@ class BlobTransfers:
         fetch = self._fetch_for(payload[0])
         if fetch is None:
             return  # unsolicited, or another peer was faster
-        verdict = fetch.planner.on_chunk(peer.id, payload[1], payload[3])
+        data = payload[3]
+        verdict = fetch.planner.on_chunk(peer.id, payload[1], data)
+        if isinstance(verdict, Check):  # hashed (and written if good) in a worker, off the event loop
+            job = asyncio.get_running_loop().run_in_executor(self._checker, _check_and_write, fetch.partial,
+                                                             verdict, data)
+            fetch.pending.add(job)
+            job.add_done_callback(lambda j: self._checked(fetch, peer, verdict.index, j))
+            return
+        self._after(fetch, peer, verdict)
+
+    def _checked(self, fetch: _Fetch, peer: Peer, index: int, job: asyncio.Future) -> None:
+        fetch.pending.discard(job)
+        if job.cancelled() or fetch.failure or fetch.ended is not None:
+            return
+        if job.exception() is not None:
+            fetch.failure = f"disk: {job.exception()}"
+            fetch.wake.set()
+            return
+        verdict = fetch.planner.on_checked(peer.id, index, job.result())
         if isinstance(verdict, Accept):
-            fetch.partial.write(verdict.index, verdict.offset, payload[3])
+            fetch.partial.mark(index)
             bucket = peer.messages  # a chunk we asked for is not a flood: its token is given back
             bucket.tokens = min(bucket.burst, bucket.tokens + 1)
-        self._after(fetch, peer, verdict)
+        try:
+            self._after(fetch, peer, verdict)
+        except Misbehaviour as exc:
+            self.gossip.penalize(peer, exc.points, exc.reason)
 
     def _after(self, fetch: _Fetch, peer: Peer, verdict) -> None:
         """Refill the windows at once (a chunk in is a slot free); blame when the planner did."""
@@ -339,3 +370,11 @@ class _LeavesRef:
 
     def __call__(self):
         return self.owner.read_leaves(self.peer, self.digest)
+
+
+def _check_and_write(partial: PartialBlob, check: Check, data: bytes) -> bytes:
+    """In a worker: the chunk's leaf hash; its bytes go to disk only when it is the right one."""
+    leaf = leaf_of(data)
+    if leaf == check.leaf:
+        partial.write(check.offset, data)
+    return leaf

@@ -75,6 +75,7 @@ class Network:
     async def stop(self) -> None:
         self.end_fetches()
         await self.gossip.stop()
+        self.transfers.close()
 
     # -- outgoing -------------------------------------------------------------------------
 

@@ -65,6 +65,14 @@ class Accept:
 
 
 @dataclass(frozen=True)
+class Check:
+    """Hash the chunk; if its leaf hash is `leaf` it may be written at `offset` (then on_checked)."""
+    index: int
+    offset: int
+    leaf: bytes
+
+
+@dataclass(frozen=True)
 class LeavesOk:
     peer: bytes
 
@@ -80,7 +88,7 @@ class Blame:
     reason: str
 
 
-Verdict = Accept | LeavesOk | Ignore | Blame
+Verdict = Accept | Check | LeavesOk | Ignore | Blame
 
 PENDING, IN_FLIGHT, VERIFIED = 0, 1, 2
 
@@ -137,6 +145,7 @@ class FetchPlanner:
         self._owner: dict[int, tuple[bytes, float]] = {}   # in flight: index -> (peer, asked at)
         self._avoid: dict[int, bytes] = {}                 # a chunk that timed out: not that peer again
         self._returned: list[int] = []                     # heap of chunks back in the pool
+        self._checking: set[int] = set()                   # arrived, being hashed by the caller
         self._cursor = 0                                   # every index below is not PENDING-unvisited
         self.verified = 0
 
@@ -201,7 +210,8 @@ class FetchPlanner:
             self._drop(peer, "does not have the blob")
 
     def on_chunk(self, peer: bytes, index, data) -> Verdict:
-        """Check a chunk against its leaf hash: Accept (write it at `offset`), Ignore, or Blame."""
+        """A chunk arrived: Check it (hash it and report with on_checked), Ignore it, or Blame.
+        Only the hashing is left to the caller, so it can run off the event loop."""
         if self.total is None or type(index) is not int:
             return Ignore("no leaf list yet")
         if not 0 <= index < self.total:
@@ -210,12 +220,21 @@ class FetchPlanner:
                 return Ignore("chunk from a peer not serving this fetch")
             return self._blame(peer, f"chunk {index} out of range 0..{self.total - 1}", OUT_OF_RANGE)
         owner = self._owner.get(index)
-        if owner is None or owner[0] != peer:
+        if owner is None or owner[0] != peer or index in self._checking:
             return Ignore("chunk not asked of this peer")
         expect = min(CHUNK, self.size - index * CHUNK)
         if type(data) is not bytes or len(data) != expect:
             return self._blame(peer, f"chunk {index} is not {expect} bytes")
-        if leaf_of(data) != self.leaves[index * LEAF:(index + 1) * LEAF]:
+        self._checking.add(index)
+        return Check(index, index * CHUNK, self.leaves[index * LEAF:(index + 1) * LEAF])
+
+    def on_checked(self, peer: bytes, index: int, leaf: bytes) -> Verdict:
+        """The leaf hash of the chunk that on_chunk said to Check: Accept (keep it) or Blame."""
+        self._checking.discard(index)
+        owner = self._owner.get(index)
+        if owner is None or owner[0] != peer:
+            return Ignore("chunk no longer asked of this peer")
+        if leaf != self.leaves[index * LEAF:(index + 1) * LEAF]:
             return self._blame(peer, f"chunk {index} does not match its leaf hash")
         del self._owner[index]
         self._state[index] = VERIFIED
@@ -301,6 +320,7 @@ class FetchPlanner:
     def _give_back(self, index: int) -> None:
         pid, _ = self._owner.pop(index)
         self.peers[pid].in_flight -= 1
+        self._checking.discard(index)
         self._state[index] = PENDING
         heapq.heappush(self._returned, index)
 

@@ -87,9 +87,12 @@ class PartialBlob:
     def opened(self) -> bool:
         return self._fd is not None
 
-    def write(self, index: int, offset: int, data: bytes) -> None:
-        """A verified chunk: its bytes at its offset, then its bit (flushed every few chunks)."""
+    def write(self, offset: int, data: bytes) -> None:
+        """A chunk's bytes at its offset (safe from a worker thread; its bit is set by `mark`)."""
         os.pwrite(self._fd, data, offset)
+
+    def mark(self, index: int) -> None:
+        """A chunk written and verified: its bit, flushed every few chunks."""
         self._set(index)
         self._unflushed += 1
         if self._unflushed >= FLUSH_EVERY:

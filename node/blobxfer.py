@@ -21,7 +21,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ STALL_S = 30.0            # a fetch with no new chunk for this long stops (its s
 POLL_S = 0.25
 SLOW_SERVE_S = 0.05       # misbehave = "slow-blobs": one chunk per 50 ms per peer (tests of resuming)
 HISTORY = 16
+LEAVES_CACHE = 8          # verified leaf lists kept in memory (128 KiB each for 4 GiB blobs)
 CHECKERS = 2              # threads hashing and writing arriving chunks (sha256 and pwrite free the GIL)
 
 
@@ -70,6 +71,7 @@ class BlobTransfers:
         self._queued: dict[bytes, tuple[Peer, int]] = {}   # peer id -> (that session, refs queued)
         self._next_slow: dict[bytes, float] = {}
         self._leaves_jobs: dict[bytes, asyncio.Task] = {}
+        self._leaves_cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._checker = ThreadPoolExecutor(CHECKERS, thread_name_prefix="blob-check")
 
     # -- fetching -------------------------------------------------------------------------
@@ -130,7 +132,7 @@ class BlobTransfers:
                 fetch.done.set_result(result)
 
     def _resume(self, fetch: _Fetch) -> None:
-        prune_partials(self.store, spare=fetch.digest)
+        prune_partials(self.store, spare=set(self.active))
         verified = fetch.partial.load()
         if fetch.partial.opened:
             fetch.planner.resume(fetch.partial.size, fetch.partial.leaves, verified)
@@ -290,9 +292,15 @@ class BlobTransfers:
     def read_chunk(self, peer: Peer, digest: bytes, index: int):
         """At send time: the chunk message, or None (the blob went away meanwhile)."""
         self._release(peer)
-        part = self.store.chunk(digest, index)
+        try:
+            part = self.store.chunk(digest, index)
+        except OSError as exc:
+            log.warning("could not read chunk %d of blob %s: %s", index, digest.hex()[:16], exc)
+            return None
         if part is None:
             return None
+        if len(self.served) > 4 * len(self.gossip.peers) + 64:  # forget peers that left
+            self.served = {p: n for p, n in self.served.items() if p in self.gossip.peers}
         self.served[peer.id] = self.served.get(peer.id, 0) + 1
         return [digest, index, part[1], part[0]]
 
@@ -301,13 +309,25 @@ class BlobTransfers:
             raise Misbehaviour(MALFORMED, "blob_leaves_get must be a blob hash")
         if not self.store.has(payload):
             peer.send("blob_missing", payload)
-        elif self.store.stored_leaves(payload) is not None:
+        elif self._cached_leaves(payload) is not None:
             if self._reserve(peer):
                 self._queue(peer, "blob_leaves", _LeavesRef(self, peer, payload))
         elif payload not in self._leaves_jobs:  # hashed once, in a thread; then the sidecar serves
             job = self.gossip._spawn(self._compute_leaves(peer, payload))
             self._leaves_jobs[payload] = job
             job.add_done_callback(lambda _: self._leaves_jobs.pop(payload, None))
+
+    def _cached_leaves(self, digest: bytes) -> bytes | None:
+        """A blob's verified leaf list; the last few are kept in memory, so a peer asking again
+        and again costs no re-reading and re-hashing (4 ms for 4 GiB) of the sidecar."""
+        leaves = self._leaves_cache.get(digest)
+        if leaves is None:
+            leaves = self.store.stored_leaves(digest)
+            if leaves is not None:
+                self._leaves_cache[digest] = leaves
+                while len(self._leaves_cache) > LEAVES_CACHE:
+                    self._leaves_cache.popitem(last=False)
+        return leaves
 
     async def _compute_leaves(self, peer: Peer, digest: bytes) -> None:
         leaves = await asyncio.to_thread(self.store.leaves, digest)
@@ -318,7 +338,7 @@ class BlobTransfers:
 
     def read_leaves(self, peer: Peer, digest: bytes):
         self._release(peer)
-        size, leaves = self.store.size(digest), self.store.stored_leaves(digest)
+        size, leaves = self.store.size(digest), self._cached_leaves(digest)
         if size is None or leaves is None:
             return None
         if len(leaves) + 128 > self.frame_limit:

@@ -135,15 +135,22 @@ class PartialBlob:
         return sum(bin(b).count("1") for b in self._bits)
 
 
-def prune_partials(store: BlobStore, keep: int = KEEP_PARTIALS, spare: bytes | None = None) -> None:
-    """Bound the disk held by unfinished fetches: the oldest beyond `keep` are deleted."""
-    states = sorted(store.dir.glob(".fetch-*.have"), key=lambda p: (p.stat().st_mtime, p.name))
-    stray = [p for p in store.dir.glob(".fetch-*") if not p.name.endswith(".have")
-             and not (store.dir / f"{p.name}.have").exists()]
-    for p in stray:
-        p.unlink(missing_ok=True)
-    keep_names = {f".fetch-{spare.hex()}.have"} if spare else set()
-    for p in states[:max(0, len(states) - keep)]:
-        if p.name not in keep_names:
+def prune_partials(store: BlobStore, keep: int = KEEP_PARTIALS, spare: set[bytes] = frozenset()) -> None:
+    """Bound the disk held by unfinished fetches: the oldest beyond `keep` are deleted (never
+    those of the fetches in `spare`, which are running)."""
+    spared = {f".fetch-{d.hex()}" for d in spare}
+
+    def age(p: Path) -> tuple:
+        try:
+            return (p.stat().st_mtime, p.name)
+        except FileNotFoundError:
+            return (0.0, p.name)
+
+    partials = [p for p in store.dir.glob(".fetch-*") if not p.name.endswith(".have")]
+    for p in partials:  # a partial file without its state cannot be resumed
+        if p.name not in spared and not (store.dir / f"{p.name}.have").exists():
             p.unlink(missing_ok=True)
-            (store.dir / p.name[:-len(".have")]).unlink(missing_ok=True)
+    states = sorted((p for p in store.dir.glob(".fetch-*.have") if p.name[:-len(".have")] not in spared), key=age)
+    for p in states[:max(0, len(states) + len(spared) - keep)]:
+        p.unlink(missing_ok=True)
+        (store.dir / p.name[:-len(".have")]).unlink(missing_ok=True)

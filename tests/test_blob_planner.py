@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from consensus.blobid import CHUNK, BlobHasher, blob_id
 from p2p.blobfetch import (Accept, AskChunks, AskLeaves, Blame, Check, FetchConfig, FetchPlanner, Ignore,
                            LeavesOk, leaf_of)
-from p2p.blobpartial import PartialBlob
+from p2p.blobpartial import PartialBlob, prune_partials
 from p2p.blobs import BlobStore
 
 A, B, C = b"a" * 20, b"b" * 20, b"c" * 20
@@ -313,3 +313,20 @@ def test_a_store_blob_without_a_sidecar_gets_one_and_a_corrupt_sidecar_is_not_us
     assert store.leaves(digest) == LEAVES and store.stored_leaves(digest) == LEAVES
     store.leaves_path(digest).unlink()
     assert store.leaves(digest) == LEAVES and store.leaves_path(digest).exists()
+
+
+def test_unfinished_fetches_on_disk_are_bounded_and_running_ones_spared(tmp_path):
+    store = BlobStore(tmp_path, max_bytes=64 * CHUNK)
+    digests = []
+    for i in range(10):
+        data, digest, leaves = blob(0, tail=10 + i)
+        part = PartialBlob(store, digest)
+        part.start(len(data), leaves)
+        part.close()
+        os.utime(part.state_path, (1000 + i, 1000 + i))
+        digests.append(digest)
+    (tmp_path / f".fetch-{'ab' * 32}").write_bytes(b"x")          # a partial without its state
+    prune_partials(store, keep=8, spare={digests[0]})
+    left = sorted(p.name for p in tmp_path.iterdir())
+    kept = [digests[0]] + digests[3:]                                # the running one and the newest 7
+    assert left == sorted([f".fetch-{d.hex()}" for d in kept] + [f".fetch-{d.hex()}.have" for d in kept])

@@ -4,7 +4,7 @@
    one node (on two, for three nodes) through the RPC, and `GET /blob` on the other node is
    timed from the request to the last byte: that node fetches it over P2P (leaf list, then
    chunks, each verified, written to disk) and then streams the file. `--runs` different
-   blobs per network; median and spread are reported.
+   blobs per network (the disk synced before each); median and spread are reported.
 2. In the same run, the raw limit of one core over the same bytes: SecretBox sealing of each
    1 MiB chunk (what the sender's transport does) plus the blob hash (BlobHasher, the leaf
    hashing the receiver does). The P2P path does both, plus framing, msgpack, TCP on loopback
@@ -114,6 +114,7 @@ def network_runs(base: Path, size_mib: int, runs: int, servers: int) -> dict:
             for s in nodes[:servers]:
                 s.rpc.put_blob_file(path)
             path.unlink()
+            os.sync()  # the previous run's writes are on disk: no writeback backlog slows this one
             seconds = _timed_get(fetcher, digest, size)
             speeds.append(round(size_mib / seconds, 1))
             ok = ok and _same_blob(fetcher, digest)

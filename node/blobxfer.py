@@ -43,6 +43,7 @@ POLL_S = 0.25
 SLOW_SERVE_S = 0.05       # misbehave = "slow-blobs": one chunk per 50 ms per peer (tests of resuming)
 HISTORY = 16
 LEAVES_CACHE = 8          # verified leaf lists kept in memory (128 KiB each for 4 GiB blobs)
+SYNC_EVERY = 32           # chunks between two fdatasyncs of a partial file (in a checker thread)
 CHECKERS = 2              # threads hashing and writing arriving chunks (sha256 and pwrite free the GIL)
 
 
@@ -206,15 +207,19 @@ class BlobTransfers:
         data = payload[3]
         verdict = fetch.planner.on_chunk(peer.id, payload[1], data)
         if isinstance(verdict, Check):  # hashed (and written if good) in a worker, off the event loop
-            job = asyncio.get_running_loop().run_in_executor(self._checker, _check_and_write, fetch.partial,
-                                                             verdict, data)
-            fetch.pending.add(job)
+            job = self._in_worker(fetch, _check_and_write, fetch.partial, verdict, data)
             job.add_done_callback(lambda j: self._checked(fetch, peer, verdict.index, j))
             return
         self._after(fetch, peer, verdict)
 
+    def _in_worker(self, fetch: _Fetch, fn, *args) -> asyncio.Future:
+        """Run fn in a checker thread; the fetch's file stays open until every such job is done."""
+        job = asyncio.get_running_loop().run_in_executor(self._checker, fn, *args)
+        fetch.pending.add(job)
+        job.add_done_callback(fetch.pending.discard)
+        return job
+
     def _checked(self, fetch: _Fetch, peer: Peer, index: int, job: asyncio.Future) -> None:
-        fetch.pending.discard(job)
         if job.cancelled() or fetch.failure or fetch.ended is not None:
             return
         if job.exception() is not None:
@@ -224,6 +229,8 @@ class BlobTransfers:
         verdict = fetch.planner.on_checked(peer.id, index, job.result())
         if isinstance(verdict, Accept):
             fetch.partial.mark(index)
+            if fetch.planner.verified % SYNC_EVERY == 0 and not fetch.planner.done:
+                self._in_worker(fetch, fetch.partial.sync_data)
             bucket = peer.messages  # a chunk we asked for is not a flood: its token is given back
             bucket.tokens = min(bucket.burst, bucket.tokens + 1)
         try:

@@ -44,6 +44,7 @@ class FetchConfig:
     chunk_timeout: float = 15.0  # a chunk asked this long ago goes back to the pool
     leaves_timeout: float = 15.0
     max_strikes: int = 3         # timeouts before a peer is dropped from the fetch
+    max_range: int = 16          # chunks in one request (what a serving peer accepts: blobxfer.MAX_RANGE)
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ class FetchPlanner:
             self._state[i] = IN_FLIGHT
             self._owner[i] = (pid, now)
         p.in_flight += len(picked)
-        return [AskChunks(pid, first, count) for first, count in _ranges(picked)]
+        return [AskChunks(pid, first, count) for first, count in _ranges(picked, self.cfg.max_range)]
 
     def _pick(self, pid: bytes, want: int) -> list[int]:
         """Lowest pending indices first: chunks given back, then the untouched rest."""
@@ -337,11 +338,11 @@ class FetchPlanner:
         return Blame(points, why)
 
 
-def _ranges(indices: list[int]) -> list[tuple[int, int]]:
-    """Sorted indices as (first, count) runs of consecutive ones."""
+def _ranges(indices: list[int], longest: int) -> list[tuple[int, int]]:
+    """Sorted indices as (first, count) runs of consecutive ones, none longer than `longest`."""
     out: list[tuple[int, int]] = []
     for i in indices:
-        if out and out[-1][0] + out[-1][1] == i:
+        if out and out[-1][0] + out[-1][1] == i and out[-1][1] < longest:
             out[-1] = (out[-1][0], out[-1][1] + 1)
         else:
             out.append((i, 1))

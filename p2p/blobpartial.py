@@ -98,6 +98,11 @@ class PartialBlob:
         if self._unflushed >= FLUSH_EVERY:
             self.flush()
 
+    def sync_data(self) -> None:
+        """Push the chunks written so far to the disk (from a worker thread, while more arrive),
+        so the fsync before the file goes under its id has little left to do."""
+        os.fdatasync(self._fd)
+
     def flush(self) -> None:
         if self._state_fd is not None:
             os.pwrite(self._state_fd, bytes(self._bits), 16 + len(self.leaves))

@@ -56,6 +56,8 @@ class _Fetch:
     partial: PartialBlob | None = None
     failure: str = ""
     pending: set = field(default_factory=set)       # chunks being hashed and written in a worker
+    unsynced: int = 0                                # chunks written since the last fdatasync
+    syncing: bool = False
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
@@ -111,8 +113,10 @@ class BlobTransfers:
                 await asyncio.to_thread(self._resume, fetch)
                 await self._drive(fetch)
                 if fetch.planner.done:
+                    synced = time.monotonic()
                     result = await asyncio.to_thread(fetch.partial.finish)
-                    log.info("blob %s fetched: %s", fetch.digest.hex()[:16], self._summary(fetch))
+                    log.info("blob %s fetched: %s (the last fsync %.2f s)", fetch.digest.hex()[:16],
+                             self._summary(fetch), time.monotonic() - synced)
         except OSError as exc:
             fetch.failure = f"disk: {exc}"
             log.warning("blob %s fetch failed: %s", fetch.digest.hex()[:16], fetch.failure)
@@ -212,9 +216,16 @@ class BlobTransfers:
             return
         self._after(fetch, peer, verdict)
 
-    def _in_worker(self, fetch: _Fetch, fn, *args) -> asyncio.Future:
-        """Run fn in a checker thread; the fetch's file stays open until every such job is done."""
-        job = asyncio.get_running_loop().run_in_executor(self._checker, fn, *args)
+    def _sync(self, fetch: _Fetch) -> None:
+        """One fdatasync at a time, in its own thread: a slow disk never holds up the checks."""
+        fetch.syncing, fetch.unsynced = True, 0
+        job = self._in_worker(fetch, fetch.partial.sync_data, pool=None)
+        job.add_done_callback(lambda _: setattr(fetch, "syncing", False))
+
+    def _in_worker(self, fetch: _Fetch, fn, *args, pool="checker") -> asyncio.Future:
+        """Run fn in a checker thread (or asyncio's default pool); the fetch's file stays open
+        until every such job is done."""
+        job = asyncio.get_running_loop().run_in_executor(self._checker if pool else None, fn, *args)
         fetch.pending.add(job)
         job.add_done_callback(fetch.pending.discard)
         return job
@@ -229,8 +240,9 @@ class BlobTransfers:
         verdict = fetch.planner.on_checked(peer.id, index, job.result())
         if isinstance(verdict, Accept):
             fetch.partial.mark(index)
-            if fetch.planner.verified % SYNC_EVERY == 0 and not fetch.planner.done:
-                self._in_worker(fetch, fetch.partial.sync_data)
+            fetch.unsynced += 1
+            if fetch.unsynced >= SYNC_EVERY and not fetch.syncing and not fetch.planner.done:
+                self._sync(fetch)
             bucket = peer.messages  # a chunk we asked for is not a flood: its token is given back
             bucket.tokens = min(bucket.burst, bucket.tokens + 1)
         try:

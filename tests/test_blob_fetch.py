@@ -205,3 +205,34 @@ def test_a_1_gib_blob_moves_between_two_nodes_in_bounded_memory(tmp_path):
         assert last_fetch(nodes[1])["state"] == "done"
     finally:
         stop_all(nodes)
+
+
+async def test_a_peer_is_served_chunk_ranges_and_leaf_lists_and_blamed_for_a_range_too_long(tmp_path):
+    nodes = init_network(tmp_path, 1)
+    set_genesis_params(nodes, max_blob_bytes=64 * MiB)
+    node = nodes[0].start()
+    a = Attacker(node)
+    try:
+        src = tmp_path / "blob.bin"
+        digest = bytes.fromhex(_write(src, 20 * CHUNK + 7, 15))
+        node.rpc.put_blob_file(src)
+        data = src.read_bytes()
+        await a.join()
+        await eventually(lambda: a.name in connected(node), what="attacker connected")
+        await a.session.send(["blob_leaves_get", digest])
+        _, (got_id, size, leaves) = await recv_kind(a, "blob_leaves")
+        h = BlobHasher()
+        h.update(data)
+        assert (got_id, size, leaves) == (digest, len(data), b"".join(h.chunk_hashes()))
+        await a.session.send(["blob_get", [digest, 5, 16]])             # chunks 5..20, the last one short
+        for i in range(5, 21):
+            _, (d, index, total, chunk) = await recv_kind(a, "blob_chunk")
+            assert (d, index, total, chunk) == (digest, i, 21, data[i * CHUNK:(i + 1) * CHUNK])
+        await a.session.send(["blob_get", [digest, 20, 2]])              # past the end
+        assert (await recv_kind(a, "blob_missing"))[1] == digest
+        await a.session.send(["blob_get", [digest, 0, 17]])              # longer than any request may be
+        score = await eventually(lambda: connected(node)[a.name]["score"], what="attacker blamed")
+        assert score >= 40
+    finally:
+        a.close()
+        stop_all(nodes)

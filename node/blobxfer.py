@@ -108,9 +108,10 @@ class BlobTransfers:
         result = None
         try:
             async with self._slots:
-                fetch.planner = FetchPlanner(fetch.digest, self.store.max_bytes, self.cfg)
+                planner = FetchPlanner(fetch.digest, self.store.max_bytes, self.cfg)
                 fetch.partial = PartialBlob(self.store, fetch.digest)
-                await asyncio.to_thread(self._resume, fetch)
+                await asyncio.to_thread(self._resume, planner, fetch.partial)
+                fetch.planner = planner  # from now on messages about this blob are heeded
                 await self._drive(fetch)
                 if fetch.planner.done:
                     synced = time.monotonic()
@@ -136,11 +137,12 @@ class BlobTransfers:
             if not fetch.done.done():
                 fetch.done.set_result(result)
 
-    def _resume(self, fetch: _Fetch) -> None:
+    def _resume(self, planner: FetchPlanner, partial: PartialBlob) -> None:
+        """In a thread: what an earlier attempt left on disk, re-checked, goes into the planner."""
         prune_partials(self.store, spare=set(self.active))
-        verified = fetch.partial.load()
-        if fetch.partial.opened:
-            fetch.planner.resume(fetch.partial.size, fetch.partial.leaves, verified)
+        verified = partial.load()
+        if partial.opened:
+            planner.resume(partial.size, partial.leaves, verified)
 
     async def _drive(self, fetch: _Fetch) -> None:
         planner = fetch.planner
@@ -175,6 +177,12 @@ class BlobTransfers:
             elif isinstance(act, AskChunks):
                 peer.send("blob_get", [fetch.digest, act.first, act.count])
 
+    @staticmethod
+    def _fail(fetch: _Fetch, exc: BaseException) -> None:
+        fetch.failure = f"disk: {exc}"
+        log.warning("blob %s fetch failed: %s", fetch.digest.hex()[:16], fetch.failure)
+        fetch.wake.set()
+
     def _fetch_for(self, digest) -> _Fetch | None:
         fetch = self.active.get(digest) if type(digest) is bytes else None
         return fetch if fetch is not None and fetch.planner is not None and not fetch.failure else None
@@ -188,12 +196,14 @@ class BlobTransfers:
         verdict = fetch.planner.on_leaves(peer.id, payload[1], payload[2])
         if isinstance(verdict, LeavesOk) and not fetch.partial.opened:
             size = fetch.planner.size
-            free = shutil.disk_usage(self.store.dir).free
-            if free < size:
-                fetch.failure = f"{size} bytes do not fit on disk ({free} free)"
-                fetch.wake.set()
+            try:
+                free = shutil.disk_usage(self.store.dir).free
+                if free < size:
+                    raise OSError(f"{size} bytes do not fit on disk ({free} free)")
+                fetch.partial.start(size, fetch.planner.leaves)
+            except OSError as exc:  # ours, not the peer's: the fetch ends, nobody is blamed
+                self._fail(fetch, exc)
                 return
-            fetch.partial.start(size, fetch.planner.leaves)
         self._after(fetch, peer, verdict)
 
     def on_missing(self, peer: Peer, payload) -> None:
@@ -234,12 +244,15 @@ class BlobTransfers:
         if job.cancelled() or fetch.failure or fetch.ended is not None:
             return
         if job.exception() is not None:
-            fetch.failure = f"disk: {job.exception()}"
-            fetch.wake.set()
+            self._fail(fetch, job.exception())
             return
         verdict = fetch.planner.on_checked(peer.id, index, job.result())
         if isinstance(verdict, Accept):
-            fetch.partial.mark(index)
+            try:
+                fetch.partial.mark(index)
+            except OSError as exc:
+                self._fail(fetch, exc)
+                return
             fetch.unsynced += 1
             if fetch.unsynced >= SYNC_EVERY and not fetch.syncing and not fetch.planner.done:
                 self._sync(fetch)

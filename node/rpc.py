@@ -325,6 +325,8 @@ class Rpc:
         path = await self.node.network.fetch_blob_file(digest)  # to disk from peers, then streamed
         if path is None and self.node.stopping:
             return _error(503, "node is shutting down")
+        if path is None and digest in self.node.network.transfers.active:  # slow peers: it goes on
+            return _error(504, "blob still being fetched from peers: ask again later")
         if path is None:
             return _error(404, "blob not found on this node or its peers")
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})

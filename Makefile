@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-chaos clean
+.PHONY: install demo test test-fast bench bench-chaos bench-scale clean
 
 # torch is pinned and installed first: an unpinned torch (or one pulled in by a dependency)
 # would download a multi-GB CUDA build.
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/verification.py
 	$(BIN)/python benchmarks/mempool_admission.py
 	$(BIN)/python benchmarks/dispute.py
+
+# Models of 1M to 124M parameters: checkpoints, solver overhead, memory per role, P2P; about 10 minutes.
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py
 
 # Needs root (network namespaces); about 9 minutes.
 bench-chaos: $(STAMP)

@@ -13,6 +13,8 @@ Ids are computed as bytes arrive (`BlobHasher`): nothing holds a blob whole to n
 """
 from __future__ import annotations
 
+import hashlib
+
 from . import merkle
 
 CHUNK = 1 << 20
@@ -29,30 +31,44 @@ def chunk_count(size: int) -> int:
 
 
 class BlobHasher:
-    """The id of bytes fed in pieces of any size; also the chunk leaf hashes (for proofs)."""
+    """The id of bytes fed in pieces of any size; also the chunk leaf hashes (for proofs).
+
+    Each chunk is hashed as it streams in (one running sha256, no buffering), so naming a
+    blob costs one pass of sha256 and no copies."""
 
     def __init__(self) -> None:
         self.size = 0
         self.leaves: list[bytes] = []   # leaf_hash of each complete chunk: 32 bytes per MiB
-        self._open = bytearray()
+        self._open = hashlib.sha256(merkle.LEAF_PREFIX)
+        self._filled = 0  # bytes of the open chunk
 
-    def update(self, data: bytes) -> None:
-        self.size += len(data)
-        view = memoryview(data)
+    def update(self, data) -> None:
+        view = memoryview(data).cast("B")
+        self.size += len(view)
         while view:
-            take = min(len(view), CHUNK - len(self._open))
-            self._open += view[:take]
+            take = min(len(view), CHUNK - self._filled)
+            self._open.update(view[:take])
+            self._filled += take
             view = view[take:]
-            if len(self._open) == CHUNK:
-                self.leaves.append(merkle.leaf_hash(bytes(self._open)))
-                self._open.clear()
+            if self._filled == CHUNK:
+                self.leaves.append(self._open.digest())
+                self._open, self._filled = hashlib.sha256(merkle.LEAF_PREFIX), 0
 
     def chunk_hashes(self) -> list[bytes]:
         """Every chunk's leaf hash, the last (partial) one included."""
-        tail = [merkle.leaf_hash(bytes(self._open))] if self._open or not self.leaves else []
+        tail = [self._open.digest()] if self._filled or not self.leaves else []
         return self.leaves + tail
 
     def digest(self) -> bytes:
         if self.size == 0:
             return merkle.EMPTY_ROOT
         return merkle.root_of_leaf_hashes(self.chunk_hashes())
+
+
+def file_id(path, block: int = 4 * CHUNK) -> bytes:
+    """The blob id of a file's bytes, read in blocks (never whole in memory)."""
+    h = BlobHasher()
+    with open(path, "rb") as f:
+        while piece := f.read(block):
+            h.update(piece)
+    return h.digest()

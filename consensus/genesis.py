@@ -48,7 +48,7 @@ DEFAULT_PARAMS: dict[str, int] = {
     "missed_deadline_slash_ppm": 10_000,
     "winner_share_ppm": 500_000,      # of a forfeit, paid to the other party; the rest is burned
     "max_active_jobs": 32,
-    "max_blob_bytes": 8 * 1024 * 1024,  # datasets, checkpoints and models
+    "max_blob_bytes": 4 * 1024 * 1024 * 1024,  # datasets, checkpoints and models (streamed, chunk-verified)
 }
 
 

@@ -11,8 +11,11 @@ from .crypto import sha256
 EMPTY_ROOT = sha256(b"")
 
 
+LEAF_PREFIX = b"\x00"
+
+
 def leaf_hash(leaf: bytes) -> bytes:
-    return sha256(b"\x00" + leaf)
+    return sha256(LEAF_PREFIX + leaf)
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

@@ -15,6 +15,9 @@ MODEL_SCHEMAS: dict[str, dict[str, Arg]] = {
     "cnn": {"side": Int(4, 64), "channels": Int(1, 64), "out_dim": Int(2, 1000)},
     "char_transformer": {"vocab": Int(2, 256), "context": Int(2, 512), "d_model": Int(8, 1024),
                          "heads": Int(1, 16), "layers": Int(1, 12)},
+    # Decoder-only, GPT-2 style (GELU), on bytes: vocab 256. GPT-2 small is d_model 768,
+    # heads 12, layers 12 (86M parameters with a byte vocab; 124M at 17 layers).
+    "gpt": {"context": Int(2, 1024), "d_model": Int(8, 1024), "heads": Int(1, 16), "layers": Int(1, 24)},
 }
 
 GENERATOR_SCHEMAS: dict[str, dict[str, Arg]] = {
@@ -22,6 +25,7 @@ GENERATOR_SCHEMAS: dict[str, dict[str, Arg]] = {
     "spirals": {"n": Int(1, 1_000_000), "classes": Int(2, 6)},
     "digits": {"n": Int(1, 200_000), "side": Int(8, 32), "classes": Int(2, 10)},
     "text": {"n": Int(1, 200_000), "context": Int(2, 512)},
+    "byte_text": {"n": Int(1, 1_000_000), "context": Int(2, 1024)},
 }
 
 MODELS = tuple(MODEL_SCHEMAS)

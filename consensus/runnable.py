@@ -21,9 +21,10 @@ from typing import Callable
 from .args import check_args
 from .registry import GENERATOR_SCHEMAS, MODEL_SCHEMAS
 
-MAX_PARAMS = 2_000_000  # keeps a float64 Adam checkpoint (3 copies) under the 64 MiB decode cap
+MAX_PARAMS = 1 << 32  # a bound for arithmetic only: the blob cap on a checkpoint is what binds
+BYTE_VOCAB = 256  # the gpt model reads bytes
 MAX_VALUES = 16_000_000  # elements of a generator's x, so a tiny job spec cannot ask for gigabytes
-MAX_NPZ_BYTES = 32 * 1024 * 1024  # the largest dataset blob a verifier reads
+MAX_NPZ_BYTES = 1 << 40  # no ceiling of its own: a dataset blob is bounded by the genesis blob cap
 MAX_TOLERANCE_PPM = 1 << 40
 PPM = 1_000_000
 TEXT_ALPHABET = " .abcdefghijklmnopqrstuvwxyz"  # the text generator's tokens are positions in it
@@ -119,6 +120,9 @@ MODEL_FACTS: dict[str, ModelFacts] = {
     "char_transformer": ModelFacts(
         inputs=lambda a: InputSpec(((a["context"],),), a["vocab"], (a["context"],), a["vocab"]),
         params=_transformer_params, rules=_transformer_rules),
+    "gpt": ModelFacts(
+        inputs=lambda a: InputSpec(((a["context"],),), BYTE_VOCAB, (a["context"],), BYTE_VOCAB),
+        params=lambda a: _transformer_params({**a, "vocab": BYTE_VOCAB}), rules=_transformer_rules),
 }
 
 
@@ -164,13 +168,15 @@ def _labels(a: dict) -> tuple[int, int]:
     return 0, min(a["n"], a["classes"]) - 1
 
 
-TEXT_TOKENS = (0, len(TEXT_ALPHABET) - 1)  # bounds: a given sample may not use every letter
+TEXT_TOKENS = (0, len(TEXT_ALPHABET) - 1)
+BYTE_TOKENS = (0, BYTE_VOCAB - 1)  # bounds, as for text  # bounds: a given sample may not use every letter
 
 GENERATOR_ITEMS: dict[str, Callable[[dict], Items]] = {
     "blobs": lambda a: Items(a["n"], (a["dim"],), None, (), _labels(a)),
     "spirals": lambda a: Items(a["n"], (2,), None, (), _labels(a)),
     "digits": lambda a: Items(a["n"], (1, a["side"], a["side"]), None, (), _labels(a)),
     "text": lambda a: Items(a["n"], (a["context"],), TEXT_TOKENS, (a["context"],), TEXT_TOKENS),
+    "byte_text": lambda a: Items(a["n"], (a["context"],), BYTE_TOKENS, (a["context"],), BYTE_TOKENS),
 }
 
 

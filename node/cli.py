@@ -202,7 +202,22 @@ def cmd_status(args) -> None:
     s = client(args).status()
     emit(args, s, f"chain {s['chain_id']} height {s['height']}\n  block {s['block_hash']}\n"
                   f"  app_hash {s['app_hash']}\n  validators {s['validators']}, mempool {s['mempool_size']}\n"
-                  f"  jackpot pool {s['jackpot_pool']}")
+                  f"  jackpot pool {s['jackpot_pool']}" + _storage_line(s.get("blob_storage")))
+
+
+def _storage_line(b: dict | None) -> str:
+    if not b:
+        return ""
+    limit = f" of {_size(b['limit'])}" if b["limit"] else " (no limit)"
+    return f"\n  blob storage {_size(b['bytes'])}{limit} in {b['blobs']} blobs, {_size(b['pinned_bytes'])} pinned"
+
+
+def _size(n: int) -> str:
+    """Bytes, exact, and in MiB or GiB for reading."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= scale:
+            return f"{n} bytes ({n / scale:.1f} {unit})"
+    return f"{n} bytes"
 
 
 def cmd_block(args) -> None:
@@ -334,6 +349,8 @@ def _worker_commands(sub, common) -> None:
     s.add_argument("--lazy", action="store_true", help="tests only: attest without checking")
     s.add_argument("--check", type=_checks, default=1, metavar="N|all",
                    help="whistleblower: random intervals to re-run in each shard besides the last (default 1)")
+    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="recompute on this device where the job's profile allows it (tolerance)")
     s.set_defaults(func=cmd_verifier)
 
 

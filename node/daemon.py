@@ -20,6 +20,7 @@ from consensus.types import Block, Tx
 
 from consensus.crypto import format_address
 
+from .blobgc import BlobKeeper
 from .chain import Chain, set_clock_offset
 from .network import Network
 from .engine import Engine
@@ -56,6 +57,7 @@ class Node:
         self.network = Network(self.chain, self.engine, self.key, self.config.p2p_listen, self.config.seeds,
                                self.config.max_frame_bytes, home.path / "blobs",
                                external=self.config.p2p_external, misbehave=self.config.misbehave)
+        self.storage = BlobKeeper(self.chain, self.network.blobs, self.config)
 
     async def _broadcast(self, kind: str, msg, skip: frozenset = frozenset()) -> None:
         await self.network.broadcast(kind, msg, skip)
@@ -69,6 +71,7 @@ class Node:
         self.rpc.publish_block(block)
         self.network.on_commit(block)
         self.referee.on_commit()
+        self.storage.on_commit(block.height)
 
     async def serve(self, stop: asyncio.Event, deadline: Deadline) -> int:
         """Run until `stop` is set or a vital task dies; then stop in bounded stages. The exit code."""
@@ -76,6 +79,7 @@ class Node:
         runner = RpcRunner(self.rpc.app(self.config.max_body_bytes), access_log=None, shutdown_timeout=RPC_DRAIN_S)
         await runner.setup()
         engine: asyncio.Task | None = None
+        gc = asyncio.get_running_loop().create_task(self.storage.run())
         try:
             await web.TCPSite(runner, host, port).start()
             await self.network.start()
@@ -87,6 +91,7 @@ class Node:
                 self.referee.keep_busy()
             return await self._until_stopped(stop, deadline, {engine: "consensus engine", **self.network.loops})
         finally:
+            gc.cancel()
             await self._shutdown(runner, engine)
 
     async def _until_stopped(self, stop: asyncio.Event, deadline: Deadline, vital: dict) -> int:

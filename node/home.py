@@ -42,6 +42,14 @@ class Config:
     # Test/ops knob: this node's wall clock (block times, the future-block check) runs this many
     # ms ahead (negative: behind), to see how a validator with a wrong clock behaves. Keep 0.
     clock_offset_ms: int = 0
+    # Blob storage (README "Storage"): a closed job's blobs are kept this many blocks after it
+    # closed; a blob no job pins, and a stale partial upload, is deleted once this many seconds
+    # old; RPC uploads are refused (HTTP 507) past this many bytes in the blob directory (0: no
+    # bound); a GC pass runs this often (and after a block that closes a job).
+    blob_retention_blocks: int = 86_400
+    blob_grace_s: int = 3_600
+    max_blob_disk_bytes: int = 64 * 1024 ** 3
+    blob_gc_interval_s: int = 60
 
     def to_toml(self) -> str:
         lines = ["# stepchain node configuration"]
@@ -70,6 +78,11 @@ class Config:
             expected = {"str": str, "int": int, "bool": bool}.get(str(f.type), list)
             if type(getattr(cfg, name)) is not expected:
                 raise HomeError(f"config.toml: {name} must be a {expected.__name__}")
+        for name in ("blob_retention_blocks", "blob_grace_s", "max_blob_disk_bytes"):
+            if getattr(cfg, name) < 0:
+                raise HomeError(f"config.toml: {name} must not be negative")
+        if cfg.blob_gc_interval_s < 1:
+            raise HomeError("config.toml: blob_gc_interval_s must be at least 1")
         if cfg.p2p_external:
             split_hostport(cfg.p2p_external)  # HomeError names the bad address
         return cfg

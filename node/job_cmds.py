@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
-from consensus.crypto import address_of, format_address, sha256
+from consensus.crypto import address_of, format_address
 from consensus.jobs import budget, pool_fee
 
 from .client import RpcError, make_tx
@@ -75,32 +76,35 @@ def cmd_job_status(args, client, emit) -> None:
 def cmd_job_fetch(args, client, emit) -> None:
     import torch
     from verifier import checkpoint, training
+    from .workers.blobcache import BlobCache
     from .workers.common import JobContext, Unavailable
     c = client(args)
     job = c.job(args.job)
     if job.status.value != "done":
         raise SpecError(f"job {args.job[:16]} is {job.status.value} (round {job.round}): no final model")
-    ctx = JobContext(job, lambda digest: c.get_blob(digest.hex()))
-    finals = []
-    for h in job.finals[-1]:
-        raw = ctx.fetch(h)
-        if raw is None:
-            raise RpcError(f"final checkpoint {h.hex()[:16]} is not available or does not match the chain")
-        finals.append(checkpoint.decode(raw))
-    state = training.average_states(finals)
-    model_bytes = checkpoint.encode(state)
-    try:
-        _, holdout = ctx.data()
-    except Unavailable as exc:
-        raise RpcError(str(exc)) from None
-    metric = training.evaluate(ctx.spec, state, holdout)
+    home = Path(args.out).resolve().parent
+    with tempfile.TemporaryDirectory(dir=home, prefix=".stepchain-fetch-") as tmp:  # finals as files
+        ctx = JobContext(job, BlobCache(c, tmp).fetch)
+        finals = []
+        for h in job.finals[-1]:
+            path = ctx.fetch(h)
+            if path is None:
+                raise RpcError(f"final checkpoint {h.hex()[:16]} is not available or does not match the chain")
+            finals.append(path)
+        state = training.average_files(finals)  # one checkpoint in memory, whatever the shard count
+        try:
+            _, holdout = ctx.data()
+        except Unavailable as exc:
+            raise RpcError(str(exc)) from None
+        metric = training.evaluate(ctx.spec, state, holdout)
+    model_id = checkpoint.digest(state).hex()
     out = Path(args.out)
     spec, job_hex = ctx.spec, job.id.hex()
     torch.save({"job": job_hex, "model": spec.model, "model_args": spec.model_args,
-                "state_dict": training.state_dict(spec, state), "checkpoint_sha256": sha256(model_bytes).hex()}, out)
-    emit(args, {"job": job_hex, "out": str(out), "model_hash": sha256(model_bytes).hex(),
+                "state_dict": training.state_dict(spec, state), "checkpoint_id": model_id}, out)
+    emit(args, {"job": job_hex, "out": str(out), "model_hash": model_id,
                 "metric": job.spec["metric"], "metric_ppm": metric},
-         f"saved {out} (model hash {sha256(model_bytes).hex()[:16]}, from {len(finals)} verified shards)\n"
+         f"saved {out} (model checkpoint id {model_id[:16]}, from {len(finals)} verified shards)\n"
          f"{job.spec['metric']} on held-out data: {metric / 10_000:.2f}%")
 
 
@@ -108,14 +112,21 @@ def _worker_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
 
 
-def cmd_solver_run(args, client, unlock, home_of) -> None:
-    from .workers.solver import Solver
-    _worker_logging()
+def _device(args, role: str) -> str:
+    """`--device`: cuda where there is one (a `tolerance` job trains there; exact profiles
+    always run on the CPU, verifier/training.resolve_device), else the CPU, said once."""
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
-            logging.getLogger("stepchain.solver").warning("CUDA is not available here: training on the CPU")
-            args.device = "cpu"
+            logging.getLogger(f"stepchain.{role}").warning("CUDA is not available here: training on the CPU")
+            return "cpu"
+    return args.device
+
+
+def cmd_solver_run(args, client, unlock, home_of) -> None:
+    from .workers.solver import Solver
+    _worker_logging()
+    args.device = _device(args, "solver")
     key = unlock(args, args.key)
     workdir = home_of(args).path / "solver" / format_address(key.address)
     Solver(client(args), key, workdir, device=args.device, cheat=args.cheat).run()
@@ -127,4 +138,4 @@ def cmd_verifier_run(args, client, unlock, home_of) -> None:
     key = unlock(args, args.key)
     workdir = home_of(args).path / "verifier" / format_address(key.address)
     Verifier(client(args), key, workdir, whistleblower=args.whistleblower, lazy=args.lazy,
-             extra_checks=args.check).run()
+             extra_checks=args.check, device=_device(args, "verifier")).run()

@@ -33,6 +33,7 @@ from consensus.ledger import get_account, get_params, get_stake
 from consensus.staking import jail_status, unbonding_entries
 from consensus.types import Block, Tx
 
+from .blobgc import StorageFull
 from .mempool import MempoolError
 from .lifecycle import where
 from .rpc_http import client_error, one_line
@@ -218,7 +219,8 @@ class Rpc:
             "app_hash": c.app_hash.hex(), "genesis_hash": c.genesis.hash.hex(),
             "mempool_size": len(c.mempool), "validators": len(c.validators()),
             "jackpot_pool": c.view().read(K_POOL, 0),
-            "node_address": format_address(self.node.key.address), "moniker": self.node.config.moniker})
+            "node_address": format_address(self.node.key.address), "moniker": self.node.config.moniker,
+            "blob_storage": self.node.storage.report()})
 
     async def block(self, request: web.Request) -> web.Response:
         text = request.match_info["height"]
@@ -307,14 +309,21 @@ class Rpc:
 
     async def put_blob(self, request: web.Request) -> web.Response:
         """Streamed to disk as it arrives and hashed on the way: a blob is bounded by the
-        network's blob cap, not by the RPC body cap, and never held whole in memory."""
+        network's blob cap, not by the RPC body cap, and never held whole in memory. Every
+        byte is charged against the node's blob disk bound (507 once it is full)."""
+        keeper, blobs = self.node.storage, self.node.network.blobs
         try:
-            with self.node.network.blobs.writer() as w:
+            keeper.admit()
+            with blobs.writer() as w:
                 async for piece in request.content.iter_chunked(BLOB_PIECE):
+                    keeper.charge(len(piece))  # before writing: refused bytes never reach the disk
                     w.write(piece)
                 digest = w.commit()
+            blobs.touch(digest)  # uploaded again: its grace period starts over
         except BlobError as exc:
             raise BadRequest(str(exc)) from None
+        except StorageFull as exc:
+            return _error(507, str(exc))
         return web.json_response({"hash": digest.hex(), "size": w.size})
 
     async def get_blob(self, request: web.Request) -> web.Response:
@@ -377,6 +386,10 @@ class Rpc:
             "# TYPE stepchain_validators gauge", f"stepchain_validators {len(c.validators())}",
             "# TYPE stepchain_peers gauge", f"stepchain_peers {len(self.node.network.gossip.peers)}",
         ]
+        store = self.node.storage.report()
+        for name, key in (("bytes", "bytes"), ("count", "blobs"), ("pinned_bytes", "pinned_bytes"),
+                          ("limit_bytes", "limit")):
+            lines += [f"# TYPE stepchain_blob_{name} gauge", f"stepchain_blob_{name} {store[key]}"]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:

@@ -127,6 +127,77 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
+    # -- disk use and collection (node/storage.py decides, node/blobgc.py executes) ----------
+    SIDECARS = (".leaves",)  # files kept beside a blob, named <hex id><suffix>
+    TEMP_PREFIX = ".part-"
+
+    @staticmethod
+    def _is_id(name: str) -> bool:
+        return len(name) == 64 and all(ch in "0123456789abcdef" for ch in name)
+
+    def _files(self) -> dict[str, tuple[int, float]]:
+        """Every plain file in the directory: name -> (size, mtime). One scandir."""
+        out: dict[str, tuple[int, float]] = {}
+        with os.scandir(self.dir) as it:
+            for entry in it:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        out[entry.name] = (st.st_size, st.st_mtime)
+                except FileNotFoundError:  # deleted while we looked
+                    continue
+        return out
+
+    def list_blobs(self) -> list[tuple[bytes, int, float]]:
+        """(id, bytes on disk with its sidecars, mtime) of every stored blob, sorted by id."""
+        files = self._files()
+        return [(bytes.fromhex(name), size + sum(files.get(name + s, (0, 0.0))[0] for s in self.SIDECARS), mtime)
+                for name, (size, mtime) in sorted(files.items()) if self._is_id(name)]
+
+    def list_temp(self) -> list[tuple[str, int, float]]:
+        """(name, size, mtime) of the files that are not blobs: uploads in progress or
+        abandoned, and sidecars whose blob is gone; sorted by name."""
+        files = self._files()
+        return [(name, size, mtime) for name, (size, mtime) in sorted(files.items())
+                if self._is_temp(name, lambda base: base in files)]
+
+    def _is_temp(self, name: str, has_blob) -> bool:
+        if name.startswith(self.TEMP_PREFIX) and "/" not in name:
+            return True
+        return any(name.endswith(s) and self._is_id(name[:-len(s)]) and not has_blob(name[:-len(s)])
+                   for s in self.SIDECARS)
+
+    def delete(self, digest: bytes) -> int:
+        """Remove a blob and its sidecars; the bytes freed (0 if it was not there)."""
+        base = self.path(digest)
+        return sum(self._unlink(base.with_name(base.name + s)) for s in ("", *self.SIDECARS))
+
+    def delete_temp(self, name: str) -> int:
+        """Remove one file that list_temp names (nothing else); the bytes freed."""
+        if not self._is_temp(name, lambda base: (self.dir / base).exists()):
+            raise BlobError(f"not a temporary blob file: {name!r}")
+        return self._unlink(self.dir / name)
+
+    @staticmethod
+    def _unlink(path: Path) -> int:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            return size
+        except FileNotFoundError:
+            return 0
+
+    def used_bytes(self) -> int:
+        """Bytes of every file in the directory: blobs, sidecars and partial uploads."""
+        return sum(size for size, _ in self._files().values())
+
+    def touch(self, digest: bytes) -> None:
+        """Date a blob now (uploaded again: its grace period starts over)."""
+        try:
+            os.utime(self.path(digest))
+        except FileNotFoundError:
+            pass
+
 
 class BlobWriter:
     """One blob being stored as it arrives: at most `max_bytes`, hashed as it is written."""

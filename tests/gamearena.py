@@ -52,7 +52,7 @@ def honest_leaves(k: int, **spec) -> list[bytes]:
     """The job's shard trained honestly (the same on every chain `new_job` makes)."""
     c, jid = new_job(k, **spec)
     ctx = JobContext(record(c, jid), {}.get)
-    return training.train_shard(ctx.work(0), checkpoint.decode(ctx.expected_start()))
+    return training.train_shard(ctx.work(0), ctx.expected_start())
 
 
 class Party:

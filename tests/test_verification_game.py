@@ -9,6 +9,8 @@ validators' votes decide it on chain.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from consensus.blobid import blob_id
@@ -120,7 +122,7 @@ def test_without_a_game_the_tolerance_referee_recomputes_the_whole_interval():
     c = world()
     jid = submit(c, shards=1, steps=50 * K, k=K, verify_blocks=30, profile="tolerance")
     ctx = JobContext(record(c, jid), {}.get)
-    leaves_bytes = training.train_shard(ctx.work(0), checkpoint.decode(ctx.expected_start()))
+    leaves_bytes = training.train_shard(ctx.work(0), ctx.expected_start())
     leaves = commit_trained(c, jid, leaves_bytes)
     challenger = outsider(c, jid)
     block(c, tx(c, challenger, "challenge", challenge_body(jid, 0, 0, INTERVAL, leaves)))
@@ -166,22 +168,34 @@ class ChainClient:
         self.blobs[blob_id(data)] = data
         return blob_id(data).hex()
 
+    def get_blob_file(self, digest: str, path) -> int | None:  # what a worker's blob cache asks
+        raw = self.blobs.get(bytes.fromhex(digest))
+        if raw is not None:
+            Path(path).write_bytes(raw)
+        return None if raw is None else len(raw)
+
+    def put_blob_file(self, path) -> dict:
+        return {"hash": self.put_blob(Path(path).read_bytes())}
+
 
 def test_a_solver_worker_plays_every_game_of_challenges_opened_in_the_same_block(trained, tmp_path):
     """Two challengers open games on different intervals of an honest shard in one block: both
     games have the same opening height and no moves yet, and the solver must post, in each,
     the midpoint of that game's own interval. Else it misses its move in one and loses its
     collateral to a challenger that was wrong."""
-    from consensus import codec
     from node.workers.solver import Solver
     from tests.gamearena import Party, new_job
+    from verifier.leaves import LeafDir
     c, jid = new_job(K)
     leaves, solver = commit_trained(c, jid, trained), solver_of(c, jid)
     griefers = (outsider(c, jid), verifiers_of(c, jid)[0])
     block(c, *(tx(c, g, "challenge", challenge_body(jid, 0, 0, i, leaves)) for g, i in zip(griefers, (3, 5))))
     assert len({ch["opened"] for ch in challenges(c, jid)}) == 1
-    (tmp_path / f"{jid.hex()}-0-0.ckpts").write_bytes(codec.encode([trained, 0]))
     worker = Solver(ChainClient(c), solver, tmp_path, progress=False)
+    kept = LeafDir(worker.shard_dir(record(c, jid), 0))  # the leaves as the solver keeps them on disk
+    for i, leaf in enumerate(trained):
+        kept.put_raw(i, leaf)
+    kept.finish(0)
     worker.defend(record(c, jid), 0, record(c, jid).shards[0], 0)
     for g, i in zip(griefers, (3, 5)):
         game = open_game(c, jid, g)
@@ -201,7 +215,7 @@ def _forced_check(planted: bool = True, make=None):
     jid = submit(c, shards=1, verify_blocks=3)
     f = forced_of(c, jid)
     ctx = JobContext(record(c, jid), {}.get)
-    start = checkpoint.decode(ctx.expected_start())
+    start = ctx.expected_start()
     leaves_bytes = make(ctx.work(0), start, f) if make else \
         vforced.train_with_forced_error(ctx.work(0), start, f if planted else None)
     leaves = commit_trained(c, jid, leaves_bytes)
@@ -271,7 +285,7 @@ def test_after_a_reveal_a_verifier_checks_the_forced_interval_against_the_plante
     jid = submit(c, shards=1, verify_blocks=20)
     f = forced_of(c, jid)
     ctx = JobContext(record(c, jid), {}.get)
-    start = checkpoint.decode(ctx.expected_start())
+    start = ctx.expected_start()
     make = _poisoned_leaves if poisoned else (lambda w, s, i: vforced.train_with_forced_error(w, s, i))
     leaves_bytes = make(ctx.work(0), start, f)
     leaves = commit_trained(c, jid, leaves_bytes)

@@ -109,7 +109,7 @@ def test_checkpoint_decode_rejects_non_canonical_bytes_and_size():
 def test_checkpoint_decode_rejects_boolean_format():
     """True == 1 in Python: a format of msgpack `true` must not pass for format 1, or one state
     would have two accepted encodings (two different Merkle leaves)."""
-    with pytest.raises(CheckpointError, match="format True is not supported"):
+    with pytest.raises(CheckpointError, match="format .*not supported"):
         checkpoint.decode(_edit(format=True))
 
 

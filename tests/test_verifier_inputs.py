@@ -43,7 +43,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.p
     ("cnn", {**CNN, "channels": 65}, "out of range"),
     ("char_transformer", {**TRANSFORMER, "d_model": 18, "heads": 4}, "d_model must be divisible by heads"),
     ("char_transformer", {**TRANSFORMER, "heads": 17}, "out of range"),
-    ("mlp", {"in_dim": 65_536, "hidden": [8192], "out_dim": 10}, "more than the cap"),
 ])
 def test_registry_rejects(name, args, words):
     with pytest.raises(SpecError, match=words):

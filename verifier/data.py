@@ -2,7 +2,9 @@
 
 A dataset is two arrays, x (inputs) and y (integer labels or next tokens), with the same
 first dimension. Uploaded blobs come from anyone, so `load_npz` reads them without pickles
-and checks sizes before allocating anything. Which items a shard trains on, and in which
+and checks sizes before allocating anything. A dataset file's stored (uncompressed) arrays
+are memory-mapped, not read: a dataset may be larger than memory. The holdout split and the
+shards are index views of it (`Dataset.rows`); only a shard's own items are ever gathered. Which items a shard trains on, and in which
 order, is a pure function of (job, round, shard): every solver, verifier and referee
 computes the same batches without talking to anyone.
 """
@@ -11,9 +13,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import lzma
 import math
 import zipfile
-from dataclasses import dataclass
+import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +25,10 @@ from . import generators, models
 from consensus import runnable
 
 MAX_NPZ_BYTES = runnable.MAX_NPZ_BYTES
-MAX_ITEMS = 1_000_000
+MAX_ITEMS = 1 << 26  # the holdout permutation and shard indices cost 8 bytes per item
+FINITE_BLOCK = 1 << 22  # items checked per pass: no mask the size of the dataset
+CRC_BLOCK = 8 << 20  # bytes of a stored member read per pass to check its CRC
+ZIP_ENCRYPTED = 0x1  # zip flag bit: zipfile would raise RuntimeError without a password
 HOLDOUT_SEED = 0x5EED  # one fixed permutation decides the held-out items of every dataset
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
@@ -30,41 +37,68 @@ class DataError(ValueError):
     """A dataset that cannot be used: malformed, too large, or not matching the model."""
 
 
-@dataclass(frozen=True, eq=False)
 class Dataset:
-    x: np.ndarray
-    y: np.ndarray
+    """x and y (maybe memory-mapped), and optionally which of their rows this dataset is."""
 
-    def __post_init__(self) -> None:
-        if self.x.ndim == 0 or self.y.ndim == 0 or len(self.x) != len(self.y):
-            raise DataError(f"x and y need the same first dimension (got {self.x.shape} and {self.y.shape})")
+    def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None):
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            raise DataError(f"x and y need the same first dimension (got {x.shape} and {y.shape})")
+        self.base_x, self.base_y, self.rows = x, y, rows
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.base_x if self.rows is None else self.base_x[self.rows]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.base_y if self.rows is None else self.base_y[self.rows]
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.base_x) if self.rows is None else len(self.rows)
 
     def subset(self, idx: np.ndarray) -> "Dataset":
-        return Dataset(self.x[idx], self.y[idx])
+        """Items idx of this dataset, as a view: nothing is copied until `take`."""
+        return Dataset(self.base_x, self.base_y, idx if self.rows is None else self.rows[idx])
+
+    def take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The arrays of items idx, gathered (from disk, for a mapped dataset)."""
+        rows = idx if self.rows is None else self.rows[idx]
+        return self.base_x[rows], self.base_y[rows]
 
 
 # -- npz blobs -------------------------------------------------------------------------------
 
 
-def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """One array, its header checked before any memory is allocated for the data."""
+def _npy_header(f, name: str) -> tuple[tuple, bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise DataError(f"array {name} uses unsupported .npy format {version}")
+    if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
+        raise DataError(f"array {name} has dtype {dtype}: only numeric arrays are allowed (no objects, no pickles)")
+    if dtype.itemsize > 8:  # long double: 80 bits on x86, 128 on arm, so one blob, two datasets
+        raise DataError(f"array {name} has dtype {dtype}: items of more than 8 bytes read differently per machine")
+    return shape, fortran, dtype
+
+
+def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path | None, archive, size: int) -> np.ndarray:
+    """One array, its header checked before any memory is allocated for the data; a stored
+    member of a file on disk is memory-mapped instead of read."""
     name = info.filename[:-4]
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise DataError(f"array {name} uses unsupported .npy format {version}")
-        if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
-            raise DataError(f"array {name} has dtype {dtype}: only numeric arrays are allowed (no objects, no pickles)")
+        shape, fortran, dtype = _npy_header(f, name)
+        header = f.tell()
         nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes > info.file_size:
+        if nbytes > info.file_size - header:
             raise DataError(f"array {name} is truncated: its header promises {nbytes} bytes")
+        if info.compress_type == zipfile.ZIP_STORED:
+            start = _stored_start(archive, size, info)  # checked whether mapped or read
+            if path is not None and dtype.isnative and nbytes:
+                return np.memmap(path, dtype=dtype, mode="r", offset=start + header, shape=shape,
+                                 order="F" if fortran else "C")
         raw = f.read(nbytes)
     if len(raw) != nbytes:
         raise DataError(f"array {name} is truncated")
@@ -72,15 +106,49 @@ def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), order="C")  # (np.ascontiguousarray would make 0-d 1-d)
 
 
-def load_npz(raw: bytes, max_bytes: int = MAX_NPZ_BYTES, max_items: int = MAX_ITEMS) -> Dataset:
-    """Read an .npz holding exactly x and y; raise DataError with the reason otherwise.
+def _stored_start(archive, size: int, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's data begins (after its local header), once it is checked as
+    zipfile checks a member read to its end: its sizes agree, it lies inside the archive, its
+    CRC matches. So a mapped file and bytes read by zipfile (a referee's copy from a peer)
+    accept the same archives and give the same arrays; the price is one read of the data."""
+    name = info.filename[:-4]
+    archive.seek(info.header_offset)
+    local = archive.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise DataError(f"array {name}: damaged zip member header")
+    name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    if info.compress_size != info.file_size or start + info.file_size > size:
+        raise DataError(f"array {name}: its zip member is truncated")
+    archive.seek(start)
+    crc, left = 0, info.file_size
+    while left:
+        piece = archive.read(min(left, CRC_BLOCK))
+        if not piece:
+            raise DataError(f"array {name}: its zip member is truncated")
+        crc, left = zlib.crc32(piece, crc), left - len(piece)
+    if crc != info.CRC:
+        raise DataError(f"array {name}: its data does not match the zip's CRC-32")
+    return start
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    flat = arr.reshape(len(arr), -1) if arr.ndim > 1 else arr
+    return all(np.isfinite(flat[i:i + FINITE_BLOCK]).all() for i in range(0, len(flat), FINITE_BLOCK))
+
+
+def load_npz(src: bytes | str | Path, max_bytes: int = MAX_NPZ_BYTES, max_items: int = MAX_ITEMS) -> Dataset:
+    """Read an .npz holding exactly x and y (bytes, or a file whose stored arrays are mapped,
+    not read); raise DataError with the reason otherwise.
 
     `max_bytes` caps the blob and also its unpacked arrays (a small zip can inflate a lot).
     """
-    if len(raw) > max_bytes:
-        raise DataError(f"dataset of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    path = Path(src) if isinstance(src, (str, Path)) else None
     try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        size = path.stat().st_size if path is not None else len(src)
+        if size > max_bytes:
+            raise DataError(f"dataset of {size} bytes exceeds the limit of {max_bytes}")
+        with zipfile.ZipFile(path if path is not None else io.BytesIO(src)) as zf:
             infos = zf.infolist()
             names = sorted(i.filename for i in infos)
             if names != ["x.npy", "y.npy"]:
@@ -88,10 +156,14 @@ def load_npz(raw: bytes, max_bytes: int = MAX_NPZ_BYTES, max_items: int = MAX_IT
                 raise DataError(f"the npz must hold exactly arrays x and y (found {found})")
             if sum(i.file_size for i in infos) > max_bytes:
                 raise DataError(f"the npz unpacks to more than the limit of {max_bytes} bytes")
-            arrays = {i.filename[:-4]: _read_npy(zf, i) for i in infos}
+            if any(i.flag_bits & ZIP_ENCRYPTED for i in infos):
+                raise DataError("the npz is encrypted")
+            with open(path, "rb") if path is not None else io.BytesIO(src) as archive:
+                arrays = {i.filename[:-4]: _read_npy(zf, i, path, archive, size) for i in infos}
     except DataError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, zlib.error,
+            lzma.LZMAError) as exc:  # the last two: a damaged deflate or lzma member
         raise DataError(f"not a readable npz archive: {exc}") from None
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
@@ -99,7 +171,7 @@ def load_npz(raw: bytes, max_bytes: int = MAX_NPZ_BYTES, max_items: int = MAX_IT
     if not 1 <= len(x) <= max_items:
         raise DataError(f"the dataset has {len(x)} items; between 1 and {max_items} are allowed")
     for name, arr in (("x", x), ("y", y)):
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not _all_finite(arr):
             raise DataError(f"array {name} contains NaN or infinite values")
     return Dataset(x, y)
 
@@ -146,8 +218,10 @@ def _int_range(arr: np.ndarray) -> tuple[int, int] | None:
 
 
 def items_of(ds: Dataset) -> runnable.Items:
-    """The dataset as the shared rules see it: shapes and integer value ranges."""
-    return runnable.Items(len(ds), tuple(ds.x.shape[1:]), _int_range(ds.x), tuple(ds.y.shape[1:]), _int_range(ds.y))
+    """The dataset as the shared rules see it: shapes and integer value ranges (of every item,
+    held out or not: a view is judged by what it is a view of, never gathered for this)."""
+    x, y = ds.base_x, ds.base_y
+    return runnable.Items(len(ds), tuple(x.shape[1:]), _int_range(x), tuple(y.shape[1:]), _int_range(y))
 
 
 def check_compatible(ds: Dataset, model_name: str, model_args: dict) -> None:

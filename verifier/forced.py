@@ -44,19 +44,22 @@ def corrupt(spec: training.TrainSpec, start: TrainState, end: TrainState) -> Tra
 
 
 def train_with_forced_error(work: ShardWork, start: TrainState, forced: int | None,
-                            progress=None) -> list[bytes]:
+                            progress=None, store: training.LeafStore | None = None,
+                            own: bool = False) -> list[training.Leaf]:
     """The shard's leaves, honest except that leaf forced + 1 is corrupted (when `forced` is an
-    interval and training is still finite there) and the rest trained on from it."""
+    interval and training is still finite there) and the rest trained on from it. With a
+    `store` the leaves are files; leaf forced + 1 is written twice (honest, then changed)."""
     if forced is None:
-        return training.train_shard(work, start, progress=progress)
+        return training.train_shard(work, start, progress=progress, store=store, own=own)
     data = training.ShardData(work)
     spec = work.spec
-    head = training.train_leaves(data, start, progress=progress, last_leaf=forced + 1)
+    head = training.train_leaves(data, start, progress=progress, last_leaf=forced + 1, store=store, own=own)
     end = checkpoint.decode(head[-1])
     before = checkpoint.decode(head[-2])
     if not (checkpoint.is_finite(before) and checkpoint.is_finite(end)):
-        rest = training.train_leaves(data, end, progress=progress)
+        rest = training.train_leaves(data, end, progress=progress, store=store, own=True)
         return head + rest[1:]  # diverged before the forced interval ended: nothing is planted
     changed = corrupt(spec, before, end)
-    rest = training.train_leaves(data, changed, progress=progress)
+    del before, end  # `changed` shares all but one tensor with the end
+    rest = training.train_leaves(data, changed, progress=progress, store=store, own=True)
     return head[:-1] + rest

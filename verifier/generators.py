@@ -136,6 +136,15 @@ def text(a: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return windows[:, :-1].copy(), windows[:, 1:].copy()
 
 
+def byte_text(a: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of grammar text as its UTF-8 bytes (the gpt model's tokens); y is x shifted by one."""
+    n, context = a["n"], a["context"]
+    stream = np.frombuffer(grammar_text(rng, max(TEXT_CHARS, 4 * context)).encode(), dtype=np.uint8).astype(np.int64)
+    starts = rng.integers(0, len(stream) - context, n)
+    windows = stream[starts[:, None] + np.arange(context + 1)]
+    return windows[:, :-1].copy(), windows[:, 1:].copy()
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 # Item shapes, value ranges and the size cap are consensus.runnable's (GENERATOR_ITEMS), which
@@ -146,4 +155,5 @@ GENERATORS: dict[str, tuple[dict[str, Arg], Callable]] = {
     "spirals": (S["spirals"], spirals),
     "digits": (S["digits"], digits),
     "text": (S["text"], text),
+    "byte_text": (S["byte_text"], byte_text),
 }

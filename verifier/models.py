@@ -68,9 +68,9 @@ class CNN(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; attention written out so every op is plain and visible."""
 
-    def __init__(self, d_model: int, heads: int):
+    def __init__(self, d_model: int, heads: int, activation: Callable = torch.relu):
         super().__init__()
-        self.heads = heads
+        self.heads, self.activation = heads, activation
         self.ln1 = nn.LayerNorm(d_model)
         # No bias: softmax ignores a bias shared by all keys, so its gradient is pure float noise,
         # which Adam would turn into real updates that differ between honest runs.
@@ -87,17 +87,18 @@ class Block(nn.Module):
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // self.heads))
         att = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
         x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
-        return x + self.fc2(torch.relu(self.fc1(self.ln2(x))))
+        return x + self.fc2(self.activation(self.fc1(self.ln2(x))))
 
 
 class CharTransformer(nn.Module):
     """Tiny causal character model: logits for the next token at every position."""
 
-    def __init__(self, vocab: int, context: int, d_model: int, heads: int, layers: int):
+    def __init__(self, vocab: int, context: int, d_model: int, heads: int, layers: int,
+                 activation: Callable = torch.relu):
         super().__init__()
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(context, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d_model, heads, activation) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
 
@@ -126,6 +127,9 @@ REGISTRY: dict[str, Arch] = {
     "cnn": Arch(MODEL_SCHEMAS["cnn"], lambda a: CNN(a["side"], a["channels"], a["out_dim"])),
     "char_transformer": Arch(MODEL_SCHEMAS["char_transformer"], lambda a: CharTransformer(
         a["vocab"], a["context"], a["d_model"], a["heads"], a["layers"])),
+    # The same architecture at GPT-2 sizes on bytes, with GPT-2's GELU (exact, erf).
+    "gpt": Arch(MODEL_SCHEMAS["gpt"], lambda a: CharTransformer(
+        runnable.BYTE_VOCAB, a["context"], a["d_model"], a["heads"], a["layers"], F.gelu)),
 }
 
 

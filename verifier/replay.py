@@ -65,16 +65,16 @@ malformed checkpoint is the solver's fault and must turn into a verdict, not a c
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
 
-from consensus.blobid import blob_id
 
 from . import checkpoint, training
 from .checkpoint import CheckpointError, TrainState
 from .data import DataError
-from .training import TrainSpec
+from .training import Leaf, TrainSpec
 from .work import ShardWork
 
 FLOOR_PPM = 1000  # a tensor is judged as if it moved at least 0.1% of its norm (see above)
@@ -193,6 +193,10 @@ def states_close(a_bytes: bytes, b_bytes: bytes, tolerance_ppm: int) -> bool:
         a, b = checkpoint.decode(a_bytes), checkpoint.decode(b_bytes)
     except CheckpointError:
         return False
+    return _states_close(a, b, tolerance_ppm)
+
+
+def _states_close(a: TrainState, b: TrainState, tolerance_ppm: int) -> bool:
     if not (checkpoint.is_finite(a) and checkpoint.is_finite(b)) or exact_fault(a, b) is not None:
         return False
     if any(a.params[n].shape != b.params[n].shape for n in a.params) or \
@@ -208,11 +212,11 @@ def _job_state(spec: TrainSpec, raw: bytes) -> TrainState:
     return state
 
 
-def _compare(spec: TrainSpec, start: TrainState, ours_raw: bytes, ours: TrainState, claimed_raw: bytes,
+def _compare(spec: TrainSpec, start: TrainState, ours_id: bytes, ours: TrainState, claimed_id: bytes,
              claimed: TrainState) -> tuple[bool, str]:
     """(ok, why) for a finite recomputed state against a finite claimed one, by the profile."""
     if spec.exact:
-        if ours_raw == claimed_raw:
+        if ours_id == claimed_id:
             return True, "bitwise identical"
         return False, f"hash differs from the recomputed checkpoint ({_difference(ours, claimed)})"
     if not checkpoint.is_finite(ours):
@@ -255,7 +259,7 @@ def _declaration_fault(interval: int, diverged_leaf: int | None, start_finite: b
     return None
 
 
-def _leaves(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes,
+def _leaves(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf,
             diverged_leaf: int | None) -> tuple[TrainState, TrainState] | str:
     """The interval's two leaves decoded and checked by every rule that needs no training (they
     fit the job, the start is at the interval's first step, their finiteness agrees with the
@@ -281,7 +285,7 @@ def _leaves(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt:
     return f"{where}: {fault}" if fault is not None else (start, claimed)
 
 
-def verify_interval(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes,
+def verify_interval(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf,
                     diverged_leaf: int | None = None) -> tuple[bool, str]:
     """Recompute interval `interval` (k steps from leaf `interval` to leaf `interval` + 1) and
     judge the claimed end, under the commit's declared first non-finite leaf (None: all finite).
@@ -300,15 +304,16 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: bytes, claimed_e
     if not checkpoint.is_finite(start):
         ok, why = _after_divergence(spec, start, claimed)
         return ok, f"{where}: {why}"
-    try:
-        ours_raw = training.run_steps(training.ShardData(work), start, spec.k)
+    try:  # exact profiles never look at the start again: train in its tensors, no copy
+        trainer = training.run_trainer(training.ShardData(work), start, spec.k, own=spec.exact)
     except (DataError, ValueError) as exc:
         return False, f"interval cannot be recomputed: {exc}"
-    ours = checkpoint.decode(ours_raw)
+    ours, ours_id = trainer.live(), trainer.digest()
+    claimed_id = checkpoint.checkpoint_hash(claimed_end_ckpt)
     if checkpoint.is_finite(claimed):
-        ok, why = _compare(spec, start, ours_raw, ours, claimed_end_ckpt, claimed)
+        ok, why = _compare(spec, start, ours_id, ours, claimed_id, claimed)
     elif spec.exact:
-        ok = ours_raw == claimed_end_ckpt
+        ok = ours_id == claimed_id
         why = "diverged to the same bytes" if ok else "the claimed divergence differs from the recomputed end"
     elif checkpoint.is_finite(ours):
         ok, why = False, "the recomputed end is finite: no divergence here"
@@ -318,8 +323,8 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: bytes, claimed_e
     return ok, f"{where}: {why}"
 
 
-def verify_step(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes,
-                diverged_leaf: int | None, agreed_ckpt: bytes, step: int, claimed_hash: bytes) -> tuple[bool, str]:
+def verify_step(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf,
+                diverged_leaf: int | None, agreed_ckpt: Leaf, step: int, claimed_hash: bytes) -> tuple[bool, str]:
     """A referee's judgement at the end of a bisection game (exact profiles): the interval's
     leaves obey every rule that needs no training, and one training step from the state both
     parties agreed on at `step` gives the solver's claimed hash for step + 1.
@@ -331,6 +336,7 @@ def verify_step(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_c
         return False, leaves
     if not checkpoint.is_finite(leaves[0]):  # past a divergence nothing is compared bit by bit
         return _after_divergence(work.spec, *leaves)
+    del leaves  # two checkpoints' worth of memory, not needed for the step
     try:
         agreed = _job_state(work.spec, agreed_ckpt)
         if agreed.step != step:
@@ -338,15 +344,15 @@ def verify_step(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_c
     except CheckpointError as exc:
         return False, f"the agreed state is rejected: {exc}"
     try:
-        ours = training.run_steps(training.ShardData(work), agreed, 1)
+        ours = training.run_trainer(training.ShardData(work), agreed, 1, own=True).digest()
     except (DataError, ValueError) as exc:
         return False, f"step {step} cannot be recomputed: {exc}"
-    if blob_id(ours) == claimed_hash:
+    if ours == claimed_hash:
         return True, f"step {step} -> {step + 1}: bitwise identical"
     return False, f"step {step} -> {step + 1}: the solver's hash differs from the recomputed step"
 
 
-def verify_forced(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end_ckpt: bytes) -> tuple[bool, str]:
+def verify_forced(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf) -> tuple[bool, str]:
     """Is the claimed end of a revealed forced-error interval exactly the planted change of the
     honest end (verifier/forced.py)? Exact profiles: equal bytes; `tolerance`: within the bound
     of the planted state. Anything else (the honest end itself, or a model of the solver's
@@ -357,32 +363,41 @@ def verify_forced(work: ShardWork, interval: int, start_ckpt: bytes, claimed_end
         return False, leaves
     start, claimed = leaves
     try:
-        honest = checkpoint.decode(training.run_steps(training.ShardData(work), start, work.spec.k))
+        honest = training.run_trainer(training.ShardData(work), start, work.spec.k).live()
     except (DataError, ValueError) as exc:
         return False, f"interval cannot be recomputed: {exc}"
     planted = forced.corrupt(work.spec, start, honest)
     if work.spec.exact:
-        ok = checkpoint.encode(planted) == claimed_end_ckpt
+        ok = checkpoint.digest(planted) == checkpoint.checkpoint_hash(claimed_end_ckpt)
         return ok, "the planted change, bit for bit" if ok else "not the planted change of the honest end"
     ok, why = _close(start, planted, claimed, work.spec.tolerance_ppm)
     return ok, ("the planted change, " if ok else "not the planted change: ") + why
 
 
-def expected_round_start(spec: TrainSpec, previous_finals: list[bytes]) -> bytes:
+def expected_round_state(spec: TrainSpec, previous_finals: list[Leaf]) -> TrainState:
     """The bytes a round must start from: the job's initial state for round 0 (no finals),
     else the average of the previous round's final checkpoints in shard order.
 
     Raises CheckpointError for a final that does not fit the job and ValueError for a
     non-finite one: a diverged shard ends the job, it never seeds another round."""
     if not previous_finals:
-        return checkpoint.encode(training.init_state(spec))
+        return training.init_state(spec)
+    if all(isinstance(f, Path) for f in previous_finals):  # real sizes: one checkpoint in memory at a time
+        for f in previous_finals:
+            training.check_state(spec, checkpoint.decode(f))
+        return training.average_files(previous_finals)
     finals = [checkpoint.decode(f) for f in previous_finals]
     for state in finals:
         training.check_state(spec, state)
-    return checkpoint.encode(training.average_states(finals))
+    return training.average_states(finals)
 
 
-def verify_round_start(spec: TrainSpec, previous_finals: list[bytes], claimed_start: bytes) -> bool:
+def expected_round_start(spec: TrainSpec, previous_finals: list[Leaf]) -> bytes:
+    """expected_round_state's canonical bytes (small models: held whole)."""
+    return checkpoint.encode(expected_round_state(spec, previous_finals))
+
+
+def verify_round_start(spec: TrainSpec, previous_finals: list[Leaf], claimed_start: Leaf) -> bool:
     """The 'average leaf' check on a shard's first checkpoint.
 
     The average is computed bit-exactly from the finals, so exact profiles demand equal
@@ -390,11 +405,11 @@ def verify_round_start(spec: TrainSpec, previous_finals: list[bytes], claimed_st
     A non-finite final, or a non-finite claimed start, is always refused.
     """
     try:
-        expected = expected_round_start(spec, previous_finals)
-        if not spec.exact:
-            training.check_state(spec, checkpoint.decode(claimed_start))
+        expected = expected_round_state(spec, previous_finals)
+        if spec.exact:
+            return checkpoint.digest(expected) == checkpoint.checkpoint_hash(claimed_start)
+        claimed = checkpoint.decode(claimed_start)
+        training.check_state(spec, claimed)
     except (CheckpointError, ValueError):
         return False  # a final that does not decode was already a fault of its own shard
-    if spec.exact:
-        return expected == claimed_start
-    return states_close(expected, claimed_start, spec.tolerance_ppm)
+    return _states_close(expected, claimed, spec.tolerance_ppm)

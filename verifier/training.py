@@ -21,7 +21,8 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Union
 
 import numpy as np
 import torch
@@ -29,13 +30,13 @@ import torch.nn.functional as F
 
 from . import checkpoint, data, models, optim
 from consensus import runnable
-from consensus.blobid import blob_id
 from consensus.runnable import MAX_TOLERANCE_PPM
 from .checkpoint import CheckpointError, TrainState
 from .data import Dataset
 from .work import ShardWork
 
 log = logging.getLogger("stepchain.verifier")
+Leaf = Union[bytes, Path]  # a checkpoint's canonical bytes, or the file that holds them
 
 EXACT_PROFILES = ("cpu-f32-1thread", "cpu-f64")
 PROFILES = EXACT_PROFILES + ("tolerance",)
@@ -206,12 +207,43 @@ def average_states(states: list[TrainState]) -> TrainState:
     return TrainState(params, opt, 0, rng)
 
 
+def average_files(paths: list[Path]) -> TrainState:
+    """average_states of checkpoint files, bit for bit, holding one checkpoint and a tensor:
+    each tensor is summed across the files (in float64, in list order) and rounded once.
+    Each file is first decoded alone, to be checked as average_states checks its states."""
+    if not paths:
+        raise ValueError("cannot average an empty list of states")
+    indexes = []
+    for i, p in enumerate(paths):
+        if not checkpoint.is_finite(checkpoint.decode(p)):
+            raise ValueError(f"state {i} to average is not finite (its training diverged)")
+        indexes.append(checkpoint.index(p))
+    first = indexes[0]
+    for ix in indexes[1:]:
+        if ix.step != first.step or ix.params.keys() != first.params.keys() or ix.opt.keys() != first.opt.keys():
+            raise ValueError("states to average differ in step or in their tensors")
+
+    def mean(section: str, name: str) -> torch.Tensor:
+        refs = [getattr(ix, section)[name] for ix in indexes]
+        if any(r.shape != refs[0].shape for r in refs):
+            raise ValueError("states to average have tensors of different shapes")
+        total = torch.zeros(refs[0].shape, dtype=torch.float64)
+        for p, ref in zip(paths, refs):
+            total += checkpoint.read_tensor(p, ref).to(torch.float64)
+        return (total / len(paths)).to(checkpoint.DTYPES[refs[0].dtype])
+
+    params = {n: mean("params", n) for n in sorted(first.params)}
+    opt = {n: mean("opt", n) for n in sorted(first.opt)}
+    rng = hashlib.sha256(b"stepchain/rng-average" + b"".join(ix.rng for ix in indexes)).digest()
+    return TrainState(params, opt, 0, rng)
+
+
 def state_dict(spec: TrainSpec, state: TrainState) -> dict[str, torch.Tensor]:
     """Weights that `models.build_model(...).load_state_dict` accepts."""
     return {n: t.detach().to("cpu", copy=True) for n, t in sorted(state.params.items())}
 
 
-def first_nonfinite_leaf(leaves: list[bytes]) -> int | None:
+def first_nonfinite_leaf(leaves: list[Leaf]) -> int | None:
     """What a solver declares with its commit: the index of its first leaf holding an inf or
     a NaN anywhere (weights or optimizer state), or None when every leaf is finite."""
     for i, raw in enumerate(leaves):
@@ -237,14 +269,17 @@ class Trainer:
     referees alike. Training works on copies: the TrainState it started from is unchanged.
     """
 
-    def __init__(self, spec: TrainSpec, state: TrainState, device: torch.device = torch.device("cpu")):
+    def __init__(self, spec: TrainSpec, state: TrainState, device: torch.device = torch.device("cpu"),
+                 own: bool = False):
+        """`own`: the caller hands the state over (it decoded it just for this), so on the CPU
+        the trainer trains in the state's own tensors instead of copying a checkpoint's worth."""
         check_state(spec, state)
         self.spec = spec
-        params = {n: t.to(device, copy=True) for n, t in state.params.items()}
+        params = {n: t.to(device, copy=not own) for n, t in state.params.items()}
         self.model = models.load_params(models.empty_model(spec.model, spec.model_args), params)
         self.names = [n for n, _ in self.model.named_parameters()]
         self.params = [p for _, p in self.model.named_parameters()]
-        opt_state = {n: t.to(device, copy=True) for n, t in state.opt.items()}
+        opt_state = {n: t.to(device, copy=not own) for n, t in state.opt.items()}
         self.opt = optim.Optimizer(spec.optimizer, spec.lr, self.names, self.params, opt_state)
         self.step, self.rng = state.step, state.rng
 
@@ -262,11 +297,19 @@ class Trainer:
         params = {n: p.detach().to("cpu", copy=True) for n, p in zip(self.names, self.params)}
         return TrainState(params, self.opt.export(), self.step, self.rng)
 
-    def encode(self) -> bytes:
-        """Checkpoint bytes of the current state, read straight from the live tensors (encoding
-        copies them out anyway, so a snapshot first would be one copy too many)."""
+    def live(self) -> TrainState:
+        """The current state as views of the live tensors (no copy): read it before the next
+        step, never keep it past one."""
         params = {n: p.detach() for n, p in zip(self.names, self.params)}
-        return checkpoint.encode(TrainState(params, self.opt.export(copy=False), self.step, self.rng))
+        return TrainState(params, self.opt.export(copy=False), self.step, self.rng)
+
+    def encode(self) -> bytes:
+        """Checkpoint bytes of the current state (small models: the bytes are held whole)."""
+        return checkpoint.encode(self.live())
+
+    def digest(self) -> bytes:
+        """The blob id of the current state, streamed from the live tensors (no bytes held)."""
+        return checkpoint.digest(self.live())
 
 
 def train_step(state: TrainState, spec: TrainSpec, batch_x, batch_y) -> TrainState:
@@ -289,8 +332,9 @@ class ShardData:
         idx = data.shard_indices(len(work.dataset), shard.count, shard.index)
         self.spec, self.size = spec, len(idx)
         self.device = resolve_device(spec, work.device)
-        self.x = _inputs(spec, work.dataset.x[idx]).to(self.device)
-        self.y = torch.as_tensor(work.dataset.y[idx]).long().to(self.device)
+        x, y = work.dataset.take(idx)  # this shard's items only, gathered once
+        self.x = _inputs(spec, x).to(self.device)
+        self.y = torch.as_tensor(y).long().to(self.device)
         self.seed = data.order_seed(shard.job_id, shard.round, shard.index)
 
     def batches(self, first_step: int, n_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -300,26 +344,35 @@ class ShardData:
             yield self.x.index_select(0, row), self.y.index_select(0, row)
 
 
+class LeafStore(Protocol):
+    """Where a shard's leaves go as they are made (verifier/leaves.py keeps them on disk)."""
+
+    def put(self, index: int, state: TrainState) -> Leaf: ...
+
+
 def train_leaves(shard_data: ShardData, start_state: TrainState,
-                 on_checkpoint: Callable[[int, bytes], None] | None = None,
-                 progress: Callable[[int], None] | None = None, last_leaf: int | None = None) -> list[bytes]:
+                 on_checkpoint: Callable[[int, Leaf], None] | None = None,
+                 progress: Callable[[int], None] | None = None, last_leaf: int | None = None,
+                 store: LeafStore | None = None, own: bool = False) -> list[Leaf]:
     """Checkpoints from start_state (a multiple of k) to leaf `last_leaf` (default: the end of
-    the round), every k steps."""
+    the round), every k steps: bytes, or what `store` keeps them as (files), written as each
+    is made so that no process holds a trajectory. `own`: train in start_state's tensors."""
     spec = shard_data.spec
     if start_state.step % spec.k or start_state.step > spec.steps:
         raise CheckpointError(f"a shard resumes at a multiple of k={spec.k} up to {spec.steps}, "
                               f"not at step {start_state.step}")
     first_leaf = start_state.step // spec.k
     last_leaf = spec.steps // spec.k if last_leaf is None else last_leaf
-    leaves = [checkpoint.encode(start_state)]
+    keep = store.put if store is not None else (lambda _, state: checkpoint.encode(state))
+    leaves = [keep(first_leaf, start_state)]
     if on_checkpoint:
         on_checkpoint(first_leaf, leaves[0])
     with determinism(spec):
-        trainer = Trainer(spec, start_state, shard_data.device)
+        trainer = Trainer(spec, start_state, shard_data.device, own=own)
         for leaf in range(first_leaf + 1, last_leaf + 1):
             for x, y in shard_data.batches(trainer.step, spec.k):
                 trainer.train_step(x, y)
-            leaves.append(trainer.encode())  # the only encoding: once per k steps
+            leaves.append(keep(leaf, trainer.live()))  # the only encoding: once per k steps
             if on_checkpoint:
                 on_checkpoint(leaf, leaves[-1])
             if progress:
@@ -328,8 +381,9 @@ def train_leaves(shard_data: ShardData, start_state: TrainState,
 
 
 def train_shard(work: ShardWork, start_state: TrainState,
-                on_checkpoint: Callable[[int, bytes], None] | None = None,
-                progress: Callable[[int], None] | None = None) -> list[bytes]:
+                on_checkpoint: Callable[[int, Leaf], None] | None = None,
+                progress: Callable[[int], None] | None = None, store: LeafStore | None = None,
+                own: bool = False) -> list[Leaf]:
     """A solver's work: canonical checkpoints at steps 0, k, 2k, ..., steps (leaf 0 = start).
 
     `on_checkpoint(leaf_index, bytes)` sees each leaf as it is made (to store it early);
@@ -337,11 +391,13 @@ def train_shard(work: ShardWork, start_state: TrainState,
     """
     if start_state.step != 0:
         raise CheckpointError(f"a round starts at step 0, not {start_state.step}")
-    return train_leaves(ShardData(work), start_state, on_checkpoint, progress)
+    return train_leaves(ShardData(work), start_state, on_checkpoint, progress, store=store, own=own)
 
 
-def run_interval(work: ShardWork, start_ckpt: bytes, start_step: int, n_steps: int) -> bytes:
-    """Recompute n_steps steps from a checkpoint taken at start_step; the result's bytes.
+def run_interval(work: ShardWork, start_ckpt: Leaf, start_step: int, n_steps: int,
+                 save_to: Path | None = None) -> Leaf:
+    """Recompute n_steps steps from a checkpoint taken at start_step; the result's bytes (or,
+    with `save_to`, the file it is written to).
 
     Raises CheckpointError when the start checkpoint is malformed, is not at start_step, or
     does not fit the job: a solver who published it is at fault.
@@ -352,10 +408,14 @@ def run_interval(work: ShardWork, start_ckpt: bytes, start_step: int, n_steps: i
     state = checkpoint.decode(start_ckpt)
     if state.step != start_step:
         raise CheckpointError(f"start checkpoint is at step {state.step}, not {start_step}")
-    return run_steps(ShardData(work), state, n_steps)
+    trainer = run_trainer(ShardData(work), state, n_steps, own=True)
+    if save_to is None:
+        return trainer.encode()
+    checkpoint.save(trainer.live(), save_to)
+    return save_to
 
 
-def step_hashes(work: ShardWork, start_ckpt: bytes, n_steps: int) -> list[bytes]:
+def step_hashes(work: ShardWork, start_ckpt: Leaf, n_steps: int) -> list[bytes]:
     """The blob id of the checkpoint after each of n_steps steps from start_ckpt (entry j is the
     state j + 1 steps on): what a party to a bisection game recomputes from its own leaf
     instead of storing every step."""
@@ -363,20 +423,26 @@ def step_hashes(work: ShardWork, start_ckpt: bytes, n_steps: int) -> list[bytes]
     shard_data = ShardData(work)
     hashes = []
     with determinism(work.spec):
-        trainer = Trainer(work.spec, state, shard_data.device)
-        for x, y in shard_data.batches(state.step, n_steps):
+        trainer = Trainer(work.spec, state, shard_data.device, own=True)
+        for x, y in shard_data.batches(trainer.step, n_steps):
             trainer.train_step(x, y)
-            hashes.append(blob_id(trainer.encode()))
+            hashes.append(trainer.digest())
     return hashes
+
+
+def run_trainer(shard_data: ShardData, state: TrainState, n_steps: int, own: bool = False) -> Trainer:
+    """n_steps steps from a decoded state on the shard's batches; the trainer, to read the
+    result from without a copy (`own`: train in the state's own tensors)."""
+    with determinism(shard_data.spec):
+        trainer = Trainer(shard_data.spec, state, shard_data.device, own=own)
+        for x, y in shard_data.batches(trainer.step, n_steps):
+            trainer.train_step(x, y)
+        return trainer
 
 
 def run_steps(shard_data: ShardData, state: TrainState, n_steps: int) -> bytes:
     """n_steps steps from a decoded state on the shard's batches; the result's bytes."""
-    with determinism(shard_data.spec):
-        trainer = Trainer(shard_data.spec, state, shard_data.device)
-        for x, y in shard_data.batches(state.step, n_steps):
-            trainer.train_step(x, y)
-        return trainer.encode()
+    return run_trainer(shard_data, state, n_steps).encode()
 
 
 @torch.no_grad()

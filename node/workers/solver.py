@@ -15,19 +15,28 @@ the solver then plants it (verifier/forced.py). It reveals the secret when a cha
 Disputes: in an exact profile a challenge opens a bisection game; the solver posts its state
 hash at each midpoint, recomputed from its own leaf (it keeps leaves, not every step), and
 uploads the state the game ends on for the referees.
+
+Memory: leaves are written to disk as training makes them (verifier/leaves.py) and uploaded
+as streams; blobs this worker needs are fetched into files (blobcache.py). A shard's leaves
+are kept until it is settled (or no longer ours), then deleted.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import shutil
+
 from consensus import codec, merkle
 from consensus.blobid import blob_id
 from consensus.crypto import PrivateKey, format_address
 from consensus.forced import forced_interval
-from consensus.jobs import Challenge, ChallengeKind, Job, Shard, ShardStatus
+from consensus.jobs import Challenge, ChallengeKind, Job, JobStatus, Shard, ShardStatus
+
+from verifier.leaves import LeafDir
 
 from ..client import Client, make_tx
+from .blobcache import BlobCache, upload
 from .common import JobContext, SecretTree, Unavailable, ensure_registered, poll
 
 log = logging.getLogger("stepchain.solver")
@@ -50,9 +59,10 @@ class Solver:
         self.sent: set[tuple] = set()   # defence moves sent: (shard key, what, state of the dispute)
         self.games: dict[tuple, list[bytes]] = {}  # challenge -> our hash after each step of its interval
         self.roots: dict[tuple, bytes] = {}  # shard -> the root of the checkpoints we keep for it
+        self.blobs = BlobCache(client, workdir / "blobs")
 
-    def fetch(self, digest: bytes) -> bytes | None:
-        return self.client.get_blob(digest.hex())
+    def fetch(self, digest: bytes) -> Path | None:
+        return self.blobs.fetch(digest)
 
     def jobs(self) -> list[Job]:
         return [self.client.job(j) for j in self.client.get("/jobs")["active"]]
@@ -69,63 +79,95 @@ class Solver:
             for i, shard in enumerate(job.shards):
                 if shard.solver != self.key.address:
                     continue
+                self.blobs.release()  # what the last shard fetched may be trimmed now
                 shards.add((job.id, job.round, i))
                 games |= {(job.id, job.round, i, ch.challenger, ch.opened) for ch in shard.challenges}
                 if shard.status == ShardStatus.ASSIGNED:
                     self.solve(job, i)
                 elif shard.commit is not None and shard.status != ShardStatus.PASSED:
                     self.defend(job, i, shard, rate)
+                elif shard.status == ShardStatus.PASSED:
+                    shards.discard((job.id, job.round, i))  # settled: nothing can ask for its leaves
         self.forget(shards, games)
 
     def forget(self, shards: set, games: set) -> None:
-        """Drop what we kept for shards no longer ours and games no longer open (bounded memory)."""
+        """Drop what we kept for shards no longer ours, or settled, and games no longer open
+        (bounded memory and disk). Leaves go only on the chain's word that nothing can ask
+        for them again: a node still catching up (or briefly listing no jobs) loses us nothing."""
+        for d in self.workdir.glob("shard-*"):
+            key = _shard_key(d.name)
+            if d.is_dir() and key is not None and key[:3] not in shards and self._finished(*key):
+                shutil.rmtree(d, ignore_errors=True)
         self.sent = {s for s in self.sent if s[0] in shards}
         self.games = {g: hashes for g, hashes in self.games.items() if g in games}
         self.failures = {f: n for f, n in self.failures.items() if f in shards}
         self.roots = {r: root for r, root in self.roots.items() if r in shards}
+
+    def _finished(self, job_id: bytes, round_: int, index: int, secret: int) -> bool:
+        """Is this assignment of ours over: its job closed or past its round, or the shard
+        passed or held by another assignment? Unknown (the node cannot say): not finished."""
+        from ..client import RpcError
+        try:
+            job = self.client.job(job_id.hex())
+        except (RpcError, ValueError):
+            return False
+        if job.status != JobStatus.ACTIVE or job.round > round_:
+            return True
+        if job.round < round_ or not 0 <= index < len(job.shards):
+            return False
+        shard = job.shards[index]
+        return shard.status == ShardStatus.PASSED or shard.solver != self.key.address or shard.secret_index != secret
 
     def forced(self, job: Job, shard: Shard, rate: int, diverged_leaf: int = 0) -> int | None:
         """The interval this shard must carry a forced error in (None: none), from our secret."""
         n = job.spec["steps"] // job.spec["k"]
         return forced_interval(self.secrets.element(shard.secret_index), shard.assign_beacon, n, rate, diverged_leaf)
 
-    def _train(self, job: Job, index: int) -> tuple[list[bytes], int]:
-        """(checkpoints, diverged_leaf) of the shard: honest (with its forced error, if it
-        carries one), or what the cheat publishes."""
-        from verifier import adversary, checkpoint, forced, training
+    def shard_dir(self, job: Job, index: int) -> Path:
+        """Per assignment: a shard reassigned to us later (another secret, maybe another forced
+        error) is trained afresh, never answered from the leaves of the first assignment."""
+        secret = job.shards[index].secret_index
+        return self.workdir / f"shard-{job.id.hex()}-{job.round}-{index}-{secret}"
+
+    def _train(self, job: Job, index: int, leaves: LeafDir) -> int:
+        """Train the shard into `leaves`: honest (with its forced error, if it carries one), or
+        what the cheat publishes; the diverged leaf to declare (0: none)."""
+        from verifier import adversary, forced
         ctx = JobContext(job, self.fetch)
         work = ctx.work(index, self.device)
-        start = checkpoint.decode(ctx.expected_start())
+        start = ctx.expected_start()
         if self.cheat and self.cheat not in WITHHOLDING:
             published = adversary.publish(self.cheat, work, start)
-            return published.leaves, published.diverged_leaf or 0
+            for i, raw in enumerate(published.leaves):
+                leaves.put_raw(i, raw)
+            return published.diverged_leaf or 0
         planted = self.forced(job, job.shards[index], self.client.get("/params")["forced_error_ppm"])
         if planted is not None:
             log.info("job %s r%d shard %d carries a forced error in interval %d", job.id.hex()[:8], job.round,
                      index, planted)
         bar = _progress(f"job {job.id.hex()[:8]} r{job.round} shard {index}", ctx.spec.steps) if self.progress else None
         try:
-            leaves = forced.train_with_forced_error(work, start, planted, progress=bar.update if bar else None)
+            forced.train_with_forced_error(work, start, planted, progress=bar.update if bar else None,
+                                           store=leaves, own=True)
         finally:
             if bar:
                 bar.close()
-        return leaves, training.first_nonfinite_leaf(leaves) or 0
+        return leaves.first_nonfinite(work.intervals + 1) or 0
 
     def solve(self, job: Job, index: int) -> None:
-        cache = self.workdir / f"{job.id.hex()}-{job.round}-{index}.ckpts"
-        if cache.exists():
-            checkpoints, diverged = codec.decode(cache.read_bytes(), max_size=1 << 31)
-        else:
+        count = job.spec["steps"] // job.spec["k"] + 1
+        store = LeafDir(self.shard_dir(job, index))
+        if store.done is None:  # not trained yet, or interrupted: train (again) from the start
             try:
-                checkpoints, diverged = self._train(job, index)
+                store.finish(self._train(job, index, store))
             except Unavailable as exc:
                 return self._cannot_run(job, index, str(exc))
-            cache.write_bytes(codec.encode([checkpoints, diverged]))
-        leaves = [blob_id(c) for c in checkpoints]
+        diverged = store.done
+        leaves = store.hashes(count)
         manifest = codec.encode(leaves)
         if self.cheat not in WITHHOLDING:
-            for c in checkpoints:
-                self.client.put_blob(c)
+            for path in store.paths(count):
+                upload(self.client, path)
             self.client.put_blob(manifest)
         body = {"job": job.id, "round": job.round, "shard": index,
                 "root": merkle.root(leaves), "leaves": len(leaves), "manifest": blob_id(manifest),
@@ -145,20 +187,22 @@ class Solver:
             self.send("decline", {"job": job.id, "round": job.round, "shard": index})
             log.warning("declined job %s round %d shard %d", job.id.hex()[:8], job.round, index)
 
-    def checkpoints(self, job: Job, index: int) -> list[bytes] | None:
-        cache = self.workdir / f"{job.id.hex()}-{job.round}-{index}.ckpts"
-        if not cache.exists():
+    def checkpoints(self, job: Job, index: int) -> LeafDir | None:
+        """The leaves we trained for a shard, on disk (None if we have none)."""
+        d = self.shard_dir(job, index)
+        if not d.is_dir():
             return None
-        return codec.decode(cache.read_bytes(), max_size=1 << 31)[0]
+        store = LeafDir(d)
+        return store if store.done is not None else None
 
     def our_root(self, job: Job, index: int) -> bytes | None:
-        """The root of the checkpoints we keep for a shard, hashed once (it is asked every poll)."""
+        """The root of the checkpoints we keep for a shard (it is asked every poll)."""
         key = (job.id, job.round, index)
         if key not in self.roots:
-            checkpoints = self.checkpoints(job, index)
-            if checkpoints is None:
+            store = self.checkpoints(job, index)
+            if store is None:
                 return None
-            self.roots[key] = merkle.root([blob_id(c) for c in checkpoints])
+            self.roots[key] = merkle.root(store.hashes(job.spec["steps"] // job.spec["k"] + 1))
         return self.roots[key]
 
     def defend(self, job: Job, index: int, shard: Shard, rate: int) -> None:
@@ -186,31 +230,33 @@ class Solver:
             for ch in ours:
                 self.play(job, index, ch, checkpoints, body)
 
-    def play(self, job: Job, index: int, ch: Challenge, checkpoints: list[bytes], body: dict) -> None:
+    def play(self, job: Job, index: int, ch: Challenge, checkpoints: LeafDir, body: dict) -> None:
         """Post our midpoint hash, or upload the state a finished game starts its last step from."""
-        from verifier import training
+        from verifier import checkpoint, training
         game = ch.game
         work = JobContext(job, self.fetch).work(index, self.device)
-        first, leaf = ch.interval * job.spec["k"], checkpoints[ch.interval]
+        first, leaf = ch.interval * job.spec["k"], checkpoints.path(ch.interval)
         gkey = (job.id, job.round, index, ch.challenger, ch.opened)  # games opened in one block differ
         if game.narrowed:
-            state = leaf if game.lo == first else training.run_interval(work, leaf, first, game.lo - first)
-            if blob_id(state) == game.lo_hash:
-                self.client.put_blob(state)
+            state = leaf if game.lo == first else training.run_interval(
+                work, leaf, first, game.lo - first, save_to=checkpoints.dir / f"step-{game.lo}.ckpt")
+            if checkpoint.checkpoint_hash(state) == game.lo_hash:
+                upload(self.client, state)
         else:
             if gkey not in self.games:
-                self.games[gkey] = [blob_id(leaf)] + training.step_hashes(work, leaf, job.spec["k"])
+                self.games[gkey] = [checkpoints.ids[ch.interval]] + training.step_hashes(work, leaf, job.spec["k"])
             self.send("midpoint", {**body, "challenger": ch.challenger, "opened": ch.opened,
                                    "hash": self.games[gkey][game.mid - first]})
             log.info("job %s shard %d: posted the midpoint at step %d", job.id.hex()[:8], index, game.mid)
         self.sent.add(((job.id, job.round, index), ch.challenger, ch.opened, game.moves))
 
-    def serve_all(self, checkpoints: list[bytes]) -> None:
+    def serve_all(self, checkpoints: LeafDir) -> None:
         """Test cheat withhold-then-serve: once an availability challenge names a blob, serve
         everything (the challenger should lose only its fee)."""
-        for c in checkpoints:
-            self.client.put_blob(c)
-        self.client.put_blob(codec.encode([blob_id(c) for c in checkpoints]))
+        count = len(checkpoints.ids)
+        for path in checkpoints.paths(count):
+            upload(self.client, path)
+        self.client.put_blob(codec.encode(checkpoints.hashes(count)))
 
     def send(self, kind: str, body: dict) -> dict:
         status = self.client.status()
@@ -218,6 +264,15 @@ class Solver:
         tx = make_tx(self.key, status["chain_id"], kind, body, acct["next_nonce"], 1)
         self.client.broadcast(tx)
         return self.client.wait_for_tx(tx.hash.hex())
+
+
+def _shard_key(name: str) -> tuple | None:
+    """(job id, round, shard, secret index) from a shard directory's name, None if it is not one."""
+    try:
+        _, job, round_, index, secret = name.split("-")
+        return bytes.fromhex(job), int(round_), int(index), int(secret)
+    except ValueError:
+        return None
 
 
 def _progress(desc: str, total: int):

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from consensus import merkle
-from consensus.blobid import blob_id
 from consensus.crypto import PrivateKey, format_address
 from consensus.jobs import Challenge, Job, Shard, ShardStatus
 from consensus.sampling import verifier_intervals
 
 from ..client import Client, RpcError, make_tx
+from .blobcache import BlobCache, upload
 from .common import (JobContext, SecretStore, Unavailable, Verdict, check_interval, check_revealed, check_start,
                      ensure_registered, poll)
 
@@ -79,7 +79,7 @@ class Finding:
 
 class Verifier:
     def __init__(self, client: Client, key: PrivateKey, workdir: Path, whistleblower: bool = False,
-                 lazy: bool = False, extra_checks: int = 1):
+                 lazy: bool = False, extra_checks: int = 1, device: str = "cpu"):
         self.client, self.key = client, key
         self.me = format_address(key.address)
         self.secrets = SecretStore(workdir / "secrets.json")
@@ -91,9 +91,11 @@ class Verifier:
         self.missing: dict[tuple, int] = {}
         self.games: dict[tuple, list[bytes]] = {}  # challenge -> our hash after each step of its interval
         self.moved: dict[tuple, int] = {}          # game moves sent (challenge, moves then) -> scans since
+        self.blobs = BlobCache(client, workdir / "blobs")
+        self.device = device
 
-    def fetch(self, digest: bytes) -> bytes | None:
-        return self.client.get_blob(digest.hex())
+    def fetch(self, digest: bytes) -> Path | None:
+        return self.blobs.fetch(digest)
 
     def run(self, once: bool = False) -> None:
         log.info("verifier %s watching for shards to check%s", self.me,
@@ -112,6 +114,7 @@ class Verifier:
         for job_id in self.client.get("/jobs")["active"]:
             job = self.client.job(job_id)
             for i, shard in enumerate(job.shards):
+                self.blobs.release()  # what the last shard's checks fetched may be trimmed now
                 ch = shard.open_challenge(self.key.address)
                 if ch is not None and ch.game is not None:
                     games.add((job.id, job.round, i, ch.opened))
@@ -169,19 +172,19 @@ class Verifier:
             return  # we uploaded it with the challenge; the node is catching up
         first = ch.interval * ctx.spec.k
         from verifier import training
-        from verifier.checkpoint import CheckpointError
+        from verifier.checkpoint import CheckpointError, checkpoint_hash
         if key not in self.games:
             try:
-                self.games[key] = [blob_id(start)] + training.step_hashes(ctx.work(index), start, ctx.spec.k)
+                self.games[key] = [ch.start_leaf] + training.step_hashes(ctx.work(index), start, ctx.spec.k)
             except CheckpointError:  # the start leaf is not a state of this job: no step after it is
                 self.games[key] = []  # right, so disagree all the way down to it (the referees see it)
         ours = self.games[key]
         if game.narrowed:
             if ours:
-                state = start if game.lo == first else training.run_interval(ctx.work(index), start, first,
-                                                                              game.lo - first)
-                if blob_id(state) == game.lo_hash:
-                    self.client.put_blob(state)
+                state = start if game.lo == first else training.run_interval(
+                    ctx.work(index), start, first, game.lo - first, save_to=self.blobs.dir / f".step-{game.lo}")
+                if checkpoint_hash(state) == game.lo_hash:
+                    upload(self.client, state)
             self.moved[(key, game.moves)] = 0
             return
         agree = bool(ours) and ours[game.mid - first] == game.mid_hash
@@ -231,12 +234,12 @@ class Verifier:
             if shard.revealed_at and i == shard.forced:  # wrong on purpose: by exactly the planted change?
                 judged = check_revealed(ctx, index, i, leaves[i], leaves[i + 1])
             else:
-                judged = check_interval(ctx, index, i, leaves[i], leaves[i + 1])
+                judged = check_interval(ctx, index, i, leaves[i], leaves[i + 1], self.device)
             if judged.verdict == Verdict.UNDECIDED:
                 return Finding(Verdict.UNDECIDED, judged.why)
             if judged.verdict == Verdict.FAULT:
                 for leaf in (i, i + 1):  # so referees can fetch them whatever the solver does
-                    self.client.put_blob(ctx.fetch(leaves[leaf]))
+                    upload(self.client, ctx.fetch(leaves[leaf]))
                 unplanted = {"unplanted": True} if shard.revealed_at and i == shard.forced else {}
                 return Finding(Verdict.FAULT, f"interval {i}: {judged.why}", {
                     "interval": i, "start_leaf": leaves[i], "start_proof": merkle.proof(leaves, i),

@@ -82,9 +82,11 @@ def decode(data: bytes, max_size: int = MAX_DECODE_BYTES, max_depth: int = MAX_D
         raise CodecError("expected bytes")
     if len(data) > max_size:
         raise CodecError(f"input of {len(data)} bytes exceeds the limit of {max_size}")
+    if not isinstance(data, (bytes, bytearray)):
+        data = bytes(data)  # (a bytearray, a transport's decrypted frame, is read as it is: no copy)
     try:
         value = msgpack.unpackb(
-            bytes(data),
+            data,
             raw=False,
             strict_map_key=False,
             use_list=True,
@@ -98,6 +100,6 @@ def decode(data: bytes, max_size: int = MAX_DECODE_BYTES, max_depth: int = MAX_D
             msgpack.exceptions.StackError) as exc:
         # TypeError: msgpack's "unhashable type" for a list or map used as a map key.
         raise CodecError(f"malformed msgpack: {exc}") from None
-    if encode(value, max_depth) != bytes(data):
+    if encode(value, max_depth) != data:
         raise CodecError("non-canonical encoding")
     return value

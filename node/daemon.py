@@ -56,7 +56,7 @@ class Node:
                              misbehave=self.config.misbehave)
         self.network = Network(self.chain, self.engine, self.key, self.config.p2p_listen, self.config.seeds,
                                self.config.max_frame_bytes, home.path / "blobs",
-                               external=self.config.p2p_external)
+                               external=self.config.p2p_external, misbehave=self.config.misbehave)
         self.storage = BlobKeeper(self.chain, self.network.blobs, self.config)
 
     async def _broadcast(self, kind: str, msg, skip: frozenset = frozenset()) -> None:

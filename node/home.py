@@ -33,7 +33,8 @@ class Config:
     max_frame_bytes: int = 4 * 1024 * 1024
     # Test networks only: "double-prevote" makes this validator equivocate; "crash-engine" kills
     # its consensus engine after block 2; "busy-referee" keeps a referee thread in torch;
-    # "hang-on-stop" makes the shutdown wait forever, so that the hard deadline ends it.
+    # "hang-on-stop" makes the shutdown wait forever, so that the hard deadline ends it;
+    # "slow-blobs" serves blob chunks at one per 50 ms per peer (to interrupt a transfer).
     misbehave: str = ""
     # HOST:PORT that peers should dial to reach us (told in the hello and passed on by PEX), for
     # a node behind NAT or a proxy, like CometBFT's external_address; empty: p2p_listen.

@@ -9,19 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
 from consensus import codec
 from consensus.bft import verify_commit
 from consensus.state import BlockError
 from consensus.store import StoreError
 from consensus.types import Block, Commit, DecodeError, DuplicateVoteEvidence, Proposal, Tx, Vote
-from p2p.blobs import Assembly, BlobError, BlobStore
+from p2p.blobs import BlobError, BlobStore
 from p2p.gossip import Gossip, Misbehaviour, Peer
 from p2p.ratelimit import TokenBucket
 from p2p.sync import SyncPlanner, serve_range
 from p2p.transport import make_hello
 
+from .blobxfer import BlobTransfers
 from .chain import Chain
 from .engine import Engine
 from .mempool import InvalidTx, Rejected
@@ -36,14 +37,7 @@ INVALID_TX = 20  # per tx that can never execute: five in a message is a ban
 # rejects (a used nonce): bounded per peer, so no peer can buy a whole core for free.
 TX_RATE_PER_PEER = 5_000.0
 TX_BURST_PER_PEER = 20_000.0
-
-
-@dataclass
-class _Fetch:
-    done: asyncio.Future
-    asked: set
-    source: bytes | None = None
-    assembly: Assembly | None = None
+IN_MEMORY_BLOB = 64 * 1024 * 1024  # fetch_blob reads at most this into memory; bigger: fetch_blob_file
 
 
 def _decode(fn, payload, what: str):
@@ -55,7 +49,7 @@ def _decode(fn, payload, what: str):
 
 class Network:
     def __init__(self, chain: Chain, engine: Engine, key, listen: str, seeds: list[str], frame_limit: int,
-                 blob_dir, external: str = ""):
+                 blob_dir, external: str = "", misbehave: str = ""):
         self.chain, self.engine = chain, engine
         self.listen = listen
         self.advertised = external or listen  # what peers dial: the hello's `listen`
@@ -65,7 +59,7 @@ class Network:
         self._tx_buffer: list = []
         self._wake_sync = asyncio.Event()
         self.blobs = BlobStore(blob_dir, chain.genesis.params["max_blob_bytes"])
-        self._fetches: dict[bytes, _Fetch] = {}
+        self.transfers = BlobTransfers(self.gossip, self.blobs, frame_limit, misbehave)
         self._tx_budgets: dict[bytes, TokenBucket] = {}
         self.loops: dict[asyncio.Task, str] = {}  # the node stops if one of these ends
 
@@ -76,13 +70,12 @@ class Network:
 
     def end_fetches(self) -> None:
         """Shutting down: every blob fetch still waiting on peers ends now, empty-handed."""
-        for fetch in self._fetches.values():
-            if not fetch.done.done():
-                fetch.done.set_result(None)
+        self.transfers.end_all()
 
     async def stop(self) -> None:
         self.end_fetches()
         await self.gossip.stop()
+        self.transfers.close()
 
     # -- outgoing -------------------------------------------------------------------------
 
@@ -231,69 +224,38 @@ class Network:
 
     # -- blobs ----------------------------------------------------------------------------
 
+    async def fetch_blob_file(self, digest: bytes, timeout: float = 600.0) -> Path | None:
+        """Our copy, or one fetched from peers to disk, every chunk verified (node/blobxfer.py)."""
+        return await self.transfers.fetch_file(digest, timeout)
+
     async def fetch_blob(self, digest: bytes, timeout: float = 30.0) -> bytes | None:
-        """Our copy, or one fetched from a peer in chunks and verified by hash."""
-        local = self.blobs.get(digest)
-        if local is not None or not self.gossip.peers:
-            return local
-        fetch = self._fetches.get(digest)
-        if fetch is None:
-            fetch = self._fetches[digest] = _Fetch(asyncio.get_running_loop().create_future(),
-                                                   set(self.gossip.peers))
-            for peer in self.gossip.peers.values():
-                peer.send("blob_get", [digest, 0])
-        try:
-            return await asyncio.wait_for(asyncio.shield(fetch.done), timeout)
-        except asyncio.TimeoutError:
+        """A small blob's bytes (ours or fetched); a blob over IN_MEMORY_BLOB is refused."""
+        path = await self.fetch_blob_file(digest, timeout)
+        if path is None:
             return None
-        finally:
-            if fetch.done.done():
-                self._fetches.pop(digest, None)
+        size = path.stat().st_size
+        if size > IN_MEMORY_BLOB:
+            raise BlobError(f"blob of {size} bytes is too large to read into memory: use fetch_blob_file")
+        return path.read_bytes()
 
     def _on_blob_get(self, peer: Peer, payload) -> bool:
-        if type(payload) is not list or len(payload) != 2 or type(payload[0]) is not bytes \
-                or type(payload[1]) is not int:
-            raise Misbehaviour(MALFORMED, "blob_get must be [hash, chunk index]")
-        try:
-            part = self.blobs.chunk(payload[0], payload[1])
-        except BlobError as exc:
-            raise Misbehaviour(MALFORMED, str(exc)) from None
-        if part is None:
-            peer.send("blob_missing", payload[0])
-        else:
-            peer.send("blob_chunk", [payload[0], payload[1], part[1], part[0]])
-        return False
-
-    def _on_blob_missing(self, peer: Peer, payload) -> bool:
-        fetch = self._fetches.get(payload) if type(payload) is bytes else None
-        if fetch is not None:
-            fetch.asked.discard(peer.id)
-            if not fetch.asked and not fetch.done.done() and fetch.assembly is None:
-                fetch.done.set_result(None)
+        self.transfers.on_get(peer, payload)
         return False
 
     def _on_blob_chunk(self, peer: Peer, payload) -> bool:
-        if type(payload) is not list or len(payload) != 4:
-            raise Misbehaviour(MALFORMED, "blob_chunk must be [hash, index, total, data]")
-        digest, index, total, data = payload
-        fetch = self._fetches.get(digest) if type(digest) is bytes else None
-        if fetch is None or fetch.done.done():
-            return False  # unsolicited or already complete (another peer was faster)
-        if fetch.source is None:
-            fetch.source = peer.id
-            fetch.assembly = Assembly(digest, self.blobs.max_bytes)
-        if fetch.source != peer.id:
-            return False
-        try:
-            blob = fetch.assembly.add(index, total, data)
-        except (BlobError, TypeError) as exc:
-            fetch.source, fetch.assembly = None, None
-            raise Misbehaviour(MALFORMED, f"bad blob chunk: {exc}") from None
-        if blob is None:
-            peer.send("blob_get", [digest, fetch.assembly.next_index])
-        else:
-            self.blobs.put(blob)
-            fetch.done.set_result(blob)
+        self.transfers.on_chunk(peer, payload)
+        return False
+
+    def _on_blob_missing(self, peer: Peer, payload) -> bool:
+        self.transfers.on_missing(peer, payload)
+        return False
+
+    def _on_blob_leaves_get(self, peer: Peer, payload) -> bool:
+        self.transfers.on_leaves_get(peer, payload)
+        return False
+
+    def _on_blob_leaves(self, peer: Peer, payload) -> bool:
+        self.transfers.on_leaves(peer, payload)
         return False
 
     async def _sync_loop(self) -> None:

@@ -191,6 +191,7 @@ class Rpc:
             web.get("/peers", self.peers),
             web.post("/blob", self.put_blob),
             web.get("/blob/{hash}", self.get_blob),
+            web.get("/debug/blob_fetches", self.blob_fetches),
             web.get("/jobs", self.jobs),
             web.get("/params", self.params),
             web.get("/job/{id}", self.job),
@@ -330,12 +331,17 @@ class Rpc:
         if self.node.network.blobs.has(digest):  # ours: streamed from disk
             return web.FileResponse(self.node.network.blobs.path(digest),
                                     headers={"Content-Type": "application/octet-stream"})
-        data = await self.node.network.fetch_blob(digest)
-        if data is None and self.node.stopping:
+        path = await self.node.network.fetch_blob_file(digest)  # to disk from peers, then streamed
+        if path is None and self.node.stopping:
             return _error(503, "node is shutting down")
-        if data is None:
+        if path is None and digest in self.node.network.transfers.active:  # slow peers: it goes on
+            return _error(504, "blob still being fetched from peers: ask again later")
+        if path is None:
             return _error(404, "blob not found on this node or its peers")
-        return web.Response(body=data, content_type="application/octet-stream")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+    async def blob_fetches(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.network.transfers.report())
 
     async def params(self, request: web.Request) -> web.Response:
         return web.json_response(get_params(self.chain.view()))

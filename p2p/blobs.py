@@ -2,8 +2,10 @@
 
 A blob's name is its id (consensus/blobid.py: the Merkle root over its 1 MiB chunks), so
 whatever a peer sends is checked by hashing before it is stored or used. Blobs travel in
-1 MiB chunks (well under the frame limit);
-``Assembly`` collects one blob's chunks from one peer and refuses anything inconsistent.
+1 MiB chunks (well under the frame limit), each checked against its leaf hash on arrival
+(p2p/blobfetch.py). Beside each blob ``<hex>.leaves`` keeps those leaf hashes (32 bytes per
+MiB), written at commit or computed once by reading the blob, so a peer is told them
+without the blob being hashed again; a sidecar is checked against the id before it is used.
 
 ``BlobWriter`` stores a blob as it arrives (an RPC upload streamed in pieces): written to a
 temporary file and hashed incrementally, never held whole in memory, and moved under its
@@ -16,7 +18,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from consensus.blobid import CHUNK, BlobHasher, blob_id
+from consensus.blobid import CHUNK, BlobHasher, chunk_count
+
+from .blobfetch import check_leaves
 
 DEFAULT_MAX_BLOB = 64 * 1024 * 1024
 
@@ -55,6 +59,52 @@ class BlobStore:
         """A blob written piece by piece; `expect` is the hash it must turn out to have."""
         return BlobWriter(self, expect)
 
+    def leaves_path(self, digest: bytes) -> Path:
+        return self.dir / f"{digest.hex()}.leaves"
+
+    def stored_leaves(self, digest: bytes) -> bytes | None:
+        """The blob's chunk leaf hashes from its sidecar, if the blob and a correct sidecar exist."""
+        size = self.size(digest)
+        if size is None:
+            return None
+        try:
+            leaves = self.leaves_path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+        return leaves if check_leaves(digest, size, leaves, max(size, self.max_bytes)) is None else None
+
+    def leaves(self, digest: bytes) -> bytes | None:
+        """The leaf hashes, from the sidecar or (blocking: run it in a thread for a big blob) by
+        reading the blob once and writing the sidecar; None without the blob (or if it is corrupt)."""
+        leaves = self.stored_leaves(digest)
+        if leaves is not None:
+            return leaves
+        h = BlobHasher()
+        try:
+            with open(self.path(digest), "rb") as f:
+                while piece := f.read(8 * CHUNK):
+                    h.update(piece)
+        except FileNotFoundError:
+            return None
+        if h.digest() != digest:
+            return None
+        leaves = b"".join(h.chunk_hashes())
+        self._write_leaves(digest, leaves)
+        return leaves
+
+    def _write_leaves(self, digest: bytes, leaves: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".part-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(leaves)
+        os.replace(tmp, self.leaves_path(digest))
+
+    def adopt(self, src: Path, digest: bytes, leaves: bytes) -> Path:
+        """Move a fully verified file (a finished fetch) under its id, with its sidecar."""
+        self._write_leaves(digest, leaves)
+        target = self.path(digest)
+        os.replace(src, target)
+        return target
+
     def size(self, digest: bytes) -> int | None:
         try:
             return self.path(digest).stat().st_size
@@ -67,7 +117,7 @@ class BlobStore:
         size = self.size(digest)
         if size is None:
             return None
-        total = max(1, -(-size // CHUNK))
+        total = chunk_count(size)
         if not 0 <= index < total:
             return None
         try:
@@ -177,6 +227,7 @@ class BlobWriter:
         if target.exists():
             os.unlink(self._tmp)
         else:
+            self.store._write_leaves(digest, b"".join(self._hash.chunk_hashes()))
             os.replace(self._tmp, target)
         self._done = True
         return digest
@@ -196,31 +247,3 @@ class BlobWriter:
     def __exit__(self, *exc) -> None:
         self.abort()
 
-
-class Assembly:
-    """One blob arriving chunk by chunk from one peer."""
-
-    def __init__(self, digest: bytes, max_bytes: int):
-        self.digest, self.max_bytes = digest, max_bytes
-        self.parts: list[bytes] = []
-        self.total: int | None = None
-
-    def add(self, index: int, total: int, data: bytes) -> bytes | None:
-        """Add the next chunk; returns the whole verified blob when complete."""
-        if self.total is None:
-            if not 1 <= total <= -(-self.max_bytes // CHUNK):
-                raise BlobError("blob too large")
-            self.total = total
-        if total != self.total or index != len(self.parts) or len(data) > CHUNK:
-            raise BlobError("chunk out of order or inconsistent")
-        self.parts.append(data)
-        if len(self.parts) < self.total:
-            return None
-        blob = b"".join(self.parts)
-        if blob_id(blob) != self.digest:
-            raise BlobError("blob does not match its hash")
-        return blob
-
-    @property
-    def next_index(self) -> int:
-        return len(self.parts)

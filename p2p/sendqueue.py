@@ -4,7 +4,7 @@ One FIFO per peer let a backlog of block data (a 1.6 MB proposal re-sent every s
 burst of txs, sync replies) hold back the small votes that decide a height, and after a
 partition a node first sent everything it had queued while cut off. So:
 - urgent kinds (votes, status, pings, requests) jump ahead of bulk kinds (proposals, txs,
-  blocks, blob chunks);
+  blocks, blob chunks and leaf lists);
 - a consensus message or tx batch that waited longer than its kind's shelf life is dropped
   on its way out: the engine re-sends the current height's proposal and votes every second
   while a height is undecided, so only fresh copies go on the wire.
@@ -16,7 +16,7 @@ import asyncio
 from collections import deque
 
 URGENT = frozenset({"vote", "status", "ping", "pong", "pex_req", "pex", "disconnect", "get_blocks",
-                    "blob_get", "blob_missing", "evidence"})
+                    "blob_get", "blob_leaves_get", "blob_missing", "evidence"})
 # Kinds not named never go stale. Tx batches are sent once and never re-sent, so they keep.
 SHELF_LIFE_S = {"vote": 4.0, "proposal": 4.0}
 

@@ -107,4 +107,4 @@ def test_the_store_serves_a_chunk_by_reading_that_chunk_and_an_aborted_write_lea
     with pytest.raises(BlobError, match="exceeds the limit"):
         with store.writer() as w:
             w.write(b"\x00" * (9 * CHUNK))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [digest.hex()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [digest.hex(), f"{digest.hex()}.leaves"]  # and its leaf hashes

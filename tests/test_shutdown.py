@@ -155,7 +155,7 @@ def test_stops_while_a_blob_fetch_waits_on_a_silent_peer(tmp_path):
             answer["got"] = node.http("GET", "/blob/" + "ab" * 32, timeout=40)
         client = threading.Thread(target=fetch, daemon=True)
         client.start()
-        assert peer.wait_for("blob_get")[0] == bytes.fromhex("ab" * 32)  # the node now waits on us
+        assert peer.wait_for("blob_leaves_get") == bytes.fromhex("ab" * 32)  # the node now waits on us
         assert_quick_clean_stop(node)
         client.join(10)
         status, body = answer["got"]

@@ -193,10 +193,10 @@ def test_the_blob_store_lists_deletes_and_counts_blobs_sidecars_and_partial_uplo
     w = store.writer()
     w.write(b"p" * 11)
     w._file.flush()
-    assert [(d, s) for d, s, _ in store.list_blobs()] == sorted([(a, 107), (b, 30)])
+    assert [(d, s) for d, s, _ in store.list_blobs()] == sorted([(a, 107), (b, 30 + 32)])  # put wrote b's leaves
     temps = store.list_temp()
     assert sorted(n for n, _, _ in temps) == sorted([orphan, os.path.basename(w._tmp)])
-    assert store.used_bytes() == 100 + 7 + 30 + 3 + 11
+    assert store.used_bytes() == 100 + 7 + 30 + 32 + 3 + 11
     with pytest.raises(BlobError):
         store.delete_temp(a.hex())          # a blob is not a temporary file
     with pytest.raises(BlobError):
@@ -207,7 +207,7 @@ def test_the_blob_store_lists_deletes_and_counts_blobs_sidecars_and_partial_uplo
     assert store.delete(a) == 0
     assert store.delete_temp(orphan) == 3
     w.abort()
-    assert store.used_bytes() == 30 and [d for d, _, _ in store.list_blobs()] == [b]
+    assert store.used_bytes() == 30 + 32 and [d for d, _, _ in store.list_blobs()] == [b]
 
 
 # -- the keeper: policy executed on a real directory ----------------------------------------------
@@ -277,9 +277,9 @@ def test_a_closed_jobs_blobs_are_freed_after_retention_and_the_loop_is_woken(tmp
 def test_uploads_are_refused_past_the_disk_bound_unless_a_gc_pass_makes_room(tmp_path):
     c = world(solvers=())
     keeper, clock = keeper_for(c, tmp_path, max_blob_disk_bytes=1000)
-    ds = keeper.store.put(b"d" * 600)
-    submit(c, data={"blob": ds, "size": 600})
-    junk = keeper.store.put(b"j" * 300)
+    ds = keeper.store.put(b"d" * 568)  # 600 bytes with its 32-byte leaf-hash sidecar
+    submit(c, data={"blob": ds, "size": 568})
+    junk = keeper.store.put(b"j" * 268)
     keeper.admit()
     with pytest.raises(StorageFull, match="blob storage is full: 900 of 1000 bytes"):
         keeper.charge(200)             # the junk is young: nothing to free
@@ -287,8 +287,8 @@ def test_uploads_are_refused_past_the_disk_bound_unless_a_gc_pass_makes_room(tmp
     keeper.admit()
     keeper.charge(200)                 # the pass freed the junk
     assert not keeper.store.has(junk) and keeper.store.has(ds)
-    big = keeper.store.put(b"b" * 400)  # now 1000 bytes: at the bound, and all pinned
-    submit(c, data={"blob": big, "size": 400}, seed=2)
+    big = keeper.store.put(b"b" * 368)  # now 1000 bytes: at the bound, and all pinned
+    submit(c, data={"blob": big, "size": 368}, seed=2)
     clock.now += 1000
     with pytest.raises(StorageFull):    # pinned blobs stay, whatever the pressure
         keeper.admit()

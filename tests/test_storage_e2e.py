@@ -81,7 +81,7 @@ def test_gc_keeps_what_an_active_job_pins_and_frees_the_rest(tmp_path):
         time.sleep(GRACE_S + 1.5)  # a few more passes: the active job's dataset is never collected
         assert _on_disk(node, kept)
 
-        size = (node.home / "blobs" / kept.hex()).stat().st_size
+        size = sum((node.home / "blobs" / name).stat().st_size for name in (kept.hex(), f"{kept.hex()}.leaves"))
         assert node.rpc.status()["blob_storage"] == {"bytes": size, "blobs": 1, "pinned_bytes": size, "limit": LIMIT}
         m = _metrics(node)
         assert (m["stepchain_blob_bytes"], m["stepchain_blob_count"], m["stepchain_blob_pinned_bytes"],

@@ -23,7 +23,7 @@ from nacl._sodium import ffi, lib  # libsodium itself: seal into and open from o
 from consensus import codec
 from consensus.crypto import PrivateKey, address_of, sha256, verify
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: blobs fetched by leaf lists and chunk ranges (p2p/blobfetch.py)
 DEFAULT_FRAME_LIMIT = 4 * 1024 * 1024
 HANDSHAKE_FRAME_LIMIT = 1024
 HANDSHAKE_TIMEOUT = 10.0

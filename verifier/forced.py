@@ -27,8 +27,9 @@ def _first_param(state: TrainState) -> str:
     return sorted(state.params)[0]
 
 
-def corrupt(spec: training.TrainSpec, start: TrainState, end: TrainState) -> TrainState:
-    """`end` (the honest end of an interval that began at `start`) with one weight changed."""
+def corrupt(spec: training.TrainSpec, start: TrainState | None, end: TrainState) -> TrainState:
+    """`end` (the honest end of an interval that began at `start`) with one weight changed.
+    Exact profiles never read `start` (it may be None there)."""
     name = _first_param(end)
     tensor = end.params[name].detach().clone()
     flat = tensor.view(-1)
@@ -55,11 +56,12 @@ def train_with_forced_error(work: ShardWork, start: TrainState, forced: int | No
     spec = work.spec
     head = training.train_leaves(data, start, progress=progress, last_leaf=forced + 1, store=store, own=own)
     del start  # with `own`, trained in: what is left of it is in head, and memory is for the rest
+    before_finite = checkpoint.is_finite(checkpoint.decode(head[-2]))
     end = checkpoint.decode(head[-1])
-    before = checkpoint.decode(head[-2])
-    if not (checkpoint.is_finite(before) and checkpoint.is_finite(end)):
+    if not (before_finite and checkpoint.is_finite(end)):
         rest = training.train_leaves(data, end, progress=progress, store=store, own=True)
         return head + rest[1:]  # diverged before the forced interval ended: nothing is planted
+    before = None if spec.exact else checkpoint.decode(head[-2])  # only `tolerance` sizes the change by it
     changed = corrupt(spec, before, end)
     del before, end  # `changed` shares all but one tensor with the end
     rest = training.train_leaves(data, changed, progress=progress, store=store, own=True)

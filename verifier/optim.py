@@ -46,6 +46,20 @@ def initial_state(kind: str, params: dict[str, torch.Tensor]) -> dict[str, torch
     return state
 
 
+SLICE = 1 << 22  # elements updated at a time: Adam's temporary is one slice, not a whole tensor
+
+
+def _slices(*tensors: torch.Tensor):
+    """The same elementwise update, slice by slice (each op is per element: the bits are the
+    same), so that a 100M-parameter model does not need a second copy of its largest tensor."""
+    if tensors[0].numel() <= SLICE or not all(t.is_contiguous() for t in tensors):
+        yield tensors
+        return
+    flat = [t.view(-1) for t in tensors]
+    for i in range(0, flat[0].numel(), SLICE):
+        yield tuple(f[i:i + SLICE] for f in flat)
+
+
 class Optimizer:
     """Applies one kind of update to a fixed, ordered list of parameters, in place."""
 
@@ -78,10 +92,11 @@ class Optimizer:
         root_bc2 = math.sqrt(1.0 - self.beta2_power)  # sqrt is exactly rounded in IEEE 754
         for name, p, g in zip(self.names, self.params, grads):
             m, v = self.state[f"m/{name}"], self.state[f"v/{name}"]
-            m.mul_(BETA1).add_(g, alpha=1.0 - BETA1)
-            v.mul_(BETA2).addcmul_(g, g, value=1.0 - BETA2)
-            denom = v.sqrt().div_(root_bc2).add_(EPS)
-            p.addcdiv_(m, denom, value=-step_size)
+            for ps, gs, ms, vs in _slices(p, g, m, v):
+                ms.mul_(BETA1).add_(gs, alpha=1.0 - BETA1)
+                vs.mul_(BETA2).addcmul_(gs, gs, value=1.0 - BETA2)
+                denom = vs.sqrt().div_(root_bc2).add_(EPS)
+                ps.addcdiv_(ms, denom, value=-step_size)
 
     def export(self, copy: bool = True) -> dict[str, torch.Tensor]:
         """The state as checkpoint tensors on the CPU (copies unless copy=False)."""

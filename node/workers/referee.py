@@ -29,6 +29,7 @@ from ..lifecycle import in_daemon_thread
 from .common import (Judgement, JobContext, Verdict, check_forced, check_game, check_interval, check_revealed,
                      check_start)
 
+FETCH_S = 120.0  # a 4 GiB blob at a modest 50 MiB/s; past it the dispute is retried later
 log = logging.getLogger("stepchain.referee")
 RETRY_BLOCKS = 2    # an undecided check is tried again this many blocks later
 RESEND_BLOCKS = 10  # a vote not on chain by then (dropped somewhere) is sent again
@@ -96,8 +97,8 @@ class Referee:
     async def _judge(self, job: Job, index: int, ch: Challenge, height: int, key: tuple) -> None:
         loop = asyncio.get_running_loop()
 
-        def fetch(digest: bytes):
-            return asyncio.run_coroutine_threadsafe(self.node.network.fetch_blob(digest), loop).result()
+        def fetch(digest: bytes):  # a file in the node's store, never a checkpoint's bytes in memory
+            return asyncio.run_coroutine_threadsafe(self.node.network.fetch_blob_file(digest, FETCH_S), loop).result()
 
         try:
             judgement = await in_daemon_thread(judge, job, index, ch, height, fetch)

@@ -107,6 +107,7 @@ def network_runs(base: Path, size_mib: int, runs: int, servers: int) -> dict:
             n.wait_rpc()
         fetcher = nodes[-1]
         _wait_peers(fetcher, servers)
+        base_rss = proc_memory(fetcher.proc.pid, "VmRSS")
         speeds, ok = [], True
         for run in range(runs):
             path = base / f"blob{run}.bin"
@@ -120,10 +121,21 @@ def network_runs(base: Path, size_mib: int, runs: int, servers: int) -> dict:
             ok = ok and _same_blob(fetcher, digest)
             say(f"{servers} server(s), run {run}: {speeds[-1]} MiB/s")
         per_peer = _per_peer_chunks(fetcher)
+        peak_rss = proc_memory(fetcher.proc.pid, "VmHWM")
     finally:
         stop_all(nodes)
     return {"servers": servers, "runs_mib_per_s": speeds, "median_mib_per_s": statistics.median(speeds),
-            "spread_mib_per_s": [min(speeds), max(speeds)], "same_blob": ok, "last_fetch_chunks_by_peer": per_peer}
+            "spread_mib_per_s": [min(speeds), max(speeds)], "same_blob": ok, "last_fetch_chunks_by_peer": per_peer,
+            "fetcher_base_rss_bytes": base_rss, "fetcher_peak_rss_bytes": peak_rss}
+
+
+def proc_memory(pid: int, field: str) -> int:
+    """A /proc/PID/status memory field (VmRSS, VmHWM) in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 def _per_peer_chunks(node: NodeProcess):

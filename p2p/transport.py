@@ -16,9 +16,13 @@ import ctypes
 import struct
 
 import nacl.bindings
+import nacl.exceptions
 import nacl.public
 import nacl.secret
-from nacl._sodium import ffi, lib  # libsodium itself: seal into and open from our own buffers
+try:  # libsodium itself, to seal into and open from our own buffers (pynacl's cffi module)
+    from nacl._sodium import ffi, lib
+except ImportError:  # a pynacl without it: its public API, a few copies a frame slower
+    ffi = lib = None
 
 from consensus import codec
 from consensus.crypto import PrivateKey, address_of, sha256, verify
@@ -82,6 +86,9 @@ def seal_frame(key: bytes, body: bytes, nonce: bytes) -> bytearray:
     """A whole frame, length and SecretBox box (MAC then ciphertext), sealed in one buffer.
     The same bytes as SecretBox(key).encrypt(body, nonce).ciphertext behind a length, without
     its copies (output, nonce prefix, frame concatenation: three per 1 MiB blob chunk)."""
+    if lib is None:
+        return bytearray(struct.pack(">I", MAC + len(body)) + nacl.secret.SecretBox(key).encrypt(
+            bytes(body), nonce).ciphertext)
     frame = bytearray(4 + MAC + len(body))
     struct.pack_into(">I", frame, 0, MAC + len(body))
     if lib.crypto_secretbox_easy(ffi.from_buffer("unsigned char[]", frame) + 4, body, len(body), nonce, key):
@@ -93,6 +100,11 @@ def open_box(key: bytes, sealed: bytes, nonce: bytes) -> bytearray | None:
     """The plaintext of a sealed body, or None if it fails authentication."""
     if len(sealed) < MAC:
         return None
+    if lib is None:
+        try:
+            return bytearray(nacl.secret.SecretBox(key).decrypt(bytes(sealed), nonce))
+        except nacl.exceptions.CryptoError:
+            return None
     out = bytearray(len(sealed) - MAC)
     rc = lib.crypto_secretbox_open_easy(ffi.from_buffer("unsigned char[]", out), sealed, len(sealed), nonce, key)
     return out if rc == 0 else None

@@ -459,3 +459,18 @@ async def test_malformed_hello_is_refused(link, first):
     await sb.send(first)
     with pytest.raises(HandshakeError):
         await asyncio.wait_for(exchange_hello(ca, hello()), STEP)
+
+
+def test_frames_sealed_without_pynacls_private_module_are_the_same_bytes(monkeypatch):
+    """The fast path seals into our own buffer through libsodium's cffi module; a pynacl
+    without it falls back to the public SecretBox, with the same frames and the same refusals."""
+    import os
+
+    from p2p import transport
+    key, nonce, body = os.urandom(32), bytes(24), os.urandom(5000)
+    fast = transport.seal_frame(key, body, nonce)
+    monkeypatch.setattr(transport, "lib", None)
+    assert transport.seal_frame(key, body, nonce) == fast
+    sealed = bytes(fast[4:])
+    assert transport.open_box(key, sealed, nonce) == body
+    assert transport.open_box(key, sealed[:-1] + bytes([sealed[-1] ^ 1]), nonce) is None

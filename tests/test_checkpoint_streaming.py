@@ -202,3 +202,32 @@ def test_averaging_files_tensor_by_tensor_is_bit_for_bit_the_average_of_states(t
     checkpoint.save(bad, tmp_path / "bad")
     with pytest.raises(ValueError, match="not finite"):
         training.average_files([paths[0], tmp_path / "bad"])
+
+
+def test_tolerance_verdicts_from_files_are_the_verdicts_from_bytes(tmp_path):
+    """From files a tolerance verifier reads the start and the claim back one tensor at a time
+    (it holds neither while it trains); the verdicts and reasons are the ones from bytes."""
+    import dataclasses
+
+    from verifier import replay
+    from verifier.work import RoundShard, ShardWork
+    spec = training.TrainSpec(model="mlp", model_args={"in_dim": 2, "hidden": [16], "out_dim": 3}, optimizer="adam",
+                              lr_ppm=20_000, batch_size=8, steps=20, k=10, profile="tolerance", seed=2)
+    work = ShardWork(spec, data.generate("spirals", {"n": 120, "classes": 3}, 1), RoundShard(b"\x03" * 32, 0, 0, 1))
+    leaves = training.train_shard(work, training.init_state(spec))
+    end = checkpoint.decode(leaves[2])
+    nudged = dataclasses.replace(end, params={n: t * 1.01 for n, t in end.params.items()})
+    wrong_step = dataclasses.replace(end, step=end.step + 1)
+    cases = {"honest": leaves[2], "nudged": checkpoint.encode(nudged), "step": checkpoint.encode(wrong_step)}
+    start_path = tmp_path / "start"
+    start_path.write_bytes(leaves[1])
+    verdicts = {}
+    for name, claimed in cases.items():
+        path = tmp_path / name
+        path.write_bytes(claimed)
+        from_bytes = replay.verify_interval(work, 1, leaves[1], claimed)
+        from_files = replay.verify_interval(work, 1, start_path, path)
+        assert from_files == from_bytes, name
+        verdicts[name] = from_files[0]
+    assert verdicts == {"honest": True, "nudged": False, "step": False}
+    assert checkpoint.decode(start_path).step == 10  # the file is untouched by training in its copy

@@ -133,6 +133,9 @@ class TensorGap:
         return self.ratio_at(FLOOR_PPM)
 
 
+GAP_SLICE = 1 << 22  # elements per float64 slice when measuring distances
+
+
 def floor_of(start: torch.Tensor) -> float:
     return FLOOR_PPM / 1e6 * float(torch.linalg.vector_norm(start.to(torch.float64))) + FLOOR_ABS
 
@@ -145,12 +148,33 @@ def judged_tensors(state: TrainState) -> dict[str, torch.Tensor]:
 def tensor_gaps(start: TrainState, ours: TrainState, claimed: TrainState) -> list[TensorGap]:
     """One TensorGap per judged tensor, by name; the three states must share one layout."""
     a, b, c = judged_tensors(start), judged_tensors(ours), judged_tensors(claimed)
-    gaps = []
-    for name in sorted(b):
-        s, o, t = (x[name].to(torch.float64) for x in (a, b, c))
-        norm = lambda x: float(torch.linalg.vector_norm(x))  # noqa: E731
-        gaps.append(TensorGap(name, norm(o - t), norm(o - s), norm(s)))
-    return gaps
+    return [_gap(name, a[name], b[name], c[name]) for name in sorted(b)]
+
+
+def _gap(name: str, s: torch.Tensor, o: torch.Tensor, t: torch.Tensor) -> TensorGap:
+    """The three norms in float64, a slice at a time: no float64 copy of a whole large tensor."""
+    err = move = start = 0.0
+    flat = [x.detach().reshape(-1) for x in (s, o, t)]
+    for i in range(0, max(1, flat[0].numel()), GAP_SLICE):
+        s64, o64, t64 = (x[i:i + GAP_SLICE].to(torch.float64) for x in flat)
+        err += float(torch.sum((o64 - t64) ** 2))
+        move += float(torch.sum((o64 - s64) ** 2))
+        start += float(torch.sum(s64 * s64))
+    return TensorGap(name, math.sqrt(err), math.sqrt(move), math.sqrt(start))
+
+
+def _close_files(start_path: Path, ours: TrainState, claimed_path: Path, tolerance_ppm: int) -> tuple[bool, str]:
+    """_close with the start and the claim read from their files one tensor at a time."""
+    claimed = checkpoint.index(claimed_path)
+    powers = {n: checkpoint.read_tensor(claimed_path, ref) for n, ref in claimed.opt.items() if n.endswith("_power")}
+    fault = exact_fault(ours, TrainState(claimed.params, {**claimed.opt, **powers}, claimed.step, claimed.rng))
+    if fault is not None:
+        return False, fault
+    start = checkpoint.index(start_path)
+    refs_s, refs_c = judged_tensors(start), judged_tensors(claimed)
+    gaps = [_gap(n, checkpoint.read_tensor(start_path, refs_s[n]), t, checkpoint.read_tensor(claimed_path, refs_c[n]))
+            for n, t in sorted(judged_tensors(ours).items())]
+    return _judge_gaps(gaps, tolerance_ppm)
 
 
 def exact_fault(ours: TrainState, claimed: TrainState) -> str | None:
@@ -172,8 +196,11 @@ def _close(start: TrainState, ours: TrainState, claimed: TrainState, tolerance_p
     fault = exact_fault(ours, claimed)
     if fault is not None:
         return False, fault
+    return _judge_gaps(tensor_gaps(start, ours, claimed), tolerance_ppm)
+
+
+def _judge_gaps(gaps: list[TensorGap], tolerance_ppm: int) -> tuple[bool, str]:
     tol = tolerance_ppm / 1e6
-    gaps = tensor_gaps(start, ours, claimed)
     worst = max(gaps, key=lambda g: g.ratio)
     summary = f"{worst.name} off by {worst.ratio * 1e6:.3f} ppm of its movement"
     if not all(g.err <= tol * max(g.move, g.floor) for g in gaps):  # written so that NaN fails
@@ -223,18 +250,6 @@ def _job_state(spec: TrainSpec, raw: bytes) -> TrainState:
     state = checkpoint.decode(raw)
     training.check_state(spec, state)
     return state
-
-
-def _compare(spec: TrainSpec, start: TrainState, ours_id: bytes, ours: TrainState, claimed_id: bytes,
-             claimed: TrainState) -> tuple[bool, str]:
-    """(ok, why) for a finite recomputed state against a finite claimed one, by the profile."""
-    if spec.exact:
-        if ours_id == claimed_id:
-            return True, "bitwise identical"
-        return False, f"hash differs from the recomputed checkpoint ({_difference(ours, claimed)})"
-    if not checkpoint.is_finite(ours):
-        return False, "the recomputed end is not finite, the claimed one is (a diverged run must say so)"
-    return _close(start, ours, claimed, spec.tolerance_ppm)
 
 
 def _rng_after(state: TrainState, n_steps: int) -> bytes:
@@ -317,11 +332,14 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_en
     if not checkpoint.is_finite(start):
         ok, why = _after_divergence(spec, start, claimed)
         return ok, f"{where}: {why}"
-    claimed_finite = checkpoint.is_finite(claimed)
-    if spec.exact:  # judged by ids: the claimed tensors are not needed while we train
+    claimed_finite, claimed_at = checkpoint.is_finite(claimed), (claimed.step, claimed.rng)
+    # From files, neither leaf is held while we train: exact profiles judge by ids, `tolerance`
+    # reads the start and the claim back one tensor at a time (`_close_files`).
+    from_files = spec.exact or (isinstance(start_ckpt, Path) and isinstance(claimed_end_ckpt, Path))
+    if from_files:
         del claimed, leaves
-    try:  # exact profiles never look at the start again: train in its tensors, no copy
-        trainer = training.run_trainer(training.ShardData(work), start, spec.k, own=spec.exact)
+    try:  # a start we decoded and never read again: train in its tensors, no copy
+        trainer = training.run_trainer(training.ShardData(work), start, spec.k, own=from_files)
     except (DataError, ValueError) as exc:
         return False, f"interval cannot be recomputed: {exc}"
     ours, ours_id = trainer.live(), trainer.digest()
@@ -330,16 +348,19 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_en
         ok = ours_id == claimed_id
         why = "bitwise identical" if ok else \
             f"hash differs from the recomputed checkpoint ({_difference(ours, claimed_end_ckpt)})"
+    elif claimed_finite and not checkpoint.is_finite(ours):
+        ok, why = False, "the recomputed end is not finite, the claimed one is (a diverged run must say so)"
     elif claimed_finite:
-        ok, why = _compare(spec, start, ours_id, ours, claimed_id, claimed)
+        ok, why = (_close_files(start_ckpt, ours, claimed_end_ckpt, spec.tolerance_ppm) if from_files
+                   else _close(start, ours, claimed, spec.tolerance_ppm))
     elif spec.exact:
         ok = ours_id == claimed_id
         why = "diverged to the same bytes" if ok else "the claimed divergence differs from the recomputed end"
     elif checkpoint.is_finite(ours):
         ok, why = False, "the recomputed end is finite: no divergence here"
     else:  # the tolerance profile: any two non-finite states are alike
-        ok = (claimed.step, claimed.rng) == (ours.step, ours.rng)
-        why = "diverged, as the recomputation does" if ok else f"claimed step {claimed.step} (or its rng) is wrong"
+        ok = claimed_at == (ours.step, ours.rng)
+        why = "diverged, as the recomputation does" if ok else f"claimed step {claimed_at[0]} (or its rng) is wrong"
     return ok, f"{where}: {why}"
 
 

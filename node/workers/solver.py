@@ -23,16 +23,14 @@ are kept until it is settled (or no longer ours), then deleted.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 import shutil
+from pathlib import Path
 
 from consensus import codec, merkle
 from consensus.blobid import blob_id
 from consensus.crypto import PrivateKey, format_address
 from consensus.forced import forced_interval
 from consensus.jobs import Challenge, ChallengeKind, Job, JobStatus, Shard, ShardStatus
-
 from verifier.leaves import LeafDir
 
 from ..client import Client, make_tx

@@ -84,6 +84,7 @@ class Chain:
         self.mempool = Mempool(self.chain_id)
         self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
         self._results: dict[bytes, BlockResult] = {}
+        self.last_writes: dict = {}
         self.pace = Pace()
 
     def _check_resume(self) -> None:
@@ -234,6 +235,7 @@ class Chain:
                 self.state[k] = val
         self.height, self.tip_hash, self.app_hash = block.height, block.hash, result.app_hash
         self.last_commit = commit
+        self.last_writes = result.writes  # what the block changed (metrics count its job events)
         punished = {ev.vote_a.validator for ev in block.evidence}
         self.evidence = {h: ev for h, ev in self.evidence.items() if ev.vote_a.validator not in punished}
         self._results.clear()

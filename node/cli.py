@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import os
 import sys
 
@@ -119,9 +118,9 @@ def cmd_init(args) -> None:
 
 
 def cmd_node_run(args) -> None:
+    from . import logs
     from .daemon import run_node
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_format)
     code = run_node(home_of(args))
     if code:
         raise SystemExit(code)  # the node failed or its stop overran: the log's last lines say why
@@ -269,7 +268,9 @@ def _node_commands(sub, common) -> None:
     s.set_defaults(func=cmd_init)
 
     node = sub.add_parser("node", help="run or check a node").add_subparsers(dest="node_command", required=True)
-    node.add_parser("run", parents=[common], help="run the node").set_defaults(func=cmd_node_run)
+    run = node.add_parser("run", parents=[common], help="run the node")
+    run.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
+    run.set_defaults(func=cmd_node_run)
     node.add_parser("verify", parents=[common],
                     help="re-execute the stored chain from genesis (node stopped)").set_defaults(func=cmd_node_verify)
 
@@ -337,6 +338,7 @@ def _job_commands(sub, common, txopts) -> None:
 def _worker_commands(sub, common) -> None:
     s = sub.add_parser("solver", help="train assigned shards").add_subparsers(dest="solver_command", required=True)
     s = s.add_parser("run", parents=[common], help="run a solver for a staked key")
+    s.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
     s.add_argument("--key", required=True, help="key name")
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     s.add_argument("--cheat", choices=CHEATS,
@@ -344,6 +346,7 @@ def _worker_commands(sub, common) -> None:
     s.set_defaults(func=cmd_solver)
     s = sub.add_parser("verifier", help="verify shards").add_subparsers(dest="verifier_command", required=True)
     s = s.add_parser("run", parents=[common], help="run a verifier for a staked key")
+    s.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
     s.add_argument("--key", required=True, help="key name")
     s.add_argument("--whistleblower", action="store_true", help="also check shards this key was not picked for")
     s.add_argument("--lazy", action="store_true", help="tests only: attest without checking")

@@ -26,6 +26,7 @@ from .network import Network
 from .engine import Engine
 from .home import Home, split_hostport
 from .lifecycle import EXIT_FAILED, EXIT_OK, Deadline, bounded, busy_threads, where
+from .metrics import NodeMetrics
 from .rpc import Rpc
 from .rpc_http import RpcRunner
 from .workers.referee import Referee
@@ -47,17 +48,19 @@ class Node:
         self.rpc = Rpc(self)
         self.referee = Referee(self)
         self.committed_txs = 0
+        self.metrics = NodeMetrics()
         self.stopping = False
         is_validator = self.config.validator
         self.engine = Engine(self.chain, self.key if is_validator else None,
                              block_interval=self.config.block_interval_ms / 1000,
                              idle_interval=self.config.idle_interval_ms / 1000,
                              broadcast=self._broadcast, on_commit=self._on_commit,
-                             misbehave=self.config.misbehave)
+                             misbehave=self.config.misbehave, on_proposal_seen=self.metrics.proposal_seen)
         self.network = Network(self.chain, self.engine, self.key, self.config.p2p_listen, self.config.seeds,
                                self.config.max_frame_bytes, home.path / "blobs",
                                external=self.config.p2p_external, misbehave=self.config.misbehave)
         self.storage = BlobKeeper(self.chain, self.network.blobs, self.config)
+        self.network.metrics = self.metrics
 
     async def _broadcast(self, kind: str, msg, skip: frozenset = frozenset()) -> None:
         await self.network.broadcast(kind, msg, skip)
@@ -68,6 +71,7 @@ class Node:
 
     def _on_commit(self, block: Block) -> None:
         self.committed_txs += len(block.txs)
+        self.metrics.committed(block, self.chain.last_writes)
         self.rpc.publish_block(block)
         self.network.on_commit(block)
         self.referee.on_commit()

@@ -48,13 +48,15 @@ class EngineCrash(RuntimeError):
 class Engine:
     def __init__(self, chain: Chain, key: PrivateKey | None, *, block_interval: float = 1.0,
                  idle_interval: float = 3.0, broadcast: Callable[[str, object, frozenset], Awaitable[None]] | None = None,
-                 on_commit: Callable[[Block], None] | None = None, misbehave: str = ""):
+                 on_commit: Callable[[Block], None] | None = None, misbehave: str = "",
+                 on_proposal_seen: Callable[[int], None] | None = None):
         self.chain = chain
         self.key = key
         self.block_interval = block_interval
         self.idle_interval = idle_interval
         self.broadcast = broadcast
         self.on_commit = on_commit
+        self.on_proposal_seen = on_proposal_seen or (lambda height: None)  # metrics: proposal-to-commit
         self.misbehave = misbehave
         timeouts = bft.TimeoutConfig(propose=2.0, first_propose_extra=block_interval + idle_interval)
         self.machine = bft.BFT(key.address if key else None, timeouts)
@@ -76,6 +78,7 @@ class Engine:
         expected = bft.proposer_for(self.chain.validators(), proposal.height, proposal.round)
         if not verify(expected.pubkey, proposal.sign_bytes(self.chain.chain_id), proposal.signature):
             raise ValueError("proposal signature is not from the round's proposer")
+        self.on_proposal_seen(proposal.height)
         if self.machine.height != proposal.height:
             self.submit(bft.ProposalReceived(proposal, self._valid(proposal)))  # the machine catches up first
             return True
@@ -278,6 +281,7 @@ class Engine:
         if signature is None:
             return
         proposal = Proposal(a.height, a.round, a.pol_round, block, signature)
+        self.on_proposal_seen(a.height)
         self._send("proposal", proposal)
         self.submit(bft.ProposalReceived(proposal, True))
 

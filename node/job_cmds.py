@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
@@ -108,8 +107,9 @@ def cmd_job_fetch(args, client, emit) -> None:
          f"{job.spec['metric']} on held-out data: {metric / 10_000:.2f}%")
 
 
-def _worker_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+def _worker_logging(log_format: str = "text") -> None:
+    from . import logs
+    logs.setup(log_format, "%(asctime)s %(name)s: %(message)s")
 
 
 def _device(args, role: str) -> str:
@@ -125,7 +125,7 @@ def _device(args, role: str) -> str:
 
 def cmd_solver_run(args, client, unlock, home_of) -> None:
     from .workers.solver import Solver
-    _worker_logging()
+    _worker_logging(getattr(args, "log_format", "text"))
     args.device = _device(args, "solver")
     key = unlock(args, args.key)
     workdir = home_of(args).path / "solver" / format_address(key.address)
@@ -134,7 +134,7 @@ def cmd_solver_run(args, client, unlock, home_of) -> None:
 
 def cmd_verifier_run(args, client, unlock, home_of) -> None:
     from .workers.verifier import Verifier
-    _worker_logging()
+    _worker_logging(getattr(args, "log_format", "text"))
     key = unlock(args, args.key)
     workdir = home_of(args).path / "verifier" / format_address(key.address)
     Verifier(client(args), key, workdir, whistleblower=args.whistleblower, lazy=args.lazy,

@@ -26,6 +26,7 @@ from .blobxfer import BlobTransfers
 from .chain import Chain
 from .engine import Engine
 from .mempool import InvalidTx, Rejected
+from .metrics import admit
 
 log = logging.getLogger("stepchain.net")
 MAX_TXS_PER_MESSAGE = 1000
@@ -60,6 +61,7 @@ class Network:
         self._wake_sync = asyncio.Event()
         self.blobs = BlobStore(blob_dir, chain.genesis.params["max_blob_bytes"])
         self.transfers = BlobTransfers(self.gossip, self.blobs, frame_limit, misbehave)
+        self.metrics = None  # node/metrics.NodeMetrics, set by the node: admission is timed and counted
         self._tx_budgets: dict[bytes, TokenBucket] = {}
         self.loops: dict[asyncio.Task, str] = {}  # the node stops if one of these ends
 
@@ -134,7 +136,7 @@ class Network:
         accepted, invalid, why = [], 0, ""
         for obj, tx in fresh:
             try:
-                self.chain.mempool.add(tx, self.chain.view())
+                admit(self.chain, self.metrics, tx)
                 accepted.append(obj)
             except InvalidTx as exc:  # honest peers check before they relay: this one did not
                 invalid, why = invalid + 1, str(exc)

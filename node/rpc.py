@@ -35,6 +35,7 @@ from consensus.types import Block, Tx
 
 from .blobgc import StorageFull
 from .mempool import MempoolError
+from .metrics import admit
 from .lifecycle import where
 from .rpc_http import client_error, one_line
 
@@ -280,7 +281,7 @@ class Rpc:
         return web.json_response({"height": self.chain.height, "validators": out})
 
     def _admit(self, tx: Tx) -> None:
-        self.chain.mempool.add(tx, self.chain.view())
+        admit(self.chain, self.node.metrics, tx)
         self.node.on_new_tx(tx)
 
     async def broadcast_tx(self, request: web.Request) -> web.Response:
@@ -319,6 +320,7 @@ class Rpc:
                     keeper.charge(len(piece))  # before writing: refused bytes never reach the disk
                     w.write(piece)
                 digest = w.commit()
+            self.node.metrics.blob_in(w.size)
             blobs.touch(digest)  # uploaded again: its grace period starts over
         except BlobError as exc:
             raise BadRequest(str(exc)) from None
@@ -329,6 +331,7 @@ class Rpc:
     async def get_blob(self, request: web.Request) -> web.Response:
         digest = _parse_hex(request.match_info["hash"], "blob hash", 32)
         if self.node.network.blobs.has(digest):  # ours: streamed from disk
+            self.node.metrics.blob_out(self.node.network.blobs.size(digest) or 0)
             return web.FileResponse(self.node.network.blobs.path(digest),
                                     headers={"Content-Type": "application/octet-stream"})
         path = await self.node.network.fetch_blob_file(digest)  # to disk from peers, then streamed
@@ -338,6 +341,7 @@ class Rpc:
             return _error(504, "blob still being fetched from peers: ask again later")
         if path is None:
             return _error(404, "blob not found on this node or its peers")
+        self.node.metrics.blob_out(path.stat().st_size)
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
     async def blob_fetches(self, request: web.Request) -> web.Response:
@@ -378,19 +382,14 @@ class Rpc:
         return web.json_response({"isolated_for": seconds})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        c = self.chain
-        lines = [
-            "# TYPE stepchain_height gauge", f"stepchain_height {c.height}",
-            "# TYPE stepchain_mempool_size gauge", f"stepchain_mempool_size {len(c.mempool)}",
-            "# TYPE stepchain_committed_txs_total counter", f"stepchain_committed_txs_total {self.node.committed_txs}",
-            "# TYPE stepchain_validators gauge", f"stepchain_validators {len(c.validators())}",
-            "# TYPE stepchain_peers gauge", f"stepchain_peers {len(self.node.network.gossip.peers)}",
-        ]
-        store = self.node.storage.report()
-        for name, key in (("bytes", "bytes"), ("count", "blobs"), ("pinned_bytes", "pinned_bytes"),
-                          ("limit_bytes", "limit")):
-            lines += [f"# TYPE stepchain_blob_{name} gauge", f"stepchain_blob_{name} {store[key]}"]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        """Prometheus text, from node/metrics.py; the gauges are read from the chain now."""
+        c, store = self.chain, self.node.storage.report()
+        values = {"height": c.height, "mempool_size": len(c.mempool), "validators": len(c.validators()),
+                  "peers": len(self.node.network.gossip.peers), "blob_bytes": store["bytes"],
+                  "blob_count": store["blobs"], "blob_pinned_bytes": store["pinned_bytes"],
+                  "blob_limit_bytes": store["limit"]}
+        body, content_type = self.node.metrics.render(values, {"active": len(c.view().read(K_ACTIVE_JOBS, []))})
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)

@@ -174,8 +174,9 @@ class NodeProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def start(self, wait: bool = True) -> "NodeProcess":
-        self.proc = spawn([*self.prefix, *STEPCHAIN, "node", "run", "--home", str(self.home)], self.log_path)
+    def start(self, wait: bool = True, extra: tuple[str, ...] = ()) -> "NodeProcess":
+        """`stepchain node run` (with `extra` arguments, e.g. --log-format json)."""
+        self.proc = spawn([*self.prefix, *STEPCHAIN, "node", "run", "--home", str(self.home), *extra], self.log_path)
         if wait:
             self.wait_rpc()
         return self

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from consensus.blobid import chunk_count
+from consensus.blobid import CHUNK, chunk_count
 from consensus.crypto import format_address
 from p2p.blobfetch import Accept, AskChunks, AskLeaves, Blame, Check, FetchConfig, FetchPlanner, LeavesOk, leaf_of
 from p2p.blobpartial import PartialBlob, prune_partials
@@ -70,6 +70,7 @@ class BlobTransfers:
         self.active: dict[bytes, _Fetch] = {}
         self.history: deque[_Fetch] = deque(maxlen=HISTORY)
         self.served: dict[bytes, int] = {}          # chunks sent, by peer (for /debug/blob_fetches)
+        self.count_bytes = lambda direction, n: None  # the node's metrics: verified bytes "in", sent "out"
         self._slots = asyncio.Semaphore(MAX_FETCHES)
         self._queued: dict[bytes, tuple[Peer, int]] = {}   # peer id -> (that session, refs queued)
         self._next_slow: dict[bytes, float] = {}
@@ -253,6 +254,7 @@ class BlobTransfers:
             except OSError as exc:
                 self._fail(fetch, exc)
                 return
+            self.count_bytes("in", min(CHUNK, fetch.partial.size - index * CHUNK))
             fetch.unsynced += 1
             if fetch.unsynced >= SYNC_EVERY and not fetch.syncing and not fetch.planner.done:
                 self._sync(fetch)
@@ -334,6 +336,7 @@ class BlobTransfers:
         if len(self.served) > 4 * len(self.gossip.peers) + 64:  # forget peers that left
             self.served = {p: n for p, n in self.served.items() if p in self.gossip.peers}
         self.served[peer.id] = self.served.get(peer.id, 0) + 1
+        self.count_bytes("out", len(part[0]))
         return [digest, index, part[1], part[0]]
 
     def on_leaves_get(self, peer: Peer, payload) -> None:

@@ -61,6 +61,7 @@ class Node:
                                external=self.config.p2p_external, misbehave=self.config.misbehave)
         self.storage = BlobKeeper(self.chain, self.network.blobs, self.config)
         self.network.metrics = self.metrics
+        self.network.transfers.count_bytes = lambda direction, n: self.metrics.blob_bytes.labels(direction).inc(n)
 
     async def _broadcast(self, kind: str, msg, skip: frozenset = frozenset()) -> None:
         await self.network.broadcast(kind, msg, skip)

@@ -71,6 +71,18 @@ def test_a_blob_on_two_peers_is_fetched_from_both(trio, tmp_path):
     assert all(n > 0 for n in by_peer.values()) and sum(by_peer.values()) == 33, by_peer
     served = trio[0].rpc.get("/debug/blob_fetches")["served"]
     assert served[address(trio[2])] >= by_peer[address(trio[0])]
+    # /metrics counts the verified bytes in, and what each server sent out
+    got_in = blob_bytes(trio[2], "in")
+    assert got_in >= 32 * MiB + 5, got_in
+    assert blob_bytes(trio[0], "out") + blob_bytes(trio[1], "out") >= 32 * MiB + 5
+
+
+def blob_bytes(node, direction: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+    status, body = node.http("GET", "/metrics")
+    assert status == 200
+    return sum(s.value for fam in text_string_to_metric_families(body.decode()) for s in fam.samples
+               if s.name == "stepchain_blob_transfer_bytes_total" and s.labels.get("direction") == direction)
 
 
 def test_a_forged_chunk_is_refused_its_sender_blamed_and_the_blob_fetched_from_the_honest_peer(trio, tmp_path):

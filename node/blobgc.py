@@ -148,6 +148,12 @@ class BlobKeeper:
                 raise StorageFull(self._full())
         self.used += n
 
+    def reserve(self, n: int) -> None:
+        """A fetch from peers of `n` bytes is about to start: StorageFull if it does not fit
+        even after a GC pass (the disk use is read afresh: fetches do not charge as they go)."""
+        self.used = self.store.used_bytes()
+        self.charge(n)
+
     def _full(self) -> str:
         return (f"blob storage is full: {self.used} of {self.limit} bytes used (max_blob_disk_bytes), "
                 f"{self.last.pinned_bytes if self.last else 0} pinned by jobs; try again once jobs close "

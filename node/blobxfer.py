@@ -33,6 +33,8 @@ from p2p.blobpartial import PartialBlob, prune_partials
 from p2p.blobs import BlobError, BlobStore
 from p2p.gossip import Gossip, Misbehaviour, Peer
 
+from .blobgc import StorageFull
+
 log = logging.getLogger("stepchain.blobs")
 MALFORMED = 50
 MAX_RANGE = 16            # chunks one blob_get may ask for
@@ -55,6 +57,7 @@ class _Fetch:
     planner: FetchPlanner | None = None
     partial: PartialBlob | None = None
     failure: str = ""
+    cause: BaseException | None = None  # what ended it, when it was ours (the disk, the disk bound)
     pending: set = field(default_factory=set)       # chunks being hashed and written in a worker
     unsynced: int = 0                                # chunks written since the last fdatasync
     syncing: bool = False
@@ -71,6 +74,7 @@ class BlobTransfers:
         self.history: deque[_Fetch] = deque(maxlen=HISTORY)
         self.served: dict[bytes, int] = {}          # chunks sent, by peer (for /debug/blob_fetches)
         self.count_bytes = lambda direction, n: None  # the node's metrics: verified bytes "in", sent "out"
+        self.reserve = lambda size: None  # the node's disk bound (blobgc.BlobKeeper): raises StorageFull
         self._slots = asyncio.Semaphore(MAX_FETCHES)
         self._queued: dict[bytes, tuple[Peer, int]] = {}   # peer id -> (that session, refs queued)
         self._next_slow: dict[bytes, float] = {}
@@ -180,7 +184,7 @@ class BlobTransfers:
 
     @staticmethod
     def _fail(fetch: _Fetch, exc: BaseException) -> None:
-        fetch.failure = f"disk: {exc}"
+        fetch.failure, fetch.cause = f"disk: {exc}", exc
         log.warning("blob %s fetch failed: %s", fetch.digest.hex()[:16], fetch.failure)
         fetch.wake.set()
 
@@ -201,8 +205,9 @@ class BlobTransfers:
                 free = shutil.disk_usage(self.store.dir).free
                 if free < size:
                     raise OSError(f"{size} bytes do not fit on disk ({free} free)")
+                self.reserve(size)  # a fetch counts against max_blob_disk_bytes like an upload
                 fetch.partial.start(size, fetch.planner.leaves)
-            except OSError as exc:  # ours, not the peer's: the fetch ends, nobody is blamed
+            except (OSError, StorageFull) as exc:  # ours, not the peer's: the fetch ends, nobody is blamed
                 self._fail(fetch, exc)
                 return
         self._after(fetch, peer, verdict)
@@ -382,6 +387,13 @@ class BlobTransfers:
         return [digest, size, leaves]
 
     # -- reporting ------------------------------------------------------------------------
+
+    def full_storage(self, digest: bytes) -> str | None:
+        """Why the last fetch of `digest` ended, if it was this node's disk bound."""
+        for f in reversed(self.history):
+            if f.digest == digest:
+                return f.failure if isinstance(f.cause, StorageFull) else None
+        return None
 
     def report(self) -> dict:
         """Recent and running fetches, per peer (for GET /debug/blob_fetches)."""

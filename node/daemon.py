@@ -62,6 +62,7 @@ class Node:
         self.storage = BlobKeeper(self.chain, self.network.blobs, self.config)
         self.network.metrics = self.metrics
         self.network.transfers.count_bytes = lambda direction, n: self.metrics.blob_bytes.labels(direction).inc(n)
+        self.network.transfers.reserve = self.storage.reserve
 
     async def _broadcast(self, kind: str, msg, skip: frozenset = frozenset()) -> None:
         await self.network.broadcast(kind, msg, skip)

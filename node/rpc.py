@@ -339,6 +339,9 @@ class Rpc:
             return _error(503, "node is shutting down")
         if path is None and digest in self.node.network.transfers.active:  # slow peers: it goes on
             return _error(504, "blob still being fetched from peers: ask again later")
+        full = self.node.network.transfers.full_storage(digest) if path is None else None
+        if full is not None:
+            return _error(507, full)
         if path is None:
             return _error(404, "blob not found on this node or its peers")
         self.node.metrics.blob_out(path.stat().st_size)

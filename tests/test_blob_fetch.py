@@ -248,3 +248,27 @@ async def test_a_peer_is_served_chunk_ranges_and_leaf_lists_and_blamed_for_a_ran
     finally:
         a.close()
         stop_all(nodes)
+
+
+def test_a_fetch_past_the_nodes_disk_bound_is_refused_and_writes_nothing(tmp_path):
+    """Blobs fetched from peers count against max_blob_disk_bytes like uploads: a GET /blob of a
+    blob that does not fit is a one-line 507, and no partial file is left behind."""
+    import dataclasses
+
+    from node.home import Home
+    nodes = init_network(tmp_path, 2, block_interval_ms=500, idle_interval_ms=1000)
+    set_genesis_params(nodes, max_blob_bytes=64 * MiB)
+    home = Home(nodes[1].home)
+    home.write_config(dataclasses.replace(home.config(), max_blob_disk_bytes=4 * MiB))
+    try:
+        start(nodes, 1)
+        src = tmp_path / "big.bin"
+        digest = _write(src, 6 * MiB, 5)
+        nodes[0].rpc.put_blob_file(src)
+        small = nodes[0].rpc.put_blob(b"s" * 1000)
+        status, body = nodes[1].http("GET", f"/blob/{digest}")
+        assert status == 507 and b"blob storage is full" in body, (status, body)
+        assert not list((nodes[1].home / "blobs").glob(f"*{digest}*")), "a refused fetch left a file"
+        assert nodes[1].rpc.get_blob(small) == b"s" * 1000  # what fits is still fetched
+    finally:
+        stop_all(nodes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from consensus.crypto import PrivateKey, format_address
+from p2p.netaddr import free_local_port
 
 from .client import Client, RpcError
 from .home import Config, Home
@@ -36,9 +36,7 @@ class NodeExited(RuntimeError):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_local_port()
 
 
 class Devnet:

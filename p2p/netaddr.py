@@ -55,3 +55,41 @@ def netgroup(host: str) -> str:
 
 def addr_group(addr: str) -> str:
     return netgroup(split_addr(addr)[0])
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_local_port() -> int:
+    """A port on 127.0.0.1 nobody listens on, for a node about to start (devnets, tests).
+
+    Picked below the kernel's ephemeral range: a port from that range (what binding to port 0
+    gives) is also what every outgoing connection takes, so between the pick and the node's
+    bind a client could take it. Never the same port twice in one process."""
+    import random
+    import socket
+    low = _ephemeral_low()
+    first = 20000 if low > 21000 else 1024
+    last = low - 1 if low > 21000 else 65535
+    rng = random.Random()
+    for _ in range(2000):
+        port = rng.randint(first, last)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise OSError("no free port on 127.0.0.1")
+

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from node.client import Client, RpcError
+from p2p.netaddr import free_local_port
 
 PASSWORD = "test-password"
 STEPCHAIN = [sys.executable, "-m", "node.cli"]
@@ -109,9 +109,7 @@ atexit.register(kill_started)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_local_port()
 
 
 def env() -> dict:

@@ -287,3 +287,17 @@ def test_any_sequence_of_operations_keeps_the_book_consistent(ops):
         check_invariants(book)
         for e in book.entries.values():
             assert addr_group(e.addr).startswith("v4:10.")
+
+
+def test_free_local_ports_are_below_the_ephemeral_range_bindable_and_never_repeated():
+    """A node's port picked from the ephemeral range could be taken by any outgoing connection
+    before the node binds it (seen in CI: 'address already in use')."""
+    import socket
+
+    from p2p.netaddr import _ephemeral_low, free_local_port
+    ports = [free_local_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    if _ephemeral_low() > 21000:
+        assert all(20000 <= p < _ephemeral_low() for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))

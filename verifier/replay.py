@@ -426,9 +426,7 @@ def expected_round_state(spec: TrainSpec, previous_finals: list[Leaf]) -> TrainS
     if not previous_finals:
         return training.init_state(spec)
     if all(isinstance(f, Path) for f in previous_finals):  # real sizes: one checkpoint in memory at a time
-        for f in previous_finals:
-            training.check_state(spec, checkpoint.decode(f))
-        return training.average_files(previous_finals)
+        return training.average_files(previous_finals, spec)
     finals = [checkpoint.decode(f) for f in previous_finals]
     for state in finals:
         training.check_state(spec, state)

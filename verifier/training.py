@@ -207,15 +207,19 @@ def average_states(states: list[TrainState]) -> TrainState:
     return TrainState(params, opt, 0, rng)
 
 
-def average_files(paths: list[Path]) -> TrainState:
+def average_files(paths: list[Path], spec: TrainSpec | None = None) -> TrainState:
     """average_states of checkpoint files, bit for bit, holding one checkpoint and a tensor:
     each tensor is summed across the files (in float64, in list order) and rounded once.
-    Each file is first decoded alone, to be checked as average_states checks its states."""
+    Each file is first decoded alone, to be checked as average_states checks its states (and,
+    given the job's `spec`, to fit the job)."""
     if not paths:
         raise ValueError("cannot average an empty list of states")
     indexes = []
     for i, p in enumerate(paths):
-        if not checkpoint.is_finite(checkpoint.decode(p)):
+        state = checkpoint.decode(p)
+        if spec is not None:
+            check_state(spec, state)
+        if not checkpoint.is_finite(state):
             raise ValueError(f"state {i} to average is not finite (its training diverged)")
         indexes.append(checkpoint.index(p))
     first = indexes[0]

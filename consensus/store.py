@@ -51,8 +51,9 @@ class Store:
             wb.put(M_TIP, codec.encode([0, genesis_hash, app_hash]))
 
     def commit_block(self, block: Block, commit: Commit, writes: dict[bytes, bytes | None],
-                     app_hash: bytes) -> None:
-        """Persist a final block, its commit and its state changes atomically."""
+                     app_hash: bytes, index: dict[bytes, bytes] | None = None) -> None:
+        """Persist a final block, its commit and its state changes atomically, with the node's
+        own `index` entries (node/explorer_index.py: never state, never in an app hash)."""
         h = block.height
         with self.db.write_batch(sync=True) as wb:
             wb.put(P_BLOCK + _h(h), block.encode())
@@ -68,6 +69,8 @@ class Store:
             wb.put(P_APP + _h(h), app_hash)
             wb.put(P_WRITES + _h(h), write_set_hash(writes))
             wb.put(M_TIP, codec.encode([h, block.hash, app_hash]))
+            for k, val in (index or {}).items():
+                wb.put(k, val)
 
     # -- reading --------------------------------------------------------------------------
 

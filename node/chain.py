@@ -23,6 +23,7 @@ from consensus.store import Store, StoreError
 from consensus.types import (MAX_BLOCK_BYTES, Block, Commit, DuplicateVoteEvidence, Header, beacon_sign_bytes,
                              commit_hash, next_beacon)
 
+from .explorer_index import index_writes
 from .mempool import Mempool
 
 log = logging.getLogger("stepchain.chain")
@@ -227,7 +228,8 @@ class Chain:
 
     def commit_block(self, block: Block, commit: Commit) -> BlockResult:
         result = self.check_block(block)
-        self.store.commit_block(block, commit, result.writes, result.app_hash)
+        index = index_writes(block, self.state, result.writes)
+        self.store.commit_block(block, commit, result.writes, result.app_hash, index)
         for k, val in result.writes.items():
             if val is None:
                 self.state.pop(k, None)

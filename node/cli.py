@@ -140,7 +140,7 @@ def cmd_wallet(args) -> None:
 def cmd_devnet(args) -> None:
     from .devnet import NodeExited, run_devnet
     try:
-        code = run_devnet(args.home if args.home_given else None, args.validators, args.demo)
+        code = run_devnet(args.home if args.home_given else None, args.validators, args.demo, keep=args.keep)
     except NodeExited as exc:
         raise CliError(str(exc)) from None
     if code:
@@ -278,6 +278,8 @@ def _node_commands(sub, common) -> None:
     s.add_argument("--home", dest="home", default=None, help="devnet directory (default: a new temp dir)")
     s.add_argument("--validators", type=int, default=1)
     s.add_argument("--demo", action="store_true", help="run the scripted demo, then stop")
+    s.add_argument("--keep", action="store_true",
+                   help="with --demo: keep the network up after the demo, to browse it in the explorer, until Ctrl-C")
     s.set_defaults(func=cmd_devnet, home_given=True)
 
 

@@ -199,7 +199,8 @@ def job_tour(net: Devnet) -> None:
                 p.wait()
 
 
-def run_demo(net: Devnet) -> None:
+def run_demo(net: Devnet, keep: bool = False) -> None:
     wallet_tour(net)
     job_tour(net)
-    print("\ndemo done: stopping the network", flush=True)
+    if not keep:
+        print("\ndemo done: stopping the network", flush=True)

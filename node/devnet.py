@@ -193,9 +193,10 @@ def follow_blocks(client: Client, until: float | None = None, start: int = 1) ->
     return height
 
 
-def run_devnet(home: str | None, validators: int, demo: bool) -> int:
+def run_devnet(home: str | None, validators: int, demo: bool, keep: bool = False) -> int:
     """Run the devnet until Ctrl-C/SIGTERM (0 when every node stopped cleanly), or until a
-    node exits by itself (raises NodeExited, after stopping the others)."""
+    node exits by itself (raises NodeExited, after stopping the others). A demo stops the
+    network when it is done, unless `keep`: then it stays up until Ctrl-C/SIGTERM."""
     base = Path(home) if home else Path(tempfile.mkdtemp(prefix="stepchain-devnet-"))
     net = Devnet(base, validators)
     if demo:  # faster blocks, so the demo's job moves through its windows quickly
@@ -206,7 +207,7 @@ def run_devnet(home: str | None, validators: int, demo: bool) -> int:
     error: Exception | None = None
     with _sigterm_as_interrupt():
         try:
-            _session(net, demo)
+            _session(net, demo, keep)
         except KeyboardInterrupt:
             if net.failure is None:
                 print("\nstopping…", flush=True)
@@ -222,16 +223,20 @@ def run_devnet(home: str | None, validators: int, demo: bool) -> int:
     return 0 if all(c == 0 for c in codes) else 1
 
 
-def _session(net: Devnet, demo: bool) -> None:
+def _session(net: Devnet, demo: bool, keep: bool = False) -> None:
     net.start()
     for h, url in zip(net.homes, net.urls):
         cfg = Home(h).config()
         key = Home(h).node_key()
         print(f"{cfg.moniker}: rpc {url}  p2p {peer_string(key, cfg.p2p_listen)}  home {h}", flush=True)
+    print(f"explorer: {net.urls[0]}/  (open it in a browser; every node serves one)", flush=True)
     if demo:
         from .demo import run_demo
-        run_demo(net)
-    else:
+        run_demo(net, keep)
+    if demo and keep:
+        print(f"demo done: the network stays up; explorer: {net.urls[0]}/  Ctrl-C stops every node", flush=True)
+        follow_blocks(Client(net.urls[0]), start=Client(net.urls[0]).status()["height"] + 1)
+    elif not demo:
         print("following blocks; Ctrl-C stops every node", flush=True)
         follow_blocks(Client(net.urls[0]))
 

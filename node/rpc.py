@@ -199,6 +199,8 @@ class Rpc:
             web.post("/admin/isolate", self.isolate),
             web.get("/ws", self.websocket),
         ])
+        from . import explorer, rpc_pages  # the explorer's page and its paginated endpoints
+        app.add_routes(explorer.routes() + rpc_pages.Pages(self).routes())
         app.on_shutdown.append(self._on_shutdown)
         return app
 
@@ -408,7 +410,8 @@ class Rpc:
 
     def publish_block(self, block: Block) -> None:
         event = {"type": "block", "height": block.height, "hash": block.hash.hex(), "num_txs": len(block.txs),
-                 "app_hash": block.header.app_hash.hex()}
+                 "app_hash": block.header.app_hash.hex(), "time_ms": block.header.time_ms,
+                 "proposer": format_address(block.header.proposer), "evidence": len(block.evidence)}
         for ws in list(self.sockets):
             task = asyncio.get_running_loop().create_task(self._send(ws, event))
             self._sends.add(task)

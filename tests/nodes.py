@@ -343,3 +343,49 @@ def new_funded_key(node: NodeProcess, name: str, amount: int) -> str:
     addr = node.cli("wallet", "new", name)["address"]
     node.cli("transfer", "--from", "dev", "--to", addr, "--amount", str(amount))
     return addr
+
+
+def pids_naming(path: Path) -> list[int]:
+    """Our processes whose command line names `path` (e.g. the nodes of a devnet there)."""
+    return _pids_naming([str(Path(path).resolve())])
+
+
+class DevnetProcess:
+    """`stepchain devnet --home BASE ARGS` as a child process, read through its log. Its nodes
+    name BASE on their command lines, so kill_started kills them with it."""
+
+    def __init__(self, base: Path, *args: str):
+        self.base = Path(base).resolve()
+        self.args = args
+        self.log_path = self.base.parent / f"{self.base.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "DevnetProcess":
+        self.proc = spawn([*STEPCHAIN, "devnet", "--home", str(self.base), *self.args], self.log_path,
+                          owns=self.base)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_line(self, text: str, timeout: float) -> str:
+        """The first line of its output that contains `text`; fails if it exits or times out first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = next((ln for ln in self.log().splitlines() if text in ln), None)
+            if line is not None:
+                return line
+            if self.proc.poll() is not None:
+                raise AssertionError(f"devnet exited ({self.proc.returncode}) before {text!r}:\n{self.log()[-5000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} from the devnet within {timeout} s:\n{self.log()[-5000:]}")
+            time.sleep(0.5)
+
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C, as a person would press it: the exit code (killed, and the test fails, if it hangs)."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc)
+            raise AssertionError(f"devnet did not stop within {timeout} s of Ctrl-C:\n{self.log()[-5000:]}") from None

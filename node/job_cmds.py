@@ -59,6 +59,7 @@ def _shard_line(i: int, s: dict) -> str:
 
 
 def cmd_job_status(args, client, emit) -> None:
+    from . import jobview
     job = client(args).get(f"/job/{args.job}")
     spec = job["spec"]
     done_rounds = len(job["finals"])
@@ -66,6 +67,11 @@ def cmd_job_status(args, client, emit) -> None:
              f"  model {spec['model']}  escrow left {job['escrow']}"]
     if job["status"] == "active":
         lines += [_shard_line(i, s) for i, s in enumerate(job["shards"])]
+    for curve in job.get("curves", []):
+        checked = sum(p["verified"] for p in curve["points"])
+        lines.append(f"  loss, round {curve['round']} shard {curve['shard']} (solver {(curve['solver'] or '-')[:16]}): "
+                     f"{checked} of {len(curve['points'])} points verified (*), o: declared, not checked")
+        lines += ["    " + row for row in jobview.plot(curve)]
     lines.append("  events:")
     lines += [f"    h{h:<6} {kind:<10} {(who or '')[:20]:<20} {amount:>12}  {note}"
               for h, kind, who, amount, note in job["events"]]

@@ -110,7 +110,7 @@ def bad_commits_are_refused(n0, done_job_id: str) -> None:
     before = n0.rpc.get(f"/job/{done_job_id}")
     body = {"job": bytes.fromhex(done_job_id), "round": 0, "shard": 0, "root": b"\x00" * 32, "leaves": 5,
             "manifest": b"\x00" * 32, "start": b"\x00" * 32, "start_proof": [], "final": b"\x00" * 32,
-            "final_proof": [], "diverged_leaf": 0}
+            "final_proof": [], "diverged_leaf": 0, "losses": [0] * 4}
     tx = make_tx(key, n0.rpc.status()["chain_id"], "commit_shard", body, n0.rpc.account(addr)["next_nonce"], 1)
     n0.rpc.broadcast(tx)
     with pytest.raises(Exception, match="not open"):

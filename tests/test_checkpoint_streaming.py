@@ -2,6 +2,7 @@
 the same canonical bytes (and so the same leaf hashes) as the codec has always produced."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -142,9 +143,12 @@ def test_leaf_dir_keeps_ids_and_divergence_across_reopening(tmp_path):
     a, b = _state(), TrainState({"w": torch.tensor([float("nan")])}, {}, 8, b"\x02" * 32)
     pa, pb = leaves.put(0, a), leaves.put(1, b)
     assert leaves.done is None
-    leaves.finish(1)
+    b = dataclasses.replace(b, loss=checkpoint.float_bits(6.0))
+    pb = leaves.put(1, b)
+    leaves.finish(1, leaves.interval_losses(2, 4))
     again = LeafDir(tmp_path / "shard")
     assert again.done == 1 and again.first_nonfinite(2) == 1
+    assert again.declared_losses == [checkpoint.float_bits(1.5)]  # leaf 1's sum 6.0 over k = 4 steps
     assert again.hashes(2) == [file_id(pa), file_id(pb)] == [checkpoint.digest(a), checkpoint.digest(b)]
     again.remove()
     assert not (tmp_path / "shard").exists()

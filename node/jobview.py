@@ -29,11 +29,24 @@ def curves_json(v: View, job: Job) -> list[dict]:
         for index, curve in enumerate(round_curves(v, job, r)):
             if curve is None:
                 continue
-            solver, losses, verified = curve
+            solver, losses, verified, _start = curve
             checked = set(verified)
             out.append({"round": r, "shard": index, "solver": format_address(solver) if solver else None, "k": k,
                         "points": [{"interval": j, "step": (j + 1) * k, "loss": _number(bits), "verified": j in checked}
                                    for j, bits in enumerate(losses)]})
+    return out
+
+
+def rounds_json(v: View, job: Job) -> list[dict]:
+    """Each closed round's finals, and the model it made where the chain shows it checked: the
+    start of a passed shard of the next round (the average of these finals, recomputed by that
+    shard's verifiers). The last round's average is not on chain: `job fetch` computes it and
+    the held-out metric of every round."""
+    out = []
+    for r, finals in enumerate(job.finals):
+        starts = {c[3] for c in round_curves(v, job, r + 1) if c is not None and c[2]} if r + 1 <= job.round else set()
+        out.append({"round": r, "finals": [h.hex() for h in finals],
+                    "model": next(iter(starts)).hex() if len(starts) == 1 else None})
     return out
 
 

@@ -34,7 +34,7 @@ from consensus.staking import jail_status, unbonding_entries
 from consensus.types import Block, Tx
 
 from .blobgc import StorageFull
-from .jobview import curves_json
+from .jobview import curves_json, rounds_json
 from .mempool import MempoolError
 from .metrics import admit
 from .lifecycle import where
@@ -367,8 +367,10 @@ class Rpc:
             return _error(404, "no such job")
         # `record` is the stored map's codec bytes: workers parse those into the same typed
         # record the chain uses (consensus.jobs.Job), the rest is for people and scripts
+        parsed = Job.from_map(record)
         return web.json_response(dict(jsonable(record), escrow=v.read(k_escrow(job_id), 0), height=self.chain.height,
-                                      record=v.get(k_job(job_id)).hex(), curves=curves_json(v, Job.from_map(record))))
+                                      record=v.get(k_job(job_id)).hex(), curves=curves_json(v, parsed),
+                                      rounds=rounds_json(v, parsed)))
 
     async def peers(self, request: web.Request) -> web.Response:
         g = self.node.network.gossip

@@ -152,3 +152,56 @@ def test_a_forced_error_keeps_its_honest_loss_and_a_lie_there_is_not_a_forced_er
     lie = list(declared)
     lie[1] ^= 1
     assert not replay.verify_forced(w, 1, planted[1], planted[2], lie)[0]
+
+
+# -- on chain: each round keeps its curves, and a point is verified only when it was checked ----
+
+
+def test_each_round_keeps_its_declared_curves_and_their_verified_points():
+    from consensus.jobs import Job, k_job
+    from consensus import codec
+    from node.jobview import curves_json, rounds_json
+    from tests.jobworld import commit, draw, attest, job, pass_round, submit, until, verifiers_of, world
+    c = world()
+    jid = submit(c, rounds=2, shards=1)  # one shard: its (fake) start names round 0's model alone
+    spec = job(c, jid)["spec"]
+    n = spec["steps"] // spec["k"]
+    pass_round(c, jid)
+    record = lambda: Job.from_map(codec.decode(c.view().get(k_job(jid))))  # noqa: E731
+    # round 1: shard 0 declares a falling curve; its verifiers attest, the others have not yet
+    until(c, lambda: all(s["status"] == "assigned" for s in job(c, jid)["shards"]))
+    losses = [float_bits(2.0 / (j + 1)) for j in range(n)]
+    commit(c, jid, losses=losses)
+    draw(c)
+    live = curves_json(c.view(), record())
+    assert [(x["round"], x["shard"]) for x in live] == [(0, i) for i in range(len(job(c, jid)["shards"]))] \
+        + [(1, i) for i in range(len(job(c, jid)["shards"]))]
+    now = [x for x in live if x["round"] == 1]
+    assert [p["loss"] for p in now[0]["points"]] == [2.0 / (j + 1) for j in range(n)]
+    assert not any(p["verified"] for x in now for p in x["points"])  # nothing checked before it passes
+    for i in range(len(job(c, jid)["shards"])):
+        attest(c, jid, i)
+    until(c, lambda: job(c, jid)["status"] == "done")
+    final = record()
+    curves = curves_json(c.view(), final)
+    assert {(x["round"], x["shard"]) for x in curves} == {(r, i) for r in (0, 1) for i in range(len(final.shards))}
+    for x in curves:
+        verified = [p["interval"] for p in x["points"] if p["verified"]]
+        assert n - 1 in verified  # the last interval: every verifier checks it
+        assert all(p["step"] == (p["interval"] + 1) * spec["k"] for p in x["points"])
+    # round 0's model is the start round 1's checked shards began from; round 1's is not on chain
+    rounds = rounds_json(c.view(), final)
+    assert rounds[0]["model"] == final.shards[0].commit.start.hex() and rounds[1]["model"] is None
+    assert verifiers_of(c, jid, 0)
+
+
+def test_a_lazy_attester_and_the_forced_interval_verify_no_point():
+    from consensus.jobs.curves import verified_intervals
+    from consensus.jobs.records import Commit, Selection, Shard, ShardStatus
+    commit = Commit(root=b"", leaves=5, height=1, manifest=b"", start=b"", final=b"", diverged_leaf=0, losses=[0] * 4)
+    honest = Selection(verifier=b"a" * 20, secret_index=1, locked=1, attested=True, intervals=[1, 3], attested_at=9)
+    lazy = Selection(verifier=b"b" * 20, secret_index=1, locked=1, attested=True, intervals=[0, 2, 3], attested_at=5)
+    shard = Shard(status=ShardStatus.PASSED, commit=commit, verifiers=[honest, lazy], forced=2, revealed_at=7)
+    assert verified_intervals(shard) == [1, 3]  # the lazy one attested the forced interval 2 before the reveal
+    shard.status = ShardStatus.VERIFYING
+    assert verified_intervals(shard) == []

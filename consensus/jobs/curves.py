@@ -31,8 +31,10 @@ def verified_intervals(shard: Shard) -> list[int]:
 
 
 def shard_curve(shard: Shard) -> list:
-    """[solver, declared losses (float64 bits per interval), verified intervals]."""
-    return [shard.solver, list(shard.commit.losses), verified_intervals(shard)]
+    """[solver, declared losses (float64 bits per interval), verified intervals, start leaf]:
+    the start of a passed shard was checked to be the average of the previous round's finals,
+    so it names the model that round made."""
+    return [shard.solver, list(shard.commit.losses), verified_intervals(shard), shard.commit.start]
 
 
 def record_round(v: View, job: Job) -> None:

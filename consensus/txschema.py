@@ -17,6 +17,7 @@ from .hashchain import MAX_LENGTH as MAX_CHAIN
 
 HASH_LEN = 32
 MAX_AMOUNT = 2**63 - 1   # supply is below 2**63, so no honest amount is larger
+MAX_INTERVALS = 256      # a job's leaves less one (consensus/jobs/spec.py LIMITS)
 MAX_PROOF = 32           # Merkle proof length: far above log2 of any leaf count a job allows
 
 
@@ -71,6 +72,18 @@ class Hashes:
 
 
 @dataclass(frozen=True)
+class Words:
+    """A list of unsigned 64-bit values (a commit's losses: float64 bits the chain never reads
+    as floats)."""
+    max_len: int
+
+    def check(self, name: str, value: Any) -> None:
+        if type(value) is not list or len(value) > self.max_len \
+                or not all(type(x) is int and 0 <= x < 1 << 64 for x in value):
+            raise SchemaError(f"{name} must be a list of at most {self.max_len} unsigned 64-bit integers")
+
+
+@dataclass(frozen=True)
 class JobSpec:
     def check(self, name: str, value: Any) -> None:
         from .jobs import JobError, check_spec
@@ -85,7 +98,8 @@ Schema = Mapping[str, Any]  # field name -> one of the checkers above
 ADDRESS, HASH, AMOUNT, INDEX = Bytes(ADDRESS_LEN), Bytes(HASH_LEN), Int(1), Int(0, 2**32)
 SHARD = {"job": HASH, "round": INDEX, "shard": INDEX}
 COMMIT = {**SHARD, "root": HASH, "leaves": INDEX, "manifest": HASH, "start": HASH, "start_proof": Hashes(),
-          "final": HASH, "final_proof": Hashes(), "diverged_leaf": INDEX}
+          "final": HASH, "final_proof": Hashes(), "diverged_leaf": INDEX,
+          "losses": Words(MAX_INTERVALS)}
 CHALLENGE_START = {**SHARD, "interval": Int(-1, -1)}  # disputes the start checkpoint: no leaves
 CHALLENGE = {**SHARD, "interval": INDEX, "start_leaf": HASH, "start_proof": Hashes(),
              "end_leaf": HASH, "end_proof": Hashes()}

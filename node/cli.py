@@ -23,7 +23,7 @@ from .wallet import Keystore, WalletError
 # what `solver run --cheat` accepts (verifier.adversary's strategies, and the withholding ones
 # the solver worker plays itself); listed here so the CLI starts without importing torch
 CHEATS = ("skip-steps", "forge-final", "wrong-order", "wrong-lr", "stale", "one-interval", "nonfinite-absorbing",
-          "nonfinite-declared", "withhold", "withhold-then-serve")
+          "nonfinite-declared", "loss-declared", "loss-forged", "withhold", "withhold-then-serve")
 
 USER_ERRORS = (RpcError, WalletError, HomeError, GenesisError, StoreError, SpecError)
 

@@ -59,6 +59,7 @@ def _shard_line(i: int, s: dict) -> str:
 
 
 def cmd_job_status(args, client, emit) -> None:
+    from . import jobview
     job = client(args).get(f"/job/{args.job}")
     spec = job["spec"]
     done_rounds = len(job["finals"])
@@ -66,6 +67,11 @@ def cmd_job_status(args, client, emit) -> None:
              f"  model {spec['model']}  escrow left {job['escrow']}"]
     if job["status"] == "active":
         lines += [_shard_line(i, s) for i, s in enumerate(job["shards"])]
+    for curve in job.get("curves", []):
+        checked = sum(p["verified"] for p in curve["points"])
+        lines.append(f"  loss, round {curve['round']} shard {curve['shard']} (solver {(curve['solver'] or '-')[:16]}): "
+                     f"{checked} of {len(curve['points'])} points verified (*), o: declared, not checked")
+        lines += ["    " + row for row in jobview.plot(curve)]
     lines.append("  events:")
     lines += [f"    h{h:<6} {kind:<10} {(who or '')[:20]:<20} {amount:>12}  {note}"
               for h, kind, who, amount, note in job["events"]]
@@ -83,28 +89,44 @@ def cmd_job_fetch(args, client, emit) -> None:
         raise SpecError(f"job {args.job[:16]} is {job.status.value} (round {job.round}): no final model")
     home = Path(args.out).resolve().parent
     with tempfile.TemporaryDirectory(dir=home, prefix=".stepchain-fetch-") as tmp:  # finals as files
-        ctx = JobContext(job, BlobCache(c, tmp).fetch)
-        finals = []
-        for h in job.finals[-1]:
-            path = ctx.fetch(h)
-            if path is None:
-                raise RpcError(f"final checkpoint {h.hex()[:16]} is not available or does not match the chain")
-            finals.append(path)
-        state = training.average_files(finals)  # one checkpoint in memory, whatever the shard count
+        cache = BlobCache(c, tmp)
+        ctx = JobContext(job, cache.fetch)
         try:
             _, holdout = ctx.data()
         except Unavailable as exc:
             raise RpcError(str(exc)) from None
-        metric = training.evaluate(ctx.spec, state, holdout)
-    model_id = checkpoint.digest(state).hex()
+        rounds = []
+        for r, hashes in enumerate(job.finals):  # each round's model: the average of its verified finals
+            state = _round_model(ctx, hashes)
+            rounds.append({"round": r, "model_hash": checkpoint.digest(state).hex(),
+                           "metric_ppm": training.evaluate(ctx.spec, state, holdout)})
+            cache.release()
+            for h in hashes:  # a round's finals are gigabytes for real models: one round on disk at a time
+                (cache.dir / h.hex()).unlink(missing_ok=True)
     out = Path(args.out)
-    spec, job_hex = ctx.spec, job.id.hex()
+    spec, job_hex, last = ctx.spec, job.id.hex(), rounds[-1]
     torch.save({"job": job_hex, "model": spec.model, "model_args": spec.model_args,
-                "state_dict": training.state_dict(spec, state), "checkpoint_id": model_id}, out)
-    emit(args, {"job": job_hex, "out": str(out), "model_hash": model_id,
-                "metric": job.spec["metric"], "metric_ppm": metric},
-         f"saved {out} (model checkpoint id {model_id[:16]}, from {len(finals)} verified shards)\n"
-         f"{job.spec['metric']} on held-out data: {metric / 10_000:.2f}%")
+                "state_dict": training.state_dict(spec, state), "checkpoint_id": last["model_hash"],
+                "rounds": rounds}, out)
+    table = "\n".join(f"  round {x['round']}: {x['metric_ppm'] / 10_000:6.2f}%  model {x['model_hash'][:16]}"
+                      for x in rounds)
+    emit(args, {"job": job_hex, "out": str(out), "model_hash": last["model_hash"], "metric": job.spec["metric"],
+                "metric_ppm": last["metric_ppm"], "rounds": rounds},
+         f"saved {out} (model checkpoint id {last['model_hash'][:16]}, from {len(job.finals[-1])} verified shards)\n"
+         f"{job.spec['metric']} on held-out data after each round:\n{table}\n"
+         f"{job.spec['metric']} on held-out data: {last['metric_ppm'] / 10_000:.2f}%")
+
+
+def _round_model(ctx, hashes: list[bytes]):
+    """The average of a round's finals, fetched and checked against the chain's ids."""
+    from verifier import training
+    finals = []
+    for h in hashes:
+        path = ctx.fetch(h)
+        if path is None:
+            raise RpcError(f"final checkpoint {h.hex()[:16]} is not available or does not match the chain")
+        finals.append(path)
+    return training.average_files(finals)  # one checkpoint in memory, whatever the shard count
 
 
 def _worker_logging(log_format: str = "text") -> None:

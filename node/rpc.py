@@ -25,7 +25,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from consensus.crypto import format_address, parse_address
 from consensus.genesis import ROLES
-from consensus.jobs import K_ACTIVE_JOBS, K_POOL, k_escrow, k_job, k_load, k_secrets, locked
+from consensus.jobs import K_ACTIVE_JOBS, K_POOL, Job, k_escrow, k_job, k_load, k_secrets, locked
 from p2p.blobs import BlobError
 
 BLOB_PIECE = 1 << 20  # an upload is read and written this much at a time
@@ -34,6 +34,7 @@ from consensus.staking import jail_status, unbonding_entries
 from consensus.types import Block, Tx
 
 from .blobgc import StorageFull
+from .jobview import curves_json, rounds_json
 from .mempool import MempoolError
 from .metrics import admit
 from .lifecycle import where
@@ -368,8 +369,10 @@ class Rpc:
             return _error(404, "no such job")
         # `record` is the stored map's codec bytes: workers parse those into the same typed
         # record the chain uses (consensus.jobs.Job), the rest is for people and scripts
+        parsed = Job.from_map(record)
         return web.json_response(dict(jsonable(record), escrow=v.read(k_escrow(job_id), 0), height=self.chain.height,
-                                      record=v.get(k_job(job_id)).hex()))
+                                      record=v.get(k_job(job_id)).hex(), curves=curves_json(v, parsed),
+                                      rounds=rounds_json(v, parsed)))
 
     async def peers(self, request: web.Request) -> web.Response:
         g = self.node.network.gossip

@@ -213,7 +213,8 @@ def commit_body(job_id: bytes, round_: int, shard: int, leaves: list[bytes], **o
     body = {"job": job_id, "round": round_, "shard": shard, "root": merkle.root(leaves), "leaves": len(leaves),
             "manifest": manifest_of(leaves),
             "start": leaves[0], "start_proof": merkle.proof(leaves, 0),
-            "final": leaves[-1], "final_proof": merkle.proof(leaves, len(leaves) - 1), "diverged_leaf": 0}
+            "final": leaves[-1], "final_proof": merkle.proof(leaves, len(leaves) - 1), "diverged_leaf": 0,
+            "losses": [0] * (len(leaves) - 1)}
     body.update(overrides)
     return body
 

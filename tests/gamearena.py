@@ -20,6 +20,7 @@ from node.workers.referee import judge
 from tests.chainfactory import challenge_body, commit_body
 from tests.jobworld import (VERIFIERS, block, draw, game_body, open_game, solver_of, submit, tx, verifiers_of,
                             world)
+from verifier.adversary import Published
 from verifier import checkpoint, training
 
 
@@ -38,7 +39,8 @@ def commit_trained(c, jid, leaves_bytes: list[bytes]) -> list[bytes]:
     """The shard's solver commits these checkpoints (their blob ids are the leaves), and its
     verifiers are drawn; returns the leaves."""
     leaves = [blob_id(b) for b in leaves_bytes]
-    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves)))
+    declared = Published(tuple(leaves_bytes), None).declared_losses(record(c, jid).spec["k"])  # each leaf's own
+    block(c, tx(c, solver_of(c, jid), "commit_shard", commit_body(jid, 0, 0, leaves, losses=declared)))
     draw(c)
     return leaves
 

@@ -2,6 +2,7 @@
 the same canonical bytes (and so the same leaf hashes) as the codec has always produced."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -22,11 +23,11 @@ from verifier.leaves import LeafDir
 
 
 def _codec_bytes(state: TrainState) -> bytes:
-    """The checkpoint as the generic codec writes it: the format every recorded leaf hash has."""
+    """The checkpoint as the generic codec writes it: the streamed bytes are exactly these."""
     def entry(t):
         name = "float64" if t.dtype == torch.float64 else "float32"
         return [name, list(t.shape), t.contiguous().numpy().astype("<f8" if name == "float64" else "<f4").tobytes()]
-    return codec.encode({"format": 1, "params": {n: entry(t) for n, t in state.params.items()},
+    return codec.encode({"format": 2, "loss": state.loss, "params": {n: entry(t) for n, t in state.params.items()},
                          "opt": {n: entry(t) for n, t in state.opt.items()}, "step": state.step, "rng": state.rng})
 
 
@@ -43,7 +44,8 @@ def states(draw):
             dtype = draw(st.sampled_from([torch.float32, torch.float64]))
             out[prefix + n] = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(len(out)))
         return out
-    return TrainState(tensors("", 1), tensors("m/", 0), draw(st.integers(0, 2**40)), draw(st.binary(min_size=32, max_size=32)))
+    return TrainState(tensors("", 1), tensors("m/", 0), draw(st.integers(0, 2**40)), draw(st.binary(min_size=32, max_size=32)),
+                      draw(st.integers(0, 2**64 - 1)))
 
 
 @settings(max_examples=80, deadline=None, derandomize=True, database=None)
@@ -57,7 +59,7 @@ def test_streamed_bytes_are_the_codec_bytes_and_read_back(state, tmp_path_factor
     for src in (raw, path):
         back = checkpoint.decode(src)
         assert checkpoint.encode(back) == raw
-        assert back.step == state.step and back.rng == state.rng
+        assert back.step == state.step and back.rng == state.rng and back.loss == state.loss
 
 
 def _state(n: int = 1000) -> TrainState:
@@ -79,7 +81,7 @@ def test_non_canonical_framing_is_refused():
     with pytest.raises(CheckpointError, match="truncated"):
         checkpoint.decode(raw[:-5])
     # params listed out of order: the codec would sort them, so these bytes are not canonical
-    swapped = msgpack.packb({"format": 1, "opt": obj["opt"], "params": dict(reversed(list(obj["params"].items()))),
+    swapped = msgpack.packb({"format": 2, "loss": 0, "opt": obj["opt"], "params": dict(reversed(list(obj["params"].items()))),
                              "rng": obj["rng"], "step": 7}, use_bin_type=True)
     with pytest.raises(CheckpointError, match="canonical order"):
         checkpoint.decode(swapped)
@@ -90,7 +92,8 @@ def test_a_small_file_cannot_make_the_reader_allocate_gigabytes(tmp_path):
     # before anything of that size is allocated.
     big = checkpoint._str("w") + checkpoint._array_header(3) + checkpoint._str("float32") + \
         checkpoint._array_header(1) + checkpoint._uint((1 << 30) - 1) + checkpoint._bin_header(((1 << 30) - 1) * 4)
-    raw = (checkpoint._map_header(5) + checkpoint._str("format") + b"\x01" + checkpoint._str("opt") + b"\x80"
+    raw = (checkpoint._map_header(6) + checkpoint._str("format") + b"\x02" + checkpoint._str("loss") + b"\x00"
+               + checkpoint._str("opt") + b"\x80"
            + checkpoint._str("params") + checkpoint._map_header(1) + big + b"\x00" * 64)
     path = tmp_path / "bomb"
     path.write_bytes(raw)
@@ -140,9 +143,12 @@ def test_leaf_dir_keeps_ids_and_divergence_across_reopening(tmp_path):
     a, b = _state(), TrainState({"w": torch.tensor([float("nan")])}, {}, 8, b"\x02" * 32)
     pa, pb = leaves.put(0, a), leaves.put(1, b)
     assert leaves.done is None
-    leaves.finish(1)
+    b = dataclasses.replace(b, loss=checkpoint.float_bits(6.0))
+    pb = leaves.put(1, b)
+    leaves.finish(1, leaves.interval_losses(2, 4))
     again = LeafDir(tmp_path / "shard")
     assert again.done == 1 and again.first_nonfinite(2) == 1
+    assert again.declared_losses == [checkpoint.float_bits(1.5)]  # leaf 1's sum 6.0 over k = 4 steps
     assert again.hashes(2) == [file_id(pa), file_id(pb)] == [checkpoint.digest(a), checkpoint.digest(b)]
     again.remove()
     assert not (tmp_path / "shard").exists()

@@ -59,10 +59,15 @@ def test_cheats_are_caught_honest_work_is_paid(net):
     for s, addr in cheaters.items():
         assert n0.cli("balance", addr)["stake"]["solver"] < STAKE, s
 
+    verified_loss_curves(n0, job)
+
     # the final model: fetched, checked against the chain, loadable, better than chance (33%)
     out = tmp_path / "model.pt"
     fetched = n0.cli("job", "fetch", job_id, "--out", str(out))
     assert fetched["metric_ppm"] > 600_000
+    assert [r["round"] for r in fetched["rounds"]] == list(range(job["spec"]["rounds"]))
+    assert fetched["rounds"][-1]["metric_ppm"] == fetched["metric_ppm"]
+    assert fetched["rounds"][-1]["model_hash"] == fetched["model_hash"]
     saved = torch.load(out)
     assert saved["job"] == job_id and saved["model"] == "mlp" and saved["state_dict"]
 
@@ -74,6 +79,22 @@ def test_cheats_are_caught_honest_work_is_paid(net):
     wait_all(nodes, n0.rpc.status()["height"] + 2)
     wrong_challenger_pays(nodes, workers, tmp_path, honest)
     bad_commits_are_refused(n0, job_id)
+
+
+def verified_loss_curves(n0, job: dict) -> None:
+    """Every round keeps one curve per shard, from the solver that passed; the last interval of
+    each is verified (every verifier checks it), and `job status` plots them."""
+    spec, curves = job["spec"], job["curves"]
+    assert sorted((c["round"], c["shard"]) for c in curves) == [(r, i) for r in range(spec["rounds"])
+                                                                 for i in range(spec["shards"])]
+    passed = {(r, i): s for r, finals in enumerate(job["finals"]) for i, s in enumerate(finals)}
+    assert len(passed) == len(curves)
+    for c in curves:
+        assert len(c["points"]) == spec["steps"] // spec["k"]
+        assert all(p["loss"] is not None and p["loss"] > 0 for p in c["points"])
+        assert c["points"][-1]["verified"], c
+    text = n0.cli("job", "status", job["id"], json_out=False).stdout
+    assert text.count("points verified") == len(curves) and "*" in text
 
 
 def wrong_challenger_pays(nodes, workers, tmp_path, honest) -> None:
@@ -110,7 +131,7 @@ def bad_commits_are_refused(n0, done_job_id: str) -> None:
     before = n0.rpc.get(f"/job/{done_job_id}")
     body = {"job": bytes.fromhex(done_job_id), "round": 0, "shard": 0, "root": b"\x00" * 32, "leaves": 5,
             "manifest": b"\x00" * 32, "start": b"\x00" * 32, "start_proof": [], "final": b"\x00" * 32,
-            "final_proof": [], "diverged_leaf": 0}
+            "final_proof": [], "diverged_leaf": 0, "losses": [0] * 4}
     tx = make_tx(key, n0.rpc.status()["chain_id"], "commit_shard", body, n0.rpc.account(addr)["next_nonce"], 1)
     n0.rpc.broadcast(tx)
     with pytest.raises(Exception, match="not open"):

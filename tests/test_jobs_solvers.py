@@ -99,7 +99,7 @@ def test_assigned_solver_commits_root_leaves_manifest_start_and_final():
     assert s["status"] == "committed"
     assert s["commit"] == {"root": merkle.root(leaves), "leaves": 51, "height": c.height,
                            "manifest": manifest_of(leaves), "start": leaves[0], "final": leaves[-1],
-                           "diverged_leaf": 0}
+                           "diverged_leaf": 0, "losses": [0] * 50}
     assert shard(c, jid, 1)["status"] == "assigned"
     assert events(c, jid, "commit")[0][2] == solver_of(c, jid, 0).address
 

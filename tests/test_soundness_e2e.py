@@ -118,3 +118,20 @@ def test_a_colluding_first_challenger_cannot_shield_a_cheat(net):
     assert checker not in slashed(job)
     rewarded = {e[2] for e in events_of(job, "rewarded")}
     assert checker in rewarded
+
+
+def test_a_solver_that_lies_about_its_loss_is_slashed(net):
+    """A wrong loss is a fault like a wrong checkpoint: a solver that trains honestly but writes
+    a 10% lower loss into every leaf, and declares it, is slashed with the fraud proven (the
+    bisection game ends on the last step of an interval, whose state hash holds the loss). A
+    lie in the declaration alone is caught by rule (tests/test_loss_curves.py)."""
+    nodes, workers, tmp_path = net
+    n0 = nodes[0]
+    liar = stake(n0, "liar", "solver")
+    checker = stake(n0, "checker", "verifier")
+    job_id = submit(n0, tmp_path, "loss-liar", shards=1, commit_blocks=60, verify_blocks=30)
+    workers.append(start_worker(n0, "solver", "liar", "--cheat", "loss-forged"))
+    workers.append(start_worker(n0, "verifier", "checker", "--whistleblower", url=nodes[1].url))
+    job = wait_job(n0, job_id, lambda j: liar in slashed(j))
+    assert any("fraud proven" in why for why in slashed(job)[liar])
+    assert checker not in slashed(job)

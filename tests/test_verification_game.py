@@ -195,7 +195,7 @@ def test_a_solver_worker_plays_every_game_of_challenges_opened_in_the_same_block
     kept = LeafDir(worker.shard_dir(record(c, jid), 0))  # the leaves as the solver keeps them on disk
     for i, leaf in enumerate(trained):
         kept.put_raw(i, leaf)
-    kept.finish(0)
+    kept.finish(0, kept.interval_losses(len(trained), K))
     worker.defend(record(c, jid), 0, record(c, jid).shards[0], 0)
     for g, i in zip(griefers, (3, 5)):
         game = open_game(c, jid, g)

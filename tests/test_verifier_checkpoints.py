@@ -75,7 +75,9 @@ def _first_param(fn):
     (codec.encode([1, 2, 3]), "expected exactly the fields"),
     (_edit(step=_DROP), "expected exactly the fields"),
     (_edit(extra=1), "expected exactly the fields"),
-    (_edit(format=2), "format 2 is not supported"),
+    (_edit(format=1), "format 1 is not supported"),  # before losses were part of the state
+    (_edit(format=3), "format 3 is not supported"),
+    (_edit(loss=-1), "loss must be the 64 bits"),
     (_edit(step=-1), "step must be a non-negative"),
     (_edit(step="3"), "step must be a non-negative"),
     (_edit(step=True), "step must be a non-negative"),
@@ -107,7 +109,7 @@ def test_checkpoint_decode_rejects_non_canonical_bytes_and_size():
 
 
 def test_checkpoint_decode_rejects_boolean_format():
-    """True == 1 in Python: a format of msgpack `true` must not pass for format 1, or one state
+    """True == 1 in Python: a format of msgpack `true` must not pass for an integer format, or one state
     would have two accepted encodings (two different Merkle leaves)."""
     with pytest.raises(CheckpointError, match="format .*not supported"):
         checkpoint.decode(_edit(format=True))

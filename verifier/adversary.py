@@ -34,6 +34,10 @@ lands from honest work, and the verifier must catch each one that saves 1% or mo
     nonfinite-declared   the same, declaring diverged_leaf = i+1 (interval i is always checked)
     one-interval         honest except one random interval, whose end is its start relabelled;
                          training goes on from it (saves 1/intervals)
+    loss-declared        honest leaves, but one random interval's declared mean loss is 10%
+                         lower than its leaf's (a nicer curve than the work earned)
+    loss-forged          honest weights, but every leaf's own loss is 10% lower, declared to
+                         match (the curve is consistent, and wrong)
 
 Training always continues from what was published, as a cheater's own next interval would.
 """
@@ -54,7 +58,9 @@ from .work import ShardWork
 
 STRATEGIES = ("skip-steps", "forge-final", "wrong-order", "wrong-lr", "stale", "withhold")
 RATIONAL = ("skip-one-step", "half-batch", "bf16-autocast", "fp16-autocast", "bias-under-bound", "old-bound-bias",
-            "optimizer-bias", "nonfinite-absorbing", "nonfinite-declared", "one-interval")
+            "optimizer-bias", "nonfinite-absorbing", "nonfinite-declared", "one-interval", "loss-declared",
+            "loss-forged")
+LOSS_LIE = 0.9
 OPT_BIAS = 0.05  # well inside the 10% the optimizer state was allowed before (100 x 1000 ppm)
 BOUND_FRACTION = 0.9
 
@@ -156,9 +162,32 @@ def corrupt_interval(checkpoints: list[bytes], interval_index: int, work: ShardW
 
 @dataclasses.dataclass(frozen=True)
 class Published:
-    """What a solver commits to: its leaves, and the first non-finite leaf it declares."""
+    """What a solver commits to: its leaves, the first non-finite leaf it declares, and the
+    mean loss it declares per interval (None: each interval's own, read from its end leaf)."""
     leaves: tuple[bytes, ...]
     diverged_leaf: int | None
+    losses: tuple[int, ...] | None = None
+
+    def declared_losses(self, k: int) -> list[int]:
+        if self.losses is not None:
+            return list(self.losses)
+        return [checkpoint.interval_mean(leaf_loss(raw), k) for raw in self.leaves[1:]]
+
+
+def leaf_loss(raw: bytes) -> int:
+    """A leaf's loss field (0 for bytes that are not a checkpoint: a forgery declares 0)."""
+    try:
+        return checkpoint.decode(raw).loss
+    except checkpoint.CheckpointError:
+        return 0
+
+
+def _lowered(bits: int) -> int:
+    return checkpoint.float_bits(checkpoint.bits_float(bits) * LOSS_LIE)
+
+
+def _loss_forged(i: int, start: TrainState, ours: TrainState) -> TrainState:
+    return dataclasses.replace(ours, loss=_lowered(ours.loss))
 
 
 Steps = Callable[[Trainer, ShardData], None]  # takes one interval's k steps, or pretends to
@@ -287,7 +316,8 @@ def publish(strategy: str, work: ShardWork, start: TrainState, seed: bytes = b""
     steps: dict[str, Steps] = {"skip-one-step": _skip_one, "half-batch": _half_batch,
                                "bf16-autocast": _autocast(torch.bfloat16), "fp16-autocast": _autocast(torch.float16)}
     ends: dict[str, End] = {"bias-under-bound": stretched(work, BOUND_FRACTION),
-                            "old-bound-bias": _old_bound_bias(work, BOUND_FRACTION), "optimizer-bias": _optimizer_bias}
+                            "old-bound-bias": _old_bound_bias(work, BOUND_FRACTION), "optimizer-bias": _optimizer_bias,
+                            "loss-forged": _loss_forged}
     if strategy in steps:
         return Published(tuple(train_with(work, start, steps=steps[strategy])), None)
     if strategy in ends:
@@ -297,5 +327,10 @@ def publish(strategy: str, work: ShardWork, start: TrainState, seed: bytes = b""
     i = _choose(work, strategy, seed).randrange(work.intervals)
     if strategy == "one-interval":
         return Published(tuple(train_with(work, start, end=_relabelled_once(i))), None)
+    if strategy == "loss-declared":
+        honest = Published(tuple(train_with(work, start)), None)
+        losses = honest.declared_losses(work.spec.k)
+        losses[i] = _lowered(losses[i])
+        return dataclasses.replace(honest, losses=tuple(losses))
     leaves = _nonfinite_from(work, start, i)
     return Published(tuple(leaves), i + 1 if strategy == "nonfinite-declared" else None)

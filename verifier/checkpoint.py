@@ -1,7 +1,10 @@
 """Training state and its canonical bytes, whose blob id is a Merkle leaf.
 
 A checkpoint is one consensus.codec map (keys sorted by the codec):
-    format  1
+    format  2
+    loss    the sum of this interval's step losses so far, as the bits of an IEEE float64
+            (0 at a round's start; it restarts at every leaf): a leaf commits its interval's
+            loss, so the loss curve is verified exactly as the weights are
     params  {parameter name: [dtype, shape, raw little-endian bytes]}
     opt     {optimizer slot: [dtype, shape, raw bytes]}   e.g. "m/<param>", "beta1_power"
     step    steps taken in this round (0 at the round's start)
@@ -31,7 +34,7 @@ import torch
 
 from consensus.blobid import BlobHasher, blob_id, file_id
 
-FORMAT = 1
+FORMAT = 2  # 2: the interval's loss is part of the state
 MAX_CHECKPOINT_BYTES = 1 << 36  # well above any genesis blob cap: the blob cap is the real bound
 MAX_TENSOR_DIMS = 8
 MAX_TENSORS = 10_000  # per map: a 24-layer gpt has 300; each costs ~1 KB of bookkeeping
@@ -40,7 +43,7 @@ RNG_BYTES = 32
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _NUMPY = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 _NAMES = {v: k for k, v in DTYPES.items()}
-FIELDS = ("format", "opt", "params", "rng", "step")  # in canonical (sorted) order
+FIELDS = ("format", "loss", "opt", "params", "rng", "step")  # in canonical (sorted) order
 PIECE = 8 << 20  # bytes written or read per call: bounds the transient copies
 
 
@@ -56,6 +59,26 @@ class TrainState:
     opt: dict[str, torch.Tensor]
     step: int
     rng: bytes
+    loss: int = 0  # float64 bits: the sum of the step losses since the interval began
+
+    @property
+    def loss_sum(self) -> float:
+        return bits_float(self.loss)
+
+
+def float_bits(x: float) -> int:
+    """An IEEE float64 as the integer of its bits: how the chain and a checkpoint hold a loss."""
+    return struct.unpack("<Q", struct.pack("<d", x))[0]
+
+
+def bits_float(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+
+
+def interval_mean(loss_bits: int, k: int) -> int:
+    """The bits of a leaf's mean step loss over its k-step interval: what a commit declares for
+    the leaf (one IEEE division of the leaf's own sum: the same bits everywhere)."""
+    return float_bits(bits_float(loss_bits) / k)
 
 
 # -- msgpack framing, written and read by hand ------------------------------------------------
@@ -136,10 +159,12 @@ def _write_tensors(sink: _Sink, tensors: dict[str, torch.Tensor]) -> None:
 
 def write(state: TrainState, file=None) -> bytes:
     """Stream the canonical bytes of a state into `file` (or only hash them); the blob id."""
-    if type(state.step) is not int or state.step < 0 or len(state.rng) != RNG_BYTES:
-        raise CheckpointError("a state needs a non-negative int step and a 32-byte rng")
+    if type(state.step) is not int or state.step < 0 or len(state.rng) != RNG_BYTES \
+            or type(state.loss) is not int or not 0 <= state.loss < 1 << 64:
+        raise CheckpointError("a state needs a non-negative int step, a 32-byte rng and 64 loss bits")
     sink = _Sink(file)
-    sink.put(_map_header(len(FIELDS)) + _str("format") + _uint(FORMAT) + _str("opt"))
+    sink.put(_map_header(len(FIELDS)) + _str("format") + _uint(FORMAT) + _str("loss") + _uint(state.loss)
+             + _str("opt"))
     _write_tensors(sink, state.opt)
     sink.put(_str("params"))
     _write_tensors(sink, state.params)
@@ -330,6 +355,8 @@ def _read_state(r: _Reader, load: bool = True) -> TrainState:
             fields[want] = r.uint(f"checkpoint format is not supported (this node reads {FORMAT})")
             if fields[want] != FORMAT:
                 raise CheckpointError(f"checkpoint format {fields[want]!r} is not supported (this node reads {FORMAT})")
+        elif want == "loss":
+            fields[want] = r.uint("checkpoint loss must be the 64 bits of a float64")
         elif want in ("opt", "params"):
             fields[want] = _read_tensors(r, want, want == "opt", load)
         elif want == "rng":
@@ -341,7 +368,7 @@ def _read_state(r: _Reader, load: bool = True) -> TrainState:
             fields[want] = r.uint("checkpoint step must be a non-negative integer")
     if r.left:
         raise CheckpointError("not a checkpoint: bytes after the end")
-    return TrainState(fields["params"], fields["opt"], fields["step"], fields["rng"])
+    return TrainState(fields["params"], fields["opt"], fields["step"], fields["rng"], fields["loss"])
 
 
 def decode(src: bytes | str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> TrainState:

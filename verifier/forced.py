@@ -41,7 +41,7 @@ def corrupt(spec: training.TrainSpec, start: TrainState | None, end: TrainState)
         move = float(torch.linalg.vector_norm(e64 - s64))
         floor = floor_of(s64)
         flat[0] += TOLERANCE_MARGIN * spec.tolerance_ppm / 1e6 * max(move, floor) + 1e-6
-    return TrainState({**end.params, name: tensor}, dict(end.opt), end.step, end.rng)
+    return TrainState({**end.params, name: tensor}, dict(end.opt), end.step, end.rng, end.loss)
 
 
 def train_with_forced_error(work: ShardWork, start: TrainState, forced: int | None,

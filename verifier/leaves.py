@@ -30,22 +30,38 @@ class LeafDir:
         index = self.dir / INDEX
         self.ids: dict[int, bytes] = {}
         self.finite: dict[int, bool] = {}
-        if index.exists():
-            saved = json.loads(index.read_text())
+        self.loss: dict[int, int] = {}  # each leaf's loss field (float64 bits of its interval's sum)
+        saved = json.loads(index.read_text()) if index.exists() else {}
+        if "loss" in saved:  # an index from before leaves held losses is trained again
             self.ids = {int(i): bytes.fromhex(h) for i, h in saved["ids"].items()}
             self.finite = {int(i): bool(f) for i, f in saved["finite"].items()}
+            self.loss = {int(i): int(x) for i, x in saved["loss"].items()}
+
+    def _declared(self) -> dict | None:
+        try:
+            done = json.loads((self.dir / DONE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return done if {"diverged_leaf", "losses"} <= set(done) and self.loss else None
 
     @property
     def done(self) -> int | None:
         """The diverged leaf declared once training finished (0: none), None while unfinished."""
-        try:
-            return json.loads((self.dir / DONE).read_text())["diverged_leaf"]
-        except (FileNotFoundError, ValueError, KeyError):
-            return None
+        declared = self._declared()
+        return None if declared is None else declared["diverged_leaf"]
 
-    def finish(self, diverged_leaf: int) -> None:
+    @property
+    def declared_losses(self) -> list[int]:
+        """The per-interval mean losses to commit (set by `finish`)."""
+        return list(self._declared()["losses"])
+
+    def interval_losses(self, count: int, k: int) -> list[int]:
+        """What an honest commit declares: each interval's mean loss, from its end leaf."""
+        return [checkpoint.interval_mean(self.loss[i], k) for i in range(1, count)]
+
+    def finish(self, diverged_leaf: int, losses: list[int]) -> None:
         tmp = self.dir / f".{DONE}.part"
-        tmp.write_text(json.dumps({"diverged_leaf": diverged_leaf}))
+        tmp.write_text(json.dumps({"diverged_leaf": diverged_leaf, "losses": losses}))
         os.replace(tmp, self.dir / DONE)
 
     def path(self, index: int) -> Path:
@@ -55,6 +71,7 @@ class LeafDir:
         path = self.path(index)
         self.ids[index] = checkpoint.save(state, path)
         self.finite[index] = checkpoint.is_finite(state)
+        self.loss[index] = state.loss
         self._save_index()
         return path
 
@@ -66,16 +83,19 @@ class LeafDir:
         os.replace(tmp, path)
         self.ids[index] = blob_id(raw)
         try:
-            self.finite[index] = checkpoint.is_finite(checkpoint.decode(raw))
+            state = checkpoint.decode(raw)
+            self.finite[index], self.loss[index] = checkpoint.is_finite(state), state.loss
         except checkpoint.CheckpointError:
             self.finite[index] = True  # not a checkpoint at all: nothing to declare about it
+            self.loss[index] = 0
         self._save_index()
         return path
 
     def _save_index(self) -> None:
         tmp = self.dir / f".{INDEX}.part"
         tmp.write_text(json.dumps({"ids": {str(i): h.hex() for i, h in sorted(self.ids.items())},
-                                   "finite": {str(i): f for i, f in sorted(self.finite.items())}}))
+                                   "finite": {str(i): f for i, f in sorted(self.finite.items())},
+                                   "loss": {str(i): x for i, x in sorted(self.loss.items())}}))
         os.replace(tmp, self.dir / INDEX)
 
     def hashes(self, count: int) -> list[bytes]:

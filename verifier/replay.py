@@ -65,6 +65,7 @@ malformed checkpoint is the solver's fault and must turn into a verdict, not a c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -79,6 +80,7 @@ from .work import ShardWork
 
 FLOOR_PPM = 1000  # a tensor is judged as if it moved at least 0.1% of its norm (see above)
 FLOOR_ABS = 1e-30
+LOSS_FLOOR = 1e-3  # a summed interval loss is judged as if it were at least this
 
 
 def tensors_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -167,7 +169,8 @@ def _close_files(start_path: Path, ours: TrainState, claimed_path: Path, toleran
     """_close with the start and the claim read from their files one tensor at a time."""
     claimed = checkpoint.index(claimed_path)
     powers = {n: checkpoint.read_tensor(claimed_path, ref) for n, ref in claimed.opt.items() if n.endswith("_power")}
-    fault = exact_fault(ours, TrainState(claimed.params, {**claimed.opt, **powers}, claimed.step, claimed.rng))
+    head = TrainState(claimed.params, {**claimed.opt, **powers}, claimed.step, claimed.rng, claimed.loss)
+    fault = exact_fault(ours, head) or loss_fault(ours, head, tolerance_ppm)
     if fault is not None:
         return False, fault
     start = checkpoint.index(start_path)
@@ -191,9 +194,21 @@ def exact_fault(ours: TrainState, claimed: TrainState) -> str | None:
     return None
 
 
+def loss_fault(ours: TrainState, claimed: TrainState, tolerance_ppm: int) -> str | None:
+    """Why the claimed interval loss is too far from ours (`tolerance`): the loss of steps on
+    slightly different weights differs by far less than the weights' own bound, so it is held
+    to tol relative to the loss itself (a loss near zero is judged as if it were LOSS_FLOOR).
+    A NaN on either side is never close."""
+    a, b = ours.loss_sum, claimed.loss_sum
+    bound = tolerance_ppm / 1e6 * max(abs(a), LOSS_FLOOR)
+    if math.isfinite(a) and math.isfinite(b) and abs(a - b) <= bound:
+        return None
+    return f"interval loss {b!r} where the recomputation gives {a!r} (bound {bound:.3g})"
+
+
 def _close(start: TrainState, ours: TrainState, claimed: TrainState, tolerance_ppm: int) -> tuple[bool, str]:
     """(ok, why) for a finite claimed end against our finite recomputation from `start`."""
-    fault = exact_fault(ours, claimed)
+    fault = exact_fault(ours, claimed) or loss_fault(ours, claimed, tolerance_ppm)
     if fault is not None:
         return False, fault
     return _judge_gaps(tensor_gaps(start, ours, claimed), tolerance_ppm)
@@ -288,10 +303,11 @@ def _declaration_fault(interval: int, diverged_leaf: int | None, start_finite: b
 
 
 def _leaves(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf,
-            diverged_leaf: int | None) -> tuple[TrainState, TrainState] | str:
+            diverged_leaf: int | None, losses: Sequence[int] | None) -> tuple[TrainState, TrainState] | str:
     """The interval's two leaves decoded and checked by every rule that needs no training (they
     fit the job, the start is at the interval's first step, their finiteness agrees with the
-    declared divergence), or why they break one."""
+    declared divergence, the end holds the loss the commit declares for it), or why they
+    break one."""
     spec = work.spec
     if type(interval) is not int or not 0 <= interval < work.intervals:
         return f"interval {interval!r} does not exist (there are {work.intervals})"
@@ -309,12 +325,28 @@ def _leaves(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: 
         claimed = _job_state(spec, claimed_end_ckpt)
     except CheckpointError as exc:
         return f"{where}: claimed checkpoint is malformed: {exc}"
-    fault = _declaration_fault(interval, diverged_leaf, checkpoint.is_finite(start), checkpoint.is_finite(claimed))
+    fault = _declaration_fault(interval, diverged_leaf, checkpoint.is_finite(start), checkpoint.is_finite(claimed)) \
+        or _loss_declaration_fault(work, interval, claimed, losses)
     return f"{where}: {fault}" if fault is not None else (start, claimed)
 
 
+def _loss_declaration_fault(work: ShardWork, interval: int, claimed: TrainState,
+                            losses: Sequence[int] | None) -> str | None:
+    """Why the commit's declared mean loss for this interval is not the one its end leaf holds,
+    bit for bit (`losses` None: the leaves are judged alone, with no commit to hold them to)."""
+    if losses is None:
+        return None
+    held = checkpoint.interval_mean(claimed.loss, work.spec.k)
+    if len(losses) != work.intervals:
+        return f"the commit declares {len(losses)} interval losses, not {work.intervals}"
+    if losses[interval] != held:
+        return (f"the commit declares mean loss {checkpoint.bits_float(losses[interval])!r}, "
+                f"the claimed end holds {checkpoint.bits_float(held)!r}")
+    return None
+
+
 def verify_interval(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf,
-                    diverged_leaf: int | None = None) -> tuple[bool, str]:
+                    diverged_leaf: int | None = None, losses: Sequence[int] | None = None) -> tuple[bool, str]:
     """Recompute interval `interval` (k steps from leaf `interval` to leaf `interval` + 1) and
     judge the claimed end, under the commit's declared first non-finite leaf (None: all finite).
 
@@ -322,9 +354,10 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_en
     be non-finite too; a finite start with a non-finite end needs the divergence declared at
     exactly the end and a recomputation that diverges as well (exact profiles: to the same
     bytes); two finite leaves need no divergence declared at either and the usual comparison.
+    `losses`: the commit's declared mean losses, which the claimed end must hold.
     """
     spec = work.spec
-    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, diverged_leaf)
+    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, diverged_leaf, losses)
     if isinstance(leaves, str):
         return False, leaves
     start, claimed = leaves
@@ -365,14 +398,15 @@ def verify_interval(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_en
 
 
 def verify_step(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf,
-                diverged_leaf: int | None, agreed_ckpt: Leaf, step: int, claimed_hash: bytes) -> tuple[bool, str]:
+                diverged_leaf: int | None, agreed_ckpt: Leaf, step: int, claimed_hash: bytes,
+                losses: Sequence[int] | None = None) -> tuple[bool, str]:
     """A referee's judgement at the end of a bisection game (exact profiles): the interval's
     leaves obey every rule that needs no training, and one training step from the state both
     parties agreed on at `step` gives the solver's claimed hash for step + 1.
 
     The agreed hash is one the solver committed or posted, so an agreed state that is not a
     valid state of this job at `step` is the solver's fault too."""
-    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, diverged_leaf)
+    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, diverged_leaf, losses)
     if isinstance(leaves, str):
         return False, leaves
     if not checkpoint.is_finite(leaves[0]):  # past a divergence nothing is compared bit by bit
@@ -393,13 +427,15 @@ def verify_step(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ck
     return False, f"step {step} -> {step + 1}: the solver's hash differs from the recomputed step"
 
 
-def verify_forced(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf) -> tuple[bool, str]:
+def verify_forced(work: ShardWork, interval: int, start_ckpt: Leaf, claimed_end_ckpt: Leaf,
+                  losses: Sequence[int] | None = None) -> tuple[bool, str]:
     """Is the claimed end of a revealed forced-error interval exactly the planted change of the
     honest end (verifier/forced.py)? Exact profiles: equal bytes; `tolerance`: within the bound
     of the planted state. Anything else (the honest end itself, or a model of the solver's
-    choosing) is not a forced error, whatever the solver revealed."""
+    choosing, or an end whose declared loss is not its own) is not a forced error, whatever the
+    solver revealed."""
     from . import forced
-    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, None)
+    leaves = _leaves(work, interval, start_ckpt, claimed_end_ckpt, None, losses)
     if isinstance(leaves, str):
         return False, leaves
     start, claimed = leaves

@@ -286,26 +286,36 @@ class Trainer:
         opt_state = {n: t.to(device, copy=not own) for n, t in state.opt.items()}
         self.opt = optim.Optimizer(spec.optimizer, spec.lr, self.names, self.params, opt_state)
         self.step, self.rng = state.step, state.rng
+        # the interval's loss so far, summed in float64 on the device (read back only when a
+        # state is taken: no sync per step on a GPU)
+        self.loss_sum = torch.tensor(checkpoint.bits_float(state.loss), dtype=torch.float64, device=device)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Mean cross-entropy (over items, and positions for sequences), its gradient, one update."""
+        """Mean cross-entropy (over items, and positions for sequences), its gradient, one update.
+        The step's loss joins the interval's sum, which restarts at every leaf (step % k == 0)."""
         logits = self.model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         grads = torch.autograd.grad(loss, self.params)
         self.opt.update(list(grads))
+        if self.step % self.spec.k == 0:
+            self.loss_sum.zero_()
+        self.loss_sum += loss.detach().to(torch.float64)
         self.step += 1
         self.rng = next_rng(self.rng)
+
+    def _loss_bits(self) -> int:
+        return checkpoint.float_bits(float(self.loss_sum))
 
     def state(self) -> TrainState:
         """A snapshot on the CPU (copies, so training can go on)."""
         params = {n: p.detach().to("cpu", copy=True) for n, p in zip(self.names, self.params)}
-        return TrainState(params, self.opt.export(), self.step, self.rng)
+        return TrainState(params, self.opt.export(), self.step, self.rng, self._loss_bits())
 
     def live(self) -> TrainState:
         """The current state as views of the live tensors (no copy): read it before the next
         step, never keep it past one."""
         params = {n: p.detach() for n, p in zip(self.names, self.params)}
-        return TrainState(params, self.opt.export(copy=False), self.step, self.rng)
+        return TrainState(params, self.opt.export(copy=False), self.step, self.rng, self._loss_bits())
 
     def encode(self) -> bytes:
         """Checkpoint bytes of the current state (small models: the bytes are held whole)."""

@@ -13,6 +13,7 @@ collects attestations and challenges, counts validators' referee votes, and move
     game.py       the bisection game that narrows an exact-profile dispute to one step
     reveal.py     forced errors: the solver's reveal, the jackpot, lazy verifiers' loss
     settle.py     outcomes: payouts, slashes, reopening a shard, closing a job
+    curves.py     loss curves: each shard's declared losses and which points were verified
     schedule.py   end of block: assignment, verifier draws, deadlines
 """
 from .bonds import K_POOL, free_stake, k_lock, k_secrets, locked, pool

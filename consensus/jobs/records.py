@@ -102,6 +102,8 @@ class Commit(Record):
     start: bytes
     final: bytes
     diverged_leaf: int     # the first non-finite leaf, declared by the solver; 0: none
+    losses: list = field(default_factory=list)  # per interval: the float64 bits of its mean step
+                           # loss, declared by the solver; its end leaf holds the same loss
 
 
 @dataclass

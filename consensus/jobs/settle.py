@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ledger import View, add_balance, add_burned, get_params
-from . import bonds
+from . import bonds, curves
 from .lifecycle import move
 from .records import (K_ACTIVE_JOBS, START, Challenge, ChallengeKind, Job, JobStatus, Shard,
                       ShardStatus, k_escrow, k_load)
@@ -248,6 +248,7 @@ def forced_check_decided(v: View, job: Job, index: int, ch: Challenge, planted: 
 
 
 def finish_round(v: View, job: Job, height: int) -> None:
+    curves.record_round(v, job)
     diverged = [(i, s.commit.diverged_leaf) for i, s in enumerate(job.shards) if s.commit.diverged_leaf]
     if diverged:
         i, leaf = diverged[0]

@@ -88,8 +88,10 @@ def process_commit_shard(v: View, tx, sender: bytes, height: int) -> None:
     diverged = body.get("diverged_leaf")
     if type(diverged) is not int or not (diverged == 0 or 1 <= diverged < leaves):
         raise JobError(f"diverged_leaf must be 0 (all leaves finite) or the first non-finite leaf, 1..{leaves - 1}")
+    if len(body.get("losses", ())) != leaves - 1:
+        raise JobError(f"a commit declares the mean loss of each of its {leaves - 1} intervals")
     commit = Commit(root=body["root"], leaves=leaves, height=height, manifest=body["manifest"], start=b"",
-                    final=b"", diverged_leaf=diverged)
+                    final=b"", diverged_leaf=diverged, losses=list(body["losses"]))
     commit.start = _proof(body, "start", "start_proof", 0, commit)
     commit.final = _proof(body, "final", "final_proof", leaves - 1, commit)
     shard.commit = commit

@@ -214,7 +214,7 @@ def check_revealed(ctx: JobContext, index: int, interval: int, start_leaf: bytes
         work = ctx.work(index)
     except Unavailable as exc:
         return Judgement(Verdict.UNDECIDED, str(exc))
-    planted, why = replay.verify_forced(work, interval, start, end)
+    planted, why = replay.verify_forced(work, interval, start, end, ctx.job.shards[index].commit.losses)
     return Judgement(Verdict.SOUND if planted else Verdict.FAULT, why)
 
 
@@ -229,8 +229,9 @@ def check_interval(ctx: JobContext, index: int, interval: int, start_leaf: bytes
         work = ctx.work(index, device)
     except Unavailable as exc:
         return Judgement(Verdict.UNDECIDED, str(exc))
-    diverged = ctx.job.shards[index].commit.diverged_leaf or None
-    return Judgement.of(*replay.verify_interval(work, interval, start, end, diverged))
+    commit = ctx.job.shards[index].commit
+    return Judgement.of(*replay.verify_interval(work, interval, start, end, commit.diverged_leaf or None,
+                                                commit.losses))
 
 
 # -- hash-chain secrets ------------------------------------------------------------------------
@@ -330,6 +331,6 @@ def check_game(ctx: JobContext, index: int, ch, height: int) -> Judgement:
         work = ctx.work(index)
     except Unavailable as exc:
         return Judgement(Verdict.UNDECIDED, str(exc))
-    diverged = ctx.job.shards[index].commit.diverged_leaf or None
-    return Judgement.of(*replay.verify_step(work, ch.interval, blobs[0], blobs[1], diverged, blobs[2], game.lo,
-                                            game.hi_hash))
+    commit = ctx.job.shards[index].commit
+    return Judgement.of(*replay.verify_step(work, ch.interval, blobs[0], blobs[1], commit.diverged_leaf or None,
+                                            blobs[2], game.lo, game.hi_hash, commit.losses))

@@ -127,9 +127,9 @@ class Solver:
         secret = job.shards[index].secret_index
         return self.workdir / f"shard-{job.id.hex()}-{job.round}-{index}-{secret}"
 
-    def _train(self, job: Job, index: int, leaves: LeafDir) -> int:
+    def _train(self, job: Job, index: int, leaves: LeafDir) -> tuple[int, list[int]]:
         """Train the shard into `leaves`: honest (with its forced error, if it carries one), or
-        what the cheat publishes; the diverged leaf to declare (0: none)."""
+        what the cheat publishes; the diverged leaf (0: none) and the interval losses to declare."""
         from verifier import adversary, forced
         ctx = JobContext(job, self.fetch)
         work = ctx.work(index, self.device)
@@ -137,7 +137,7 @@ class Solver:
             published = adversary.publish(self.cheat, work, ctx.expected_start())
             for i, raw in enumerate(published.leaves):
                 leaves.put_raw(i, raw)
-            return published.diverged_leaf or 0
+            return published.diverged_leaf or 0, published.declared_losses(ctx.spec.k)
         planted = self.forced(job, job.shards[index], self.client.get("/params")["forced_error_ppm"])
         if planted is not None:
             log.info("job %s r%d shard %d carries a forced error in interval %d", job.id.hex()[:8], job.round,
@@ -150,14 +150,15 @@ class Solver:
         finally:
             if bar:
                 bar.close()
-        return leaves.first_nonfinite(work.intervals + 1) or 0
+        count = work.intervals + 1
+        return leaves.first_nonfinite(count) or 0, leaves.interval_losses(count, ctx.spec.k)
 
     def solve(self, job: Job, index: int) -> None:
         count = job.spec["steps"] // job.spec["k"] + 1
         store = LeafDir(self.shard_dir(job, index))
         if store.done is None:  # not trained yet, or interrupted: train (again) from the start
             try:
-                store.finish(self._train(job, index, store))
+                store.finish(*self._train(job, index, store))
             except Unavailable as exc:
                 return self._cannot_run(job, index, str(exc))
         diverged = store.done
@@ -171,7 +172,7 @@ class Solver:
                 "root": merkle.root(leaves), "leaves": len(leaves), "manifest": blob_id(manifest),
                 "start": leaves[0], "start_proof": merkle.proof(leaves, 0),
                 "final": leaves[-1], "final_proof": merkle.proof(leaves, len(leaves) - 1),
-                "diverged_leaf": diverged}
+                "diverged_leaf": diverged, "losses": store.declared_losses}
         info = self.send("commit_shard", body)
         log.info("committed job %s round %d shard %d at height %d (root %s%s)", job.id.hex()[:8], job.round,
                  index, info["height"], body["root"].hex()[:16], f", diverged at leaf {diverged}" if diverged else "")

@@ -61,14 +61,18 @@ function moneySection(job) {
 function finalSection(job) {
   const rounds = job.rounds || [];
   const last = rounds.length ? rounds[rounds.length - 1] : null;
-  const finals = job.finals || [];
-  const metric = (ppm) => (ppm === null || ppm === undefined ? "-" : `${(ppm / 1e6).toFixed(6)} (${job.spec.metric || "metric"}, ppm ${num(ppm)})`);
+  const finals = last ? last.finals || [] : (job.finals || []).flat();
+  const metric = (ppm) => (ppm === null || ppm === undefined
+    ? `${job.spec.metric || "metric"}: computed off chain by \`stepchain job fetch\``
+    : `${(ppm / 1e6).toFixed(6)} (${job.spec.metric || "metric"})`);
+  const model = last && last.model ? last.model
+    : finals.length ? `average of ${finals.map((f) => short(String(f), 8)).join(" + ")}` : "not trained yet";
   return h("section", { id: "job-final" }, h("h2", {}, "model"), kv([
-    ["final model hash", h("span", { class: "mono", id: "final-model" },
-      (last && last.model) || (finals.length ? String(finals[finals.length - 1]) : "not trained yet"))],
+    ["final model", h("span", { class: "mono", id: "final-model" }, model)],
     ["metric", h("span", { id: "final-metric" }, metric(last && last.metric_ppm))]]),
-  rounds.length ? table(["round", "model", "metric"], rounds.map((r) => [String(r.round + 1),
-    h("span", { class: "mono" }, r.model ? short(r.model, 12) : "-"), metric(r.metric_ppm)])) : null);
+  rounds.length ? table(["round", "finals (one per shard)", "model it made"], rounds.map((r) => [String(r.round + 1),
+    h("span", { class: "mono" }, (r.finals || []).map((f) => short(f, 8)).join(", ")),
+    h("span", { class: "mono" }, r.model ? short(r.model, 12) : "-")])) : null);
 }
 
 // A line per shard; each shard's verified points again as filled markers, in the same colour.

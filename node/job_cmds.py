@@ -61,6 +61,7 @@ def _shard_line(i: int, s: dict) -> str:
 def cmd_job_status(args, client, emit) -> None:
     from . import jobview
     job = client(args).get(f"/job/{args.job}")
+    job["curves"] = client(args).get(f"/job/{args.job}/curves")["curves"]
     spec = job["spec"]
     done_rounds = len(job["finals"])
     lines = [f"job {job['id']}  {job['status']}  rounds done {done_rounds}/{spec['rounds']}"

@@ -197,6 +197,7 @@ class Rpc:
             web.get("/jobs", self.jobs),
             web.get("/params", self.params),
             web.get("/job/{id}", self.job),
+            web.get("/job/{id}/curves", self.job_curves),
             web.post("/admin/isolate", self.isolate),
             web.get("/ws", self.websocket),
         ])
@@ -369,10 +370,19 @@ class Rpc:
             return _error(404, "no such job")
         # `record` is the stored map's codec bytes: workers parse those into the same typed
         # record the chain uses (consensus.jobs.Job), the rest is for people and scripts
-        parsed = Job.from_map(record)
         return web.json_response(dict(jsonable(record), escrow=v.read(k_escrow(job_id), 0), height=self.chain.height,
-                                      record=v.get(k_job(job_id)).hex(), curves=curves_json(v, parsed),
-                                      rounds=rounds_json(v, parsed)))
+                                      record=v.get(k_job(job_id)).hex(), rounds=rounds_json(v, Job.from_map(record))))
+
+    async def job_curves(self, request: web.Request) -> web.Response:
+        """Loss curves apart from the job record: up to rounds x shards x 256 points, which
+        workers polling /job/{id} never need."""
+        job_id = _parse_hex(request.match_info["id"], "job id", 32)
+        v = self.chain.view()
+        record = v.read(k_job(job_id))
+        if record is None:
+            return _error(404, "no such job")
+        return web.json_response({"job": job_id.hex(), "height": self.chain.height,
+                                  "curves": curves_json(v, Job.from_map(record))})
 
     async def peers(self, request: web.Request) -> web.Response:
         g = self.node.network.gossip

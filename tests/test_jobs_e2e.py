@@ -84,7 +84,7 @@ def test_cheats_are_caught_honest_work_is_paid(net):
 def verified_loss_curves(n0, job: dict) -> None:
     """Every round keeps one curve per shard, from the solver that passed; the last interval of
     each is verified (every verifier checks it), and `job status` plots them."""
-    spec, curves = job["spec"], job["curves"]
+    spec, curves = job["spec"], n0.rpc.get(f"/job/{job['id']}/curves")["curves"]
     assert sorted((c["round"], c["shard"]) for c in curves) == [(r, i) for r in range(spec["rounds"])
                                                                  for i in range(spec["shards"])]
     passed = {(r, i): s for r, finals in enumerate(job["finals"]) for i, s in enumerate(finals)}

@@ -135,15 +135,22 @@ function render(job) {
     h("section", {}, h("h2", {}, "spec"), h("pre", {}, JSON.stringify(s, null, 2))));
 }
 
+async function loadJob(id) {  // the record, and its loss curves (kept apart from it by the RPC)
+  const [job, curves] = await Promise.all([api(`/job/${encodeURIComponent(id)}`),
+    api(`/job/${encodeURIComponent(id)}/curves`)]);
+  job.curves = curves.curves;
+  return job;
+}
+
 export async function jobPage(arg) {
-  let job = await api(`/job/${encodeURIComponent(arg)}`);
+  let job = await loadJob(arg);
   const el = h("div", { id: "job" }, render(job));
   let busy = false;
   const onBlock = async () => {  // live: re-drawn when the job changed in a block
     if (busy || job.status !== "active") return;
     busy = true;
     try {
-      const next = await api(`/job/${job.id}`);
+      const next = await loadJob(job.id);
       if (next.events.length !== job.events.length || next.status !== job.status ||
           JSON.stringify(next.events.at(-1)) !== JSON.stringify(job.events.at(-1)) ||
           JSON.stringify(next.curves || []) !== JSON.stringify(job.curves || [])) {

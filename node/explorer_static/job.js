@@ -75,9 +75,12 @@ function finalSection(job) {
     h("span", { class: "mono" }, r.model ? short(r.model, 12) : "-")])) : null);
 }
 
+// The job's step: rounds follow each other (a round restarts its own step count at 0).
+const jobStep = (c, p) => Number(c.round) * c.points.length * Number(c.k) + Number(p.step);
+
 // A line per shard; each shard's verified points again as filled markers, in the same colour.
 export function curveChart(curves, width = 900) {
-  const steps = [...new Set(curves.flatMap((c) => c.points.map((p) => p.step)))].sort((a, b) => a - b);
+  const steps = [...new Set(curves.flatMap((c) => c.points.map((p) => jobStep(c, p))))].sort((a, b) => a - b);
   const at = new Map(steps.map((s, i) => [s, i]));
   const data = [steps];
   const series = [{ label: "step" }];
@@ -86,8 +89,8 @@ export function curveChart(curves, width = 900) {
     const verified = new Array(steps.length).fill(null);
     for (const p of c.points) {
       const v = typeof p.loss === "number" && Number.isFinite(p.loss) ? p.loss : null;
-      all[at.get(p.step)] = v;
-      if (p.verified) verified[at.get(p.step)] = v;
+      all[at.get(jobStep(c, p))] = v;
+      if (p.verified) verified[at.get(jobStep(c, p))] = v;
     }
     const color = COLORS[i % COLORS.length];
     const name = `round ${Number(c.round) + 1} shard ${Number(c.shard)} (${safe(short(c.solver, 6))})`;
@@ -97,7 +100,7 @@ export function curveChart(curves, width = 900) {
         points: { show: true, size: 8, fill: color, stroke: color } });
   });
   const opts = { width, height: 320, series, scales: { x: { time: false } },
-    axes: [{ label: "step" }, { label: "loss" }], legend: { live: false } };
+    axes: [{ label: "step (rounds one after another)" }, { label: "loss (mean per interval)" }], legend: { live: false } };
   const box = h("div", { class: "chart", id: "loss-chart" });
   // eslint-disable-next-line no-undef
   box.plot = new uPlot(opts, data, box);

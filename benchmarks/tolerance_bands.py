@@ -18,7 +18,9 @@ batch 64, 200 steps, k = 20; Adam and SGD at lr 1e-4 also with k = 5), where two
 never change a bit, and the honest ones on a wider MLP (32-256-256-10, batch 256, on blobs)
 where they do. Per row: the worst ratio (also
 as if FLOOR_PPM were 100, 300, 1000, 3000), whether every interval passes, the failing
-intervals, whether one of them is checked by every verifier (consensus.sampling), and the
+intervals, whether one of them is checked by every verifier (consensus.sampling), the worst
+interval loss gap |ours - claimed| / max(|ours|, LOSS_FLOOR) in ppm (`worst_loss_ratio_ppm`:
+the loss is held to tolerance_ppm of that), and the
 compute the cheat saves (`saved`, nominal: its share of the honest steps' FLOPs, counting
 half-precision autocast as half a step, as on tensor-core GPUs; `cpu_time_ratio` is its time
 here). For the bias just under the bound, how far the shard's final weights drift from honest
@@ -105,7 +107,7 @@ def f64_run(work: ShardWork, start_raw: bytes, n_steps: int) -> bytes:
 def judge(work: ShardWork, starts, claims, diverged_leaf=None, ends: Callable[[int], bytes] | None = None) -> dict:
     """Interval i starts at starts[i] and is claimed to end at claims[i]; ends(i) is our
     recomputation (default: run_interval here). The worst ratios and every interval's verdict."""
-    tol, every, failed, moves = work.spec.tolerance_ppm / 1e6, [], [], []
+    tol, every, failed, moves, loss_ratios = work.spec.tolerance_ppm / 1e6, [], [], [], []
     for i in range(work.intervals):
         start, claimed = checkpoint.decode(starts[i]), checkpoint.decode(claims[i])
         if checkpoint.is_finite(start) and checkpoint.is_finite(claimed):
@@ -114,7 +116,9 @@ def judge(work: ShardWork, starts, claims, diverged_leaf=None, ends: Callable[[i
             gaps = replay.tensor_gaps(start, ours, claimed)
             every += gaps
             moves.append(math.sqrt(sum(g.move ** 2 for g in gaps if g.name in start.params)))
-            ok = max(g.ratio for g in gaps) <= tol and replay.exact_fault(ours, claimed) is None
+            loss_ratios.append(abs(ours.loss_sum - claimed.loss_sum) / max(abs(ours.loss_sum), replay.LOSS_FLOOR))
+            ok = max(g.ratio for g in gaps) <= tol and replay.exact_fault(ours, claimed) is None \
+                and replay.loss_fault(ours, claimed, work.spec.tolerance_ppm) is None
         else:  # the non-finite rules: no distance to measure
             ok = replay.verify_interval(work, i, starts[i], claims[i], diverged_leaf)[0]
         if not ok:
@@ -124,7 +128,8 @@ def judge(work: ShardWork, starts, claims, diverged_leaf=None, ends: Callable[[i
     by_floor = {str(f): round(max((g.ratio_at(f) for g in every), default=0.0) * 1e6, 3) for f in FLOORS_PPM}
     return {"worst_ratio_ppm": round(top.ratio * 1e6, 3) if top else None, "worst_tensor": top.name if top else None,
             "worst_ratio_ppm_by_floor_ppm": by_floor, "passes": not failed, "failed_intervals": failed,
-            "caught_for_sure": bool(set(failed) & set(always)), "param_moves": moves}
+            "caught_for_sure": bool(set(failed) & set(always)), "param_moves": moves,
+            "worst_loss_ratio_ppm": round(max(loss_ratios, default=0.0) * 1e6, 3)}
 
 
 def saved_fraction(strategy: str, published: adversary.Published, intervals: int) -> float:

@@ -51,20 +51,29 @@ def rounds_json(v: View, job: Job) -> list[dict]:
 
 
 def plot(curve: dict, height: int = PLOT_HEIGHT, width: int = PLOT_WIDTH) -> list[str]:
-    """A curve as text: `*` a verified point, `o` a declared one not (yet) checked, `x` not finite."""
-    points = curve["points"][:width]
-    finite = [p["loss"] for p in points if p["loss"] is not None]
+    """A curve as text, one column per run of points (the mean of their losses): `*` where a
+    point of the column was verified, `o` where none was, `x` where no loss is finite."""
+    points = curve["points"]
+    if not points:
+        return ["  (no points)"]
+    per = -(-len(points) // width)  # points per column, rounded up
+    columns = [points[i:i + per] for i in range(0, len(points), per)]
+    means = [_mean([p["loss"] for p in col if p["loss"] is not None]) for col in columns]
+    finite = [m for m in means if m is not None]
     if not finite:
         return ["  (no finite loss)"]
     lo, hi = min(finite), max(finite)
     span = (hi - lo) or 1.0
-    rows = [[" "] * len(points) for _ in range(height)]
-    for col, p in enumerate(points):
-        if p["loss"] is None:
-            rows[0][col] = "x"
+    rows = [[" "] * len(columns) for _ in range(height)]
+    for x, (col, mean) in enumerate(zip(columns, means)):
+        if mean is None:
+            rows[0][x] = "x"
             continue
-        row = height - 1 - round((p["loss"] - lo) / span * (height - 1))
-        rows[row][col] = "*" if p["verified"] else "o"
+        rows[height - 1 - round((mean - lo) / span * (height - 1))][x] = "*" if any(p["verified"] for p in col) else "o"
     labels = [f"{hi:>9.4f} |"] + ["          |"] * (height - 2) + [f"{lo:>9.4f} |"]
-    axis = f"          +{'-' * len(points)} step {points[-1]['step']}"
-    return [label + "".join(row) for label, row in zip(labels, rows)] + [axis]
+    return [label + "".join(row) for label, row in zip(labels, rows)] + \
+        [f"          +{'-' * len(columns)} step {points[-1]['step']}"]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

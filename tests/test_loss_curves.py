@@ -205,3 +205,16 @@ def test_a_lazy_attester_and_the_forced_interval_verify_no_point():
     assert verified_intervals(shard) == [1, 3]  # the lazy one attested the forced interval 2 before the reveal
     shard.status = ShardStatus.VERIFYING
     assert verified_intervals(shard) == []
+
+
+def test_job_status_plots_every_point_and_marks_the_verified_ones():
+    from node.jobview import PLOT_WIDTH, plot
+    points = [{"interval": j, "step": (j + 1) * 10, "loss": 2.0 * 0.97 ** j, "verified": j in (40, 99)}
+              for j in range(100)]
+    rows = plot({"points": points})
+    body = [r.split("|", 1)[1] for r in rows[:-1]]
+    assert max(len(b) for b in body) <= PLOT_WIDTH and "step 1000" in rows[-1]
+    assert sum(b.count("*") for b in body) == 2 and body[-1].rstrip().endswith("*")  # the last point, lowest
+    assert float(rows[0].split("|")[0]) > float(rows[-2].split("|")[0])  # the loss went down
+    nan = [{"interval": 0, "step": 10, "loss": None, "verified": False}]
+    assert plot({"points": nan}) == ["  (no finite loss)"]

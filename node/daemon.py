@@ -16,6 +16,7 @@ import signal
 from aiohttp import web
 
 from consensus.genesis import load as load_genesis
+from consensus.jobs import K_ACTIVE_JOBS
 from consensus.types import Block, Tx
 
 from consensus.crypto import format_address
@@ -26,6 +27,7 @@ from .network import Network
 from .engine import Engine
 from .home import Home, split_hostport
 from .lifecycle import EXIT_FAILED, EXIT_OK, Deadline, bounded, busy_threads, where
+from .explorer_index import all_job_ids
 from .metrics import NodeMetrics
 from .rpc import Rpc
 from .rpc_http import RpcRunner
@@ -49,6 +51,8 @@ class Node:
         self.referee = Referee(self)
         self.committed_txs = 0
         self.metrics = NodeMetrics()
+        view = self.chain.view()
+        self.metrics.census(view, all_job_ids(self.chain.store.db) + view.read(K_ACTIVE_JOBS, []))
         self.stopping = False
         is_validator = self.config.validator
         self.engine = Engine(self.chain, self.key if is_validator else None,

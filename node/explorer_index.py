@@ -124,6 +124,12 @@ def index_writes(block: Block, before: Mapping[bytes, bytes],
     return out
 
 
+def all_job_ids(db) -> list[bytes]:
+    """Every job this node has indexed, oldest first: read once, at start-up (metrics)."""
+    with db.iterator(prefix=P_JOB, include_value=False) as it:
+        return [key[len(P_JOB) + 8:] for key in it]
+
+
 def page(db, prefix: bytes, limit: int, before: bytes | None = None) -> list[tuple[bytes, bytes]]:
     """Up to `limit` entries under `prefix`, newest first, strictly before the key suffix
     `before` (a cursor from an earlier page). Reads at most `limit` entries."""

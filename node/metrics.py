@@ -11,7 +11,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from consensus.jobs import Job, k_job
+from consensus.jobs import Job, JobStatus, k_job
 from consensus.types import Block
 
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
@@ -51,7 +51,9 @@ class NodeMetrics:
             ("peers", "connected peers"), ("blob_bytes", "bytes in the blob directory"),
             ("blob_count", "blobs stored"), ("blob_pinned_bytes", "bytes pinned by jobs"),
             ("blob_limit_bytes", "the blob directory's bound (0: none)"))}
-        self.jobs = Gauge("stepchain_jobs", "jobs by status (those in the active list: active)", ["status"], registry=r)
+        self.jobs = Gauge("stepchain_jobs", "jobs by status (active, done, cancelled, diverged)", ["status"],
+                          registry=r)
+        self.job_status: dict[bytes, str] = {}  # every job's status, kept from the blocks that write them
         self._last_commit: float | None = None
         self._proposed: dict[int, float] = {}  # height -> when its first proposal was seen
         self._submitted: dict[bytes, float] = {}  # tx hash -> when it was admitted here
@@ -104,6 +106,7 @@ class NodeMetrics:
                 job = Job.from_map(_decode(raw))
             except (ValueError, TypeError, KeyError):
                 continue
+            self.job_status[job.id] = job.status.value
             for event in job.events:
                 if event[0] == height:
                     self.job_events.labels(event[1]).inc()
@@ -118,11 +121,21 @@ class NodeMetrics:
 
     # -- scraping --------------------------------------------------------------------------
 
-    def render(self, values: dict[str, int], jobs_by_status: dict[str, int]) -> tuple[bytes, str]:
+    def census(self, view, job_ids) -> None:
+        """Every job's status at start-up (the explorer's index lists them all); blocks keep it."""
+        for job_id in job_ids:
+            raw = view.read(k_job(job_id))
+            if isinstance(raw, dict) and isinstance(raw.get("status"), str):
+                self.job_status[job_id] = raw["status"]
+
+    def render(self, values: dict[str, int]) -> tuple[bytes, str]:
         """The exposition text with the gauges set to `values` now; (body, content type)."""
         for name, value in values.items():
             self.gauges[name].set(value)
-        for status, count in jobs_by_status.items():
+        counts = {status.value: 0 for status in JobStatus}
+        for status in self.job_status.values():
+            counts[status] = counts.get(status, 0) + 1
+        for status, count in sorted(counts.items()):
             self.jobs.labels(status).set(count)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

@@ -406,7 +406,7 @@ class Rpc:
                   "peers": len(self.node.network.gossip.peers), "blob_bytes": store["bytes"],
                   "blob_count": store["blobs"], "blob_pinned_bytes": store["pinned_bytes"],
                   "blob_limit_bytes": store["limit"]}
-        body, content_type = self.node.metrics.render(values, {"active": len(c.view().read(K_ACTIVE_JOBS, []))})
+        body, content_type = self.node.metrics.render(values)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:

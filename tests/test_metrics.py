@@ -71,3 +71,26 @@ def test_json_log_lines_carry_the_traceback_of_an_exception():
         record = logging.LogRecord("stepchain.x", logging.ERROR, __file__, 1, "failed %s", ("here",), sys.exc_info())
     entry = json.loads(JsonFormatter().format(record))
     assert entry["msg"] == "failed here" and entry["level"] == "ERROR" and "RuntimeError: boom" in entry["exc"]
+
+
+def test_jobs_by_status_survive_a_restart(tmp_path):
+    """stepchain_jobs counts every job by status: kept from the blocks that write them, and
+    rebuilt at start-up from the node's job index."""
+    from pathlib import Path
+    spec = Path(__file__).resolve().parents[1] / "examples" / "spirals.toml"
+    node = NodeProcess.init_dev(tmp_path).start()
+    try:
+        first = node.cli("job", "submit", "--from", "dev", str(spec))["job"]
+        node.cli("job", "submit", "--from", "dev", str(spec))
+        node.cli("job", "cancel", "--from", "dev", first)  # no solver is staked: nothing is at work
+        node.wait_height(node.rpc.status()["height"] + 1)
+        before = _samples(node)
+        assert node.stop() == 0, node.log()
+        node.start()
+        after = _samples(node)
+    finally:
+        assert node.stop() == 0, node.log()
+    for m in (before, after):
+        assert m[("stepchain_jobs", (("status", "active"),))] == 1
+        assert m[("stepchain_jobs", (("status", "cancelled"),))] == 1
+        assert m[("stepchain_jobs", (("status", "done"),))] == 0

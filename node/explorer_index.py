@@ -60,7 +60,7 @@ def _decode(raw: bytes | None):
         return None
 
 
-def _tx_entries(block: Block, new_jobs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+def _tx_entries(block: Block, new_jobs: set[bytes]) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     height = h8(block.height)
     for i, tx in enumerate(block.txs):
@@ -68,15 +68,15 @@ def _tx_entries(block: Block, new_jobs: dict[bytes, bytes]) -> dict[bytes, bytes
         for addr in _addresses(address_of(tx.sender), tx.body):
             out[P_ACCOUNT_TX + addr + pos] = tx.hash
         job = tx.body.get("job") if isinstance(tx.body, dict) else None
-        if tx.kind == "submit_job":
-            job = new_jobs.get(address_of(tx.sender))
+        if tx.kind == "submit_job":  # a job's id is its submission's hash (consensus/jobs/txs.py)
+            job = tx.hash if tx.hash in new_jobs else None
         if isinstance(job, bytes) and len(job) == 32:
             out[P_JOB_TX + job + pos] = tx.hash
     return out
 
 
 def _job_entries(height: int, before: Mapping[bytes, bytes], writes: Mapping[bytes, bytes | None],
-                 new_jobs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+                 new_jobs: set[bytes]) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     seq = 0
     for key in sorted(k for k in writes if k.startswith(JOB_KEY)):
@@ -86,8 +86,7 @@ def _job_entries(height: int, before: Mapping[bytes, bytes], writes: Mapping[byt
             continue
         if key not in before:
             out[P_JOB + h8(height) + job_id] = b""
-            if isinstance(record.get("submitter"), bytes):
-                new_jobs.setdefault(record["submitter"], job_id)
+            new_jobs.add(job_id)
         for event in record.get("events") or []:
             if not (isinstance(event, list) and len(event) == 5 and event[0] == height):
                 continue  # logged in an earlier block
@@ -117,7 +116,7 @@ def _validator_entries(height: int, before: Mapping[bytes, bytes],
 def index_writes(block: Block, before: Mapping[bytes, bytes],
                  writes: Mapping[bytes, bytes | None]) -> dict[bytes, bytes]:
     """Every index entry for one block: `before` is the state it ran on, `writes` its changes."""
-    new_jobs: dict[bytes, bytes] = {}
+    new_jobs: set[bytes] = set()
     out = _job_entries(block.height, before, writes, new_jobs)
     out.update(_tx_entries(block, new_jobs))
     out.update(_validator_entries(block.height, before, writes))

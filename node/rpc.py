@@ -105,6 +105,18 @@ def _error(status: int, message: str) -> web.Response:
 
 
 @web.middleware
+async def same_origin(request: web.Request, handler):
+    """Refuse what another site's page sends: a browser that opens the explorer here can be
+    made by any page it opens elsewhere to send simple requests (no preflight) to this port,
+    and it names that page's origin. The explorer's own origin, and clients that send no
+    Origin (the CLI, workers, scripts), pass."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.host:
+        return _error(403, "cross-origin requests are refused (origin is not this node)")
+    return await handler(request)
+
+
+@web.middleware
 async def errors_as_json(request: web.Request, handler):
     try:
         return await handler(request)
@@ -179,7 +191,7 @@ class Rpc:
         self._sends: set[asyncio.Task] = set()
 
     def app(self, max_body: int) -> web.Application:
-        app = web.Application(client_max_size=max_body, middlewares=[errors_as_json])
+        app = web.Application(client_max_size=max_body, middlewares=[same_origin, errors_as_json])
         app["max_body"] = max_body
         app.add_routes([
             web.get("/status", self.status),

@@ -29,8 +29,8 @@ def test_a_transfer_is_indexed_for_its_sender_and_recipient_and_nothing_else():
 
 def test_a_new_job_its_submission_and_its_events_of_this_block_are_indexed():
     dev, solver = key(3), key(4)
-    job_id = bytes(range(32))
     submit = make_tx(dev, "submit_job", {"spec": {}}, nonce=0)
+    job_id = submit.hash  # as the chain names a job
     record = {"id": job_id, "submitter": dev.address, "events": [
         [8, "assigned", solver.address, 300, "shard 0"], [9, "slashed", solver.address, 300, "fraud <b>proven</b>"],
         [9, "paid", None, 1, "nobody"]]}
@@ -71,3 +71,17 @@ def test_pages_are_newest_first_and_cursors_give_each_entry_once(tmp_path):
         assert seen == [7, 6, 5, 4, 3, 2, 1]
     finally:
         db.close()
+
+
+def test_two_jobs_one_submitter_one_block_each_lists_its_own_submission():
+    """A job's id is its submit_job tx's hash: with two submissions from one account in a block,
+    each job's tx list names its own, never the other's."""
+    dev = key(8)
+    first = make_tx(dev, "submit_job", {"spec": {"n": 1}}, nonce=0)
+    second = make_tx(dev, "submit_job", {"spec": {"n": 2}}, nonce=1)
+    writes = {k_job(tx.hash): codec.encode({"id": tx.hash, "submitter": dev.address, "events": []})
+              for tx in (first, second)}
+    out = ix.index_writes(_Block(12, (first, second)), {}, writes)
+    job_txs = {k[len(ix.P_JOB_TX):len(ix.P_JOB_TX) + 32]: v for k, v in out.items() if k.startswith(ix.P_JOB_TX)}
+    assert job_txs == {first.hash: first.hash, second.hash: second.hash}
+    assert {k[-32:] for k in out if k.startswith(ix.P_JOB)} == {first.hash, second.hash}

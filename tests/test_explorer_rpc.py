@@ -114,3 +114,37 @@ def test_indexes_are_not_state_node_verify_agrees(dev_node):
     status, again = _get(node, f"/account/{bob}/txs")
     assert status == 200 and again["txs"] == page["txs"]
     assert node.rpc.get(f"/block/{v['height']}")["app_hash"] == v["app_hash"]
+
+
+def _cross_site(node, method, path, body=None, content_type="text/plain;charset=UTF-8",
+                origin="http://evil.example"):
+    """A request as a browser sends it for another site's page (fetch, mode no-cors: a simple
+    request, no preflight): the page cannot read the answer, but the node acts on it."""
+    import urllib.error
+    import urllib.request
+    headers = {"Origin": origin, **({"Content-Type": content_type} if body is not None else {})}
+    req = urllib.request.Request(node.url + path, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_another_sites_page_cannot_drive_the_local_rpc(dev_node):
+    """The explorer brings a browser to the RPC port; any page that browser opens elsewhere may
+    send simple requests to 127.0.0.1 as well. A request from another origin is refused before
+    any handler runs (here: cutting the node off its peers for an hour, filling blob storage),
+    while the explorer's own origin and clients that send no Origin (the CLI, workers) work."""
+    status, body = _cross_site(dev_node, "POST", "/admin/isolate", b'{"seconds": 3600}')
+    assert status == 403, body
+    assert "origin" in json.loads(body)["error"]
+    status, body = _cross_site(dev_node, "POST", "/blob", b"x" * 1000, "application/x-www-form-urlencoded")
+    assert status == 403, body
+    status, _ = _cross_site(dev_node, "GET", "/status")
+    assert status == 403
+    own = dev_node.url  # http://127.0.0.1:<port>, as the explorer's page sends it
+    status, body = _cross_site(dev_node, "POST", "/admin/isolate", b'{"seconds": 1}', "application/json", own)
+    assert status == 200, body
+    status, _ = dev_node.http("GET", "/status")  # no Origin at all
+    assert status == 200

@@ -218,3 +218,34 @@ def test_job_status_plots_every_point_and_marks_the_verified_ones():
     assert float(rows[0].split("|")[0]) > float(rows[-2].split("|")[0])  # the loss went down
     nan = [{"interval": 0, "step": 10, "loss": None, "verified": False}]
     assert plot({"points": nan}) == ["  (no finite loss)"]
+
+
+def test_no_point_at_or_past_a_divergence_is_verified():
+    """Past a declared divergence a verifier checks only that leaves stay non-finite (and, in
+    `tolerance`, the diverging interval only that the recomputation diverges too): the loss a
+    non-finite leaf holds is never compared, so a diverged run could show any curve there,
+    e.g. a falling one. Such points are declared, never verified."""
+    from consensus.jobs.curves import verified_intervals
+    from consensus.jobs.records import Commit, Selection, Shard, ShardStatus
+    from verifier.training import TrainSpec
+    from verifier import data
+    from tests.tinyjobs import work as shard_work
+    spec = TrainSpec("mlp", {"in_dim": 8, "hidden": [64] * 6, "out_dim": 3}, "momentum", 10_000_000, 16, 20, 5,
+                     "tolerance", seed=1)
+    w = shard_work(spec, data.generate("blobs", {"n": 100, "dim": 8, "classes": 3}, 7), 0, 1)
+    leaves = training.train_shard(w, training.init_state(spec))
+    d = training.first_nonfinite_leaf(leaves)
+    assert d is not None and d < w.intervals, d  # it diverged before the last interval
+    nice = float_bits(0.01 * spec.k)  # a small, finite loss written into non-finite leaves
+    forged = leaves[:d] + [checkpoint.encode(dataclasses.replace(checkpoint.decode(x), loss=nice))
+                           for x in leaves[d:]]
+    declared = adversary.Published(tuple(forged), d).declared_losses(spec.k)
+    for j in range(d - 1, w.intervals):  # the diverging interval and every one after it pass
+        ok, why = replay.verify_interval(w, j, forged[j], forged[j + 1], d, declared)
+        assert ok, (j, why)
+    commit = Commit(root=b"", leaves=w.intervals + 1, height=1, manifest=b"", start=b"", final=b"",
+                    diverged_leaf=d, losses=declared)
+    sel = Selection(verifier=b"a" * 20, secret_index=1, locked=1, attested=True,
+                    intervals=list(range(w.intervals)), attested_at=9)
+    shard = Shard(status=ShardStatus.PASSED, commit=commit, verifiers=[sel], forced=-1, revealed_at=0)
+    assert verified_intervals(shard) == list(range(d - 1))

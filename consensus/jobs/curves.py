@@ -4,7 +4,9 @@ A commit declares each interval's mean loss (the float64 bits its end leaf holds
 of the curve is exactly as trustworthy as its interval: it is *verified* once the shard has
 passed and a verifier that did not attest the forced error recomputed that interval (an exact
 profile: the leaf's bytes, loss included; `tolerance`: within the bound). The forced interval
-is never a verified point: its end is wrong on purpose. When a round closes, its curves are
+is never a verified point: its end is wrong on purpose; nor is one whose end is at or past a
+declared divergence: no profile compares the loss a non-finite leaf holds (past it only the
+step and rng are checked, and `tolerance` only asks that the diverging interval diverge). When a round closes, its curves are
 kept under their own key (the job record stays small; a closed round's shards are gone).
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ def verified_intervals(shard: Shard) -> list[int]:
         if sel.attested and not lazy(shard, sel):
             checked.update(sel.intervals)
     checked.discard(shard.forced)
-    return sorted(checked)
+    diverged = shard.commit.diverged_leaf if shard.commit is not None else 0
+    return sorted(j for j in checked if not diverged or j + 1 < diverged)
 
 
 def shard_curve(shard: Shard) -> list:

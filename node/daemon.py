@@ -86,7 +86,9 @@ class Node:
     async def serve(self, stop: asyncio.Event, deadline: Deadline) -> int:
         """Run until `stop` is set or a vital task dies; then stop in bounded stages. The exit code."""
         host, port = split_hostport(self.config.rpc_listen)
-        runner = RpcRunner(self.rpc.app(self.config.max_body_bytes), access_log=None, shutdown_timeout=RPC_DRAIN_S)
+        loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        runner = RpcRunner(self.rpc.app(self.config.max_body_bytes, loopback), access_log=None,
+                           shutdown_timeout=RPC_DRAIN_S)
         await runner.setup()
         engine: asyncio.Task | None = None
         gc = asyncio.get_running_loop().create_task(self.storage.run())

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stepchain.rpc")
 MAX_BATCH = 5_000
 WS_CLOSE_S = 0.5
+MAX_SOCKETS = 64  # websocket subscribers (explorer pages) at once
 MAX_JSON_DEPTH = 64
 TOO_DEEP = f"<nested deeper than {MAX_JSON_DEPTH} levels: decode the tx's wire bytes>"
 
@@ -113,7 +114,21 @@ async def same_origin(request: web.Request, handler):
     origin = request.headers.get("Origin")
     if origin is not None and origin.split("://", 1)[-1] != request.host:
         return _error(403, "cross-origin requests are refused (origin is not this node)")
+    if request.app["loopback"] and _hostname(request.host) not in LOOPBACK_NAMES:
+        # DNS rebinding: a hostile name that resolves to 127.0.0.1 passes the Origin check (its
+        # page is same-origin with itself), but its requests name that host, not ours
+        return _error(403, "a node bound to loopback answers only requests addressed to a loopback name")
     return await handler(request)
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def _hostname(host: str) -> str:
+    """The Host header's name without its port ('[::1]:80' -> '[::1]')."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 @web.middleware
@@ -189,10 +204,12 @@ class Rpc:
         self.node = node
         self.sockets: set[web.WebSocketResponse] = set()
         self._sends: set[asyncio.Task] = set()
+        self._sending: set[web.WebSocketResponse] = set()
 
-    def app(self, max_body: int) -> web.Application:
+    def app(self, max_body: int, loopback: bool = True) -> web.Application:
+        """`loopback`: the RPC listens on a loopback address, so every request must name one."""
         app = web.Application(client_max_size=max_body, middlewares=[same_origin, errors_as_json])
-        app["max_body"] = max_body
+        app["max_body"], app["loopback"] = max_body, loopback
         app.add_routes([
             web.get("/status", self.status),
             web.get("/block/{height}", self.block),
@@ -421,7 +438,9 @@ class Rpc:
         body, content_type = self.node.metrics.render(values)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if len(self.sockets) >= MAX_SOCKETS:
+            return _error(503, f"too many websocket subscribers (at most {MAX_SOCKETS})")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
         await ws.prepare(request)
         self.sockets.add(ws)
@@ -438,13 +457,19 @@ class Rpc:
                  "app_hash": block.header.app_hash.hex(), "time_ms": block.header.time_ms,
                  "proposer": format_address(block.header.proposer), "evidence": len(block.evidence)}
         for ws in list(self.sockets):
+            if ws in self._sending:  # still writing an older block to it: it skips this one
+                continue
+            self._sending.add(ws)
             task = asyncio.get_running_loop().create_task(self._send(ws, event))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
     async def _send(self, ws: web.WebSocketResponse, event: dict) -> None:
-        """A subscriber that went away between two blocks is dropped, not a traceback."""
+        """A subscriber that went away between two blocks is dropped, not a traceback; one that
+        does not read holds at most one pending send (the page reloads what it shows anyway)."""
         try:
             await ws.send_json(event)
         except (ConnectionError, RuntimeError):
             self.sockets.discard(ws)
+        finally:
+            self._sending.discard(ws)

@@ -82,10 +82,12 @@ class Pages:
                 web.get("/job/{id}/txs", self.job_txs), web.get("/validators/detail", self.validators)]
 
     def _txs(self, rows: list[tuple[bytes, bytes]]) -> list[dict]:
-        out = []
+        out, blocks = [], {}  # each block decoded once: a page's txs often share one
         for suffix, tx_hash in rows:
             height, index = int.from_bytes(suffix[-12:-4], "big"), int.from_bytes(suffix[-4:], "big")
-            block = self.chain.store.block(height)
+            if height not in blocks:
+                blocks[height] = self.chain.store.block(height)
+            block = blocks[height]
             if block is None or index >= len(block.txs):
                 continue
             tx = block.txs[index]

@@ -148,3 +148,53 @@ def test_another_sites_page_cannot_drive_the_local_rpc(dev_node):
     assert status == 200, body
     status, _ = dev_node.http("GET", "/status")  # no Origin at all
     assert status == 200
+
+
+def test_a_rebound_hostname_cannot_drive_the_local_rpc(dev_node):
+    """DNS rebinding: a hostile page's name re-pointed at 127.0.0.1 is same-origin with itself,
+    so its Origin matches its Host; but a node bound to loopback answers only requests that
+    name a loopback address."""
+    import http.client
+    port = int(dev_node.url.rsplit(":", 1)[1])
+
+    def ask(host: str, origin: str | None = None, seconds: int = 3600) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", "/admin/isolate", body=b'{"seconds": %d}' % seconds,
+                         headers={"Host": host, "Content-Type": "text/plain", **({"Origin": origin} if origin else {})})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+    assert ask(f"evil.example:{port}", f"http://evil.example:{port}") == 403
+    assert ask(f"evil.example:{port}") == 403
+    status, _ = dev_node.http("GET", "/status")
+    assert status == 200 and dev_node.rpc.get("/peers")["peers"] is not None
+    assert ask(f"localhost:{port}", f"http://localhost:{port}", 1) == 200  # a loopback name: the node's own page
+
+
+def test_websocket_subscribers_are_bounded(dev_node):
+    """At most MAX_SOCKETS pages follow /ws; the next is told so (503) and the node goes on."""
+    import asyncio
+
+    import aiohttp
+
+    from node.rpc import MAX_SOCKETS
+
+    async def run() -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as session:
+            sockets = [await session.ws_connect(dev_node.url + "/ws") for _ in range(MAX_SOCKETS)]
+            try:
+                async with session.get(dev_node.url + "/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                                                       "Sec-WebSocket-Version": "13",
+                                                                       "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as r:
+                    refused = r.status
+                event = await asyncio.wait_for(sockets[0].receive_json(), 30)  # the others still get blocks
+            finally:
+                for ws in sockets:
+                    await ws.close()
+            return refused, event
+    refused, event = asyncio.run(run())
+    assert refused == 503
+    assert event["type"] == "block" and event["height"] >= 1
+    status, _ = dev_node.http("GET", "/status")
+    assert status == 200

@@ -28,7 +28,7 @@ MAX_NPZ_BYTES = 1 << 40  # no ceiling of its own: a dataset blob is bounded by t
 MAX_TOLERANCE_PPM = 1 << 40
 PPM = 1_000_000
 TEXT_ALPHABET = " .abcdefghijklmnopqrstuvwxyz"  # the text generator's tokens are positions in it
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 RNG_BYTES = 32
 OPTIMIZER_SLOTS = {"sgd": (), "momentum": ("momentum",), "adam": ("m", "v")}
 ADAM_POWERS = ("beta1_power", "beta2_power")  # float64 scalars beside Adam's per-parameter slots
@@ -266,9 +266,10 @@ def _map_size(entries: dict[str, int]) -> int:
 def checkpoint_bytes(spec: dict) -> int:
     """The size of this job's largest checkpoint: the one at step `steps`.
 
-    Every checkpoint of a job has the same tensors; only the step differs, and msgpack writes a
-    larger step in up to 4 more bytes, so this is len(checkpoint.encode(init_state)) plus
-    that difference. Assumes a spec that passed jobs.check_spec (raises ValueError otherwise).
+    Every checkpoint of a job has the same tensors; only the step and the loss differ, and
+    msgpack writes a larger step in up to 4 more bytes and a loss's 64 bits in up to 8 more
+    (a positive float64 always takes all 9), so this is len(checkpoint.encode(init_state))
+    plus those differences. Assumes a spec that passed jobs.check_spec (raises ValueError otherwise).
     """
     name = spec["model"]
     norm = check_args(f"model {name}", spec["model_args"], MODEL_SCHEMAS[name], ValueError)
@@ -278,7 +279,8 @@ def checkpoint_bytes(spec: dict) -> int:
     opt = {f"{slot}/{p}": params[p] for slot in OPTIMIZER_SLOTS[spec["optimizer"]] for p, _ in shapes}
     if spec["optimizer"] == "adam":
         opt.update((power, _tensor_size("float64", (), 8)) for power in ADAM_POWERS)
-    return _map_size({"format": _int_size(CHECKPOINT_FORMAT), "params": _map_size(params), "opt": _map_size(opt),
+    return _map_size({"format": _int_size(CHECKPOINT_FORMAT), "loss": _int_size(2**64 - 1),
+                      "params": _map_size(params), "opt": _map_size(opt),
                       "step": _int_size(spec["steps"]), "rng": _bin_size(RNG_BYTES)})
 
 

@@ -21,7 +21,7 @@ from verifier.checkpoint import CheckpointError, TrainState
 
 
 def _raw_checkpoint(shape: list[int]) -> bytes:
-    return codec.encode({"format": 1, "params": {"w": ["float32", shape, b""]}, "opt": {}, "step": 0,
+    return codec.encode({"format": 2, "loss": 0, "params": {"w": ["float32", shape, b""]}, "opt": {}, "step": 0,
                          "rng": b"\x01" * 32})
 
 

@@ -20,7 +20,7 @@ from tests.nodes import PASSWORD, NodeProcess
 
 pytestmark = pytest.mark.slow
 
-POST = b"POST /broadcast_tx HTTP/1.1\r\nHost: x\r\n"
+POST = b"POST /broadcast_tx HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
 def connect(node: NodeProcess, timeout: float = 10) -> socket.socket:
@@ -84,15 +84,15 @@ def assert_serving(node: NodeProcess) -> None:
 MALFORMED = [
     # (raw request, expected status, words in the error)
     (b"GARBAGE\r\n\r\n", 400, ("bad HTTP request", "method")),
-    (b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n", 400, ("method",)),
+    (b"G@T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, ("method",)),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, 400, ("bad HTTP request",)),  # TLS on HTTP
-    (b"GET /status HTTP/9.9\r\nHost: x\r\n\r\n", 400, ("status line",)),
-    (b"GET /status\x00 HTTP/1.1\r\nHost: x\r\n\r\n", 400, ("url",)),
+    (b"GET /status HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 400, ("status line",)),
+    (b"GET /status\x00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, ("url",)),
     (b"GET /status HTTP/1.1\r\n\r\n", 400, ("host",)),
-    (b"GET /status HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, ("header",)),
-    (b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", 400, ("longer than 8190",)),
-    (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, ("longer than 8190",)),
-    (b"GET /status HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(200)) + b"\r\n",
+    (b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n", 400, ("header",)),
+    (b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", 400, ("longer than 8190",)),
+    (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, ("longer than 8190",)),
+    (b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(200)) + b"\r\n",
      400, ("too many headers",)),
     (POST + b"Content-Length: abc\r\n\r\n{}", 400, ("content-length",)),
     (POST + b"Content-Length: -5\r\n\r\n{}", 400, ("content-length",)),
@@ -104,11 +104,11 @@ MALFORMED = [
     (POST + b"Content-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd", 400, ("content-encoding",)),
     (POST + b"Content-Type: application/json; charset=no-such-codec\r\nContent-Length: 11\r\n\r\n{\"tx\": \"z\"}",
      400, ("tx must be hex",)),
-    (b"DELETE /status HTTP/1.1\r\nHost: x\r\n\r\n", 405, ("method not allowed",)),
-    (b"GET /no/such/path HTTP/1.1\r\nHost: x\r\n\r\n", 404, ("not found",)),
-    (b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n", 404, ("not found",)),
-    (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400, ("version",)),
-    (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", 400, ("websocket",)),
+    (b"DELETE /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, ("method not allowed",)),
+    (b"GET /no/such/path HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, ("not found",)),
+    (b"GET /%zz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, ("not found",)),
+    (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400, ("version",)),
+    (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, ("websocket",)),
 ]
 
 
@@ -140,7 +140,7 @@ def test_client_that_vanishes_mid_body_is_one_log_line(dev_node):
     for path, how in ((b"/broadcast_tx", "close"), (b"/blob", "reset"), (b"/broadcast_txs", "close")):
         before = len(log_lines(n))
         sock = connect(n)
-        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"{" * 1000)
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n" + b"{" * 1000)
         time.sleep(0.3)  # the handler is now waiting for the rest of the body
         if how == "reset":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -156,7 +156,7 @@ def test_client_that_vanishes_mid_body_is_one_log_line(dev_node):
     # a block subscriber that vanishes: the next blocks' events to it are dropped quietly
     for _ in range(3):
         sock = connect(n)
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + base64.b64encode(b"k" * 16) + b"\r\n\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 101")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

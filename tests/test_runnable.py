@@ -41,9 +41,10 @@ def chain_reason(spec: dict, cap: int) -> str | None:
 
 
 def real_checkpoint_bytes(spec: dict) -> int:
-    """The length of the job's last checkpoint of a round, as the verifier encodes it."""
+    """The length of the job's last checkpoint of a round, as the verifier encodes it (with a
+    loss: any positive float64's bits take msgpack's full 9 bytes)."""
     state = training.init_state(train_spec(spec))
-    return len(checkpoint.encode(dataclasses.replace(state, step=spec["steps"])))
+    return len(checkpoint.encode(dataclasses.replace(state, step=spec["steps"], loss=checkpoint.float_bits(2.5))))
 
 
 def torch_verdict(spec: dict, cap: int) -> tuple[str, str]:
@@ -61,7 +62,7 @@ def torch_verdict(spec: dict, cap: int) -> tuple[str, str]:
     except DataError as exc:
         return "split", str(exc)
     assert min(sizes) >= 1
-    size = len(checkpoint.encode(dataclasses.replace(training.init_state(ts), step=spec["steps"])))
+    size = real_checkpoint_bytes(spec)
     return ("checkpoint", f"{size} bytes") if size > cap else ("accepted", "")
 
 
@@ -232,15 +233,15 @@ def test_consensus_needs_neither_torch_nor_numpy():
 # -- checkpoint sizes ----------------------------------------------------------------------------
 
 def test_checkpoint_bytes_is_the_length_of_every_leaf_a_solver_makes():
-    """A real round: leaf 0 is the start (step 0); the last, at step 130, is the largest,
-    because msgpack writes 130 in one byte more than 0."""
+    """A real round: leaf 0 is the start (step 0, loss 0); the last, at step 130, is the largest,
+    because msgpack writes 130 in one byte more than 0, and a loss's bits in 8 more than 0."""
     spec = job_spec(optimizer="adam", steps=130, k=65, shards=1, holdout_ppm=0)
     ts = train_spec(spec)
     d = spec["data"]
     ds = data.generate(d["generator"], d["args"], d["seed"])
     work = ShardWork(ts, ds, RoundShard(b"\x01" * 32, 0, 0, 1))
     leaves = training.train_shard(work, training.init_state(ts))
-    assert len(leaves[-1]) == checkpoint_bytes(spec) == len(leaves[0]) + 1
+    assert len(leaves[-1]) == checkpoint_bytes(spec) == len(leaves[0]) + 1 + 8
     assert all(len(leaf) <= checkpoint_bytes(spec) for leaf in leaves)
 
 
@@ -371,3 +372,8 @@ def test_the_cli_checks_an_uploaded_datasets_items(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((8, 2), np.float32), y=np.arange(8) % 3)
     spec, blob = jobspec.parse(text, tmp_path)
     assert spec["data"]["size"] == len(blob)
+
+
+def test_the_chain_sizes_checkpoints_of_the_format_the_verifier_writes():
+    from verifier import checkpoint
+    assert runnable.CHECKPOINT_FORMAT == checkpoint.FORMAT

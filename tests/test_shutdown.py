@@ -201,14 +201,14 @@ def test_stops_while_serving_slow_rpc_clients(tmp_path):
     socks = [socket.create_connection(("127.0.0.1", node.rpc_port)) for _ in range(3)]
     try:
         # a body that never finishes
-        socks[0].sendall(b"POST /broadcast_tx HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"tx\": \"")
+        socks[0].sendall(b"POST /broadcast_tx HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n{\"tx\": \"")
         # a websocket subscriber
         ws_key = base64.b64encode(os.urandom(16))
-        socks[1].sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        socks[1].sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + ws_key + b"\r\n\r\n")
         assert socks[1].recv(4096).startswith(b"HTTP/1.1 101"), "websocket not upgraded"
         # an idle keep-alive connection after one answered request
-        socks[2].sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks[2].sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert socks[2].recv(4096).startswith(b"HTTP/1.1 200")
         time.sleep(0.5)
         assert_quick_clean_stop(node)

@@ -50,7 +50,7 @@ def real_checkpoint_bytes(spec: dict) -> int:
 def torch_verdict(spec: dict, cap: int) -> tuple[str, str]:
     """(kind, message) from the torch side, in the order a worker meets the rules."""
     try:
-        ts = train_spec(spec)  # the model registry and the training settings
+        train_spec(spec)  # the model registry and the training settings (raises SpecError)
         d = spec["data"]
         ds = data.generate(d["generator"], d["args"], d["seed"])
         data.check_compatible(ds, spec["model"], spec["model_args"])

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -65,9 +66,21 @@ def _json(url: str):
         return json.loads(resp.read())
 
 
-def _height(page) -> int:
-    text = page.text_content("#height") or ""
+def _height(page, selector: str = "#height") -> int:
+    text = (page.text_content(selector) or "").replace(",", "")
     return int(text) if text.isdigit() else -1
+
+
+def _wait_height_above(page, selector: str, value: int, timeout_s: float) -> int:
+    """Poll the page's number from Python: the page's CSP forbids eval, which a string
+    predicate for page.wait_for_function needs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        height = _height(page, selector)
+        if height > value:
+            return height
+        page.wait_for_timeout(200)
+    raise AssertionError(f"{selector} stayed at {_height(page, selector)}, not above {value}, for {timeout_s} s")
 
 
 def _wallet(home: Path) -> dict[str, str]:
@@ -77,11 +90,10 @@ def _wallet(home: Path) -> dict[str, str]:
 
 def _check_live_height(page, url: str) -> None:
     page.goto(url + "/")
-    page.wait_for_function("document.getElementById('height').textContent.match(/^\\d+$/)")
     page.wait_for_selector("#chain-height")
-    first = _height(page)
-    page.wait_for_function(f"Number(document.getElementById('height').textContent) > {first}", timeout=20_000)
-    page.wait_for_function(f"Number(document.getElementById('chain-height').textContent) > {first}", timeout=5_000)
+    first = _wait_height_above(page, "#height", 0, 20)
+    now = _wait_height_above(page, "#height", first, 20)  # the header follows /ws
+    _wait_height_above(page, "#chain-height", now - 1, 5)  # and so does the chain page
     assert page.locator("#page tbody tr").count() >= 10  # recent blocks, the new ones on top
 
 

@@ -79,15 +79,21 @@ def with_threads(n: int, fn: Callable):
 
 
 def microbatch_steps(trainer: training.Trainer, shard_data: training.ShardData) -> None:
-    """Honest steps whose batch gradient is accumulated over two micro-batches."""
+    """Honest steps whose batch gradient (and the step's loss, the batch mean) is accumulated
+    over two micro-batches."""
     for x, y in shard_data.batches(trainer.step, trainer.spec.k):
         total = [torch.zeros_like(p) for p in trainer.params]
+        step_loss = torch.zeros((), dtype=torch.float64)
         for xs, ys in ((x[:len(x) // 2], y[:len(y) // 2]), (x[len(x) // 2:], y[len(y) // 2:])):
             logits = trainer.model(xs)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.reshape(-1), reduction="sum")
+            step_loss += loss.detach().to(torch.float64)
             for t, g in zip(total, torch.autograd.grad(loss, trainer.params)):
                 t.add_(g)
         trainer.opt.update([t / y.numel() for t in total])
+        if trainer.step % trainer.spec.k == 0:
+            trainer.loss_sum.zero_()
+        trainer.loss_sum += step_loss / y.numel()
         trainer.step, trainer.rng = trainer.step + 1, training.next_rng(trainer.rng)
 
 

@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/verification.py
 	$(BIN)/python benchmarks/mempool_admission.py
 	$(BIN)/python benchmarks/dispute.py
+	$(BIN)/python benchmarks/explorer_pages.py
 
 # Models of 1M to 124M parameters: checkpoints, solver overhead, memory per role, P2P; about 10 minutes.
 bench-scale: $(STAMP)

@@ -249,3 +249,11 @@ def test_no_point_at_or_past_a_divergence_is_verified():
                     intervals=list(range(w.intervals)), attested_at=9)
     shard = Shard(status=ShardStatus.PASSED, commit=commit, verifiers=[sel], forced=-1, revealed_at=0)
     assert verified_intervals(shard) == list(range(d - 1))
+
+
+def test_a_nan_mean_is_declared_as_the_one_canonical_nan_whatever_its_payload():
+    from verifier.checkpoint import CANONICAL_NAN
+    for payload in (0x7FF8000000000001, 0xFFF8000000000000, 0x7FF0000000000001, 0xFFFFFFFFFFFFFFFF):
+        assert interval_mean(payload, 10) == CANONICAL_NAN
+    assert interval_mean(float_bits(5.0), 10) == float_bits(0.5)
+    assert interval_mean(float_bits(float("inf")), 10) == float_bits(float("inf"))

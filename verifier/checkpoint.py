@@ -75,10 +75,16 @@ def bits_float(bits: int) -> float:
     return struct.unpack("<d", struct.pack("<Q", bits))[0]
 
 
+CANONICAL_NAN = 0x7FF8000000000000
+
+
 def interval_mean(loss_bits: int, k: int) -> int:
     """The bits of a leaf's mean step loss over its k-step interval: what a commit declares for
-    the leaf (one IEEE division of the leaf's own sum: the same bits everywhere)."""
-    return float_bits(bits_float(loss_bits) / k)
+    the leaf (one IEEE division of the leaf's own sum: the same bits everywhere). A NaN mean is
+    declared as the one canonical NaN: how a division carries a NaN's payload is the CPU's
+    business, and a solver and its verifier may run on different ones."""
+    mean = bits_float(loss_bits) / k
+    return float_bits(mean) if mean == mean else CANONICAL_NAN
 
 
 # -- msgpack framing, written and read by hand ------------------------------------------------

@@ -6,8 +6,11 @@ passed and a verifier that did not attest the forced error recomputed that inter
 profile: the leaf's bytes, loss included; `tolerance`: within the bound). The forced interval
 is never a verified point: its end is wrong on purpose; nor is one whose end is at or past a
 declared divergence: no profile compares the loss a non-finite leaf holds (past it only the
-step and rng are checked, and `tolerance` only asks that the diverging interval diverge). When a round closes, its curves are
-kept under their own key (the job record stays small; a closed round's shards are gone).
+step and rng are checked, and `tolerance` only asks that the diverging interval diverge).
+"Verified" is an attestation backed by collateral, not a proof: the chain cannot tell a
+verifier that computed from one that did not, except on a forced error, which is what makes
+skipping the work a losing bet (docs/PROTOCOL.md). When a round closes, its curves are kept
+under their own key (the job record stays small; a closed round's shards are gone).
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from .home import Home, split_hostport
 from .lifecycle import EXIT_FAILED, EXIT_OK, Deadline, bounded, busy_threads, where
 from .explorer_index import all_job_ids
 from .metrics import NodeMetrics
-from .rpc import Rpc
+from .rpc import Rpc, is_loopback
 from .rpc_http import RpcRunner
 from .workers.referee import Referee
 
@@ -86,8 +86,7 @@ class Node:
     async def serve(self, stop: asyncio.Event, deadline: Deadline) -> int:
         """Run until `stop` is set or a vital task dies; then stop in bounded stages. The exit code."""
         host, port = split_hostport(self.config.rpc_listen)
-        loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-        runner = RpcRunner(self.rpc.app(self.config.max_body_bytes, loopback), access_log=None,
+        runner = RpcRunner(self.rpc.app(self.config.max_body_bytes, is_loopback(host)), access_log=None,
                            shutdown_timeout=RPC_DRAIN_S)
         await runner.setup()
         engine: asyncio.Task | None = None

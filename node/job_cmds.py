@@ -60,15 +60,16 @@ def _shard_line(i: int, s: dict) -> str:
 
 def cmd_job_status(args, client, emit) -> None:
     from . import jobview
-    job = client(args).get(f"/job/{args.job}")
-    job["curves"] = client(args).get(f"/job/{args.job}/curves")["curves"]
+    c = client(args)
+    job = c.get(f"/job/{args.job}")
+    job["curves"] = c.get(f"/job/{args.job}/curves")["curves"]
     spec = job["spec"]
     done_rounds = len(job["finals"])
     lines = [f"job {job['id']}  {job['status']}  rounds done {done_rounds}/{spec['rounds']}"
              f"  model {spec['model']}  escrow left {job['escrow']}"]
     if job["status"] == "active":
         lines += [_shard_line(i, s) for i, s in enumerate(job["shards"])]
-    for curve in job.get("curves", []):
+    for curve in job["curves"]:
         checked = sum(p["verified"] for p in curve["points"])
         lines.append(f"  loss, round {curve['round']} shard {curve['shard']} (solver {(curve['solver'] or '-')[:16]}): "
                      f"{checked} of {len(curve['points'])} points verified (*), o: declared, not checked")

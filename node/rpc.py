@@ -15,6 +15,7 @@ bytes as ``wire``, so nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -114,14 +115,21 @@ async def same_origin(request: web.Request, handler):
     origin = request.headers.get("Origin")
     if origin is not None and origin.split("://", 1)[-1] != request.host:
         return _error(403, "cross-origin requests are refused (origin is not this node)")
-    if request.app["loopback"] and _hostname(request.host) not in LOOPBACK_NAMES:
+    if request.app["loopback"] and not is_loopback(_hostname(request.host)):
         # DNS rebinding: a hostile name that resolves to 127.0.0.1 passes the Origin check (its
         # page is same-origin with itself), but its requests name that host, not ours
         return _error(403, "a node bound to loopback answers only requests addressed to a loopback name")
     return await handler(request)
 
 
-LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+def is_loopback(name: str) -> bool:
+    """A name that can only mean this machine: localhost, 127.0.0.0/8, ::1 (bracketed or not)."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _hostname(host: str) -> str:
@@ -400,18 +408,19 @@ class Rpc:
         # `record` is the stored map's codec bytes: workers parse those into the same typed
         # record the chain uses (consensus.jobs.Job), the rest is for people and scripts
         return web.json_response(dict(jsonable(record), escrow=v.read(k_escrow(job_id), 0), height=self.chain.height,
-                                      record=v.get(k_job(job_id)).hex(), rounds=rounds_json(v, Job.from_map(record))))
+                                      record=v.get(k_job(job_id)).hex()))
 
     async def job_curves(self, request: web.Request) -> web.Response:
-        """Loss curves apart from the job record: up to rounds x shards x 256 points, which
-        workers polling /job/{id} never need."""
+        """Loss curves, and each closed round's finals and model, apart from the job record: they
+        decode up to rounds x shards x 256 points, which workers polling /job/{id} never need."""
         job_id = _parse_hex(request.match_info["id"], "job id", 32)
         v = self.chain.view()
         record = v.read(k_job(job_id))
         if record is None:
             return _error(404, "no such job")
+        parsed = Job.from_map(record)
         return web.json_response({"job": job_id.hex(), "height": self.chain.height,
-                                  "curves": curves_json(v, Job.from_map(record))})
+                                  "curves": curves_json(v, parsed), "rounds": rounds_json(v, parsed)})
 
     async def peers(self, request: web.Request) -> web.Response:
         g = self.node.network.gossip

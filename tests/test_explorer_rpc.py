@@ -199,3 +199,11 @@ def test_websocket_subscribers_are_bounded(dev_node):
     assert event["type"] == "block" and event["height"] >= 1
     status, _ = dev_node.http("GET", "/status")
     assert status == 200
+
+
+def test_loopback_names_are_every_loopback_address_and_nothing_else():
+    from node.rpc import _hostname, is_loopback
+    for host in ("127.0.0.1:80", "127.0.0.2:26657", "localhost:1", "[::1]:80", "[::1]"):
+        assert is_loopback(_hostname(host)), host
+    for host in ("evil.example:80", "127.0.0.1.evil.example", "10.0.0.1:80", "[::2]:80", "0.0.0.0:80", ""):
+        assert not is_loopback(_hostname(host)), host

@@ -142,6 +142,7 @@ async function loadJob(id) {  // the record, and its loss curves (kept apart fro
   const [job, curves] = await Promise.all([api(`/job/${encodeURIComponent(id)}`),
     api(`/job/${encodeURIComponent(id)}/curves`)]);
   job.curves = curves.curves;
+  job.rounds = curves.rounds;
   return job;
 }
 
